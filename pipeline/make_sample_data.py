@@ -1,0 +1,1192 @@
+"""Procedurally generated sample data in the real ImageNet DET 2014, ALOV300++ and OTB layouts.
+
+Why: the real sets are tens of GB behind registration walls, yet the whole pipeline (shard builder, loader,
+training, tracker, OTB evaluation) must run end to end on a laptop and in CI. This module paints small,
+natural-looking scenes (textured backgrounds, textured objects of varied shapes and colours, smooth motion,
+scale change, partial occlusion, objects crossing the border, some grayscale frames) and writes them in the
+real layouts and annotation formats (``../shared/research/formats_and_eval.md`` sections 1, 3, 4), so the
+code that reads them is the code that reads the real data. ``--with-bad-inputs`` adds the real sets' known
+defects (truncated / PNG / CMYK JPEGs, broken XML, VID-ordered XML, a malformed ``.ann`` line, a missing
+ALOV frame).
+
+Everything is a pure function of (seed, size, with_bad_inputs): every item draws from its own
+``numpy.random.default_rng([seed, domain, index])``, files carry no timestamps and the manifest is sorted
+JSON, so the same arguments give byte-identical trees (same platform and library versions). The bad inputs
+are extra files: the clean part is identical with or without the flag, and the manifest's counts describe it.
+
+    python -m pipeline.make_sample_data --out data/sample [--seed 0] [--size small|medium] [--with-bad-inputs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import io
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+FORMAT = "goturn-sample-data-v1"
+MANIFEST = "sample_manifest.json"
+MANAGED = ("imagenet", "alov", "otb", MANIFEST)  # what the generator owns inside --out (and may delete)
+JPEG_QUALITY = 90
+# GOTURN's kMaxRatio: ImageNet objects wider / taller than this fraction of the image are dropped
+MAX_RATIO = 0.66
+VAL_RATIO = 0.2  # GOTURN's per-category ALOV split: the last int(0.2 n) videos are validation
+
+DET_TRAIN = "ILSVRC2014_DET_train"
+DET_BBOX = "ILSVRC2014_DET_bbox_train"
+EXTRA_FOLDER = "ILSVRC2013_train_extra0"
+ALOV_IMAGES = "imagedata++"
+ALOV_ANN = "alov300++_rectangleAnnotation_full"
+
+# Real ILSVRC DET synsets (airplane, antelope, apple, backpack, banjo, bicycle, car, dog, cat, motorcycle).
+SYNSETS = (
+    "n02691156",
+    "n02419796",
+    "n07739125",
+    "n02769748",
+    "n02787622",
+    "n02834778",
+    "n02958343",
+    "n02084071",
+    "n02121808",
+    "n03790512",
+)
+# Real ALOV300++ category names; the category steers which difficulty its videos get (see _video_knobs).
+ALOV_CATEGORIES_MEDIUM = (
+    "01-Light",
+    "02-SurfaceCover",
+    "03-Specularity",
+    "05-Shape",
+    "06-MotionSmoothness",
+    "08-Clutter",
+    "09-Confusion",
+    "11-Occlusion",
+    "12-MovingCamera",
+    "13-ZoomingCamera",
+)
+ALOV_CATEGORIES_SMALL = ("01-Light", "11-Occlusion")
+# Holds only the bad-input videos, so the clean categories' train / val splits never change.
+BAD_CATEGORY = "14-LongDuration"
+# Held-out evaluation sequences, named after what each stresses (never a real OTB name: the OTB loader applies
+# per-name windows such as David's or Tiger1's).
+OTB_SEQUENCES = (
+    "SynGray",
+    "SynOcclusion",
+    "SynScale",
+    "SynBorder",
+    "SynFast",
+    "SynClutter",
+    "SynPan",
+    "SynLight",
+)
+FRAME_SIZES = ((320, 240), (352, 264), (384, 288), (400, 300), (448, 336), (480, 360))
+STILL_SIZES = FRAME_SIZES + ((300, 400), (360, 480))  # ImageNet also has portrait images
+
+# rng domains: each item's generator is default_rng([seed, domain, index]), independent of every other item
+_D_IMAGENET, _D_EXTRA, _D_ALOV, _D_OTB, _D_BAD, _D_LAYOUT = 1, 2, 3, 4, 5, 6
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """How much of each format one ``--size`` makes."""
+
+    synsets: int
+    images_per_synset: int
+    extra_images: int
+    categories: tuple[str, ...]
+    videos_per_category: int
+    video_frames: tuple[int, int]
+    otb_sequences: tuple[str, ...]
+    otb_frames: tuple[int, int]
+    frame_sizes: tuple[tuple[int, int], ...]
+    object_size: tuple[float, float]  # geometric-mean side of the tracked object, px
+    bad_video_frames: int
+
+
+SIZES: dict[str, SizeSpec] = {
+    "small": SizeSpec(
+        synsets=2,
+        images_per_synset=10,
+        extra_images=2,
+        categories=ALOV_CATEGORIES_SMALL,
+        videos_per_category=5,  # int(0.2 * 5) = 1 validation video per category
+        video_frames=(26, 32),
+        otb_sequences=OTB_SEQUENCES[:2],
+        otb_frames=(28, 32),
+        frame_sizes=((320, 240), (352, 264)),
+        object_size=(36.0, 70.0),
+        bad_video_frames=26,
+    ),
+    "medium": SizeSpec(
+        synsets=10,
+        images_per_synset=40,
+        extra_images=10,
+        categories=ALOV_CATEGORIES_MEDIUM,
+        videos_per_category=6,
+        video_frames=(60, 100),
+        otb_sequences=OTB_SEQUENCES,
+        otb_frames=(60, 100),
+        frame_sizes=FRAME_SIZES,
+        object_size=(42.0, 110.0),
+        bad_video_frames=41,
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Painting: colours, smooth noise, backgrounds
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), dtype=np.float32) * 255.0
+
+
+def _lerp_grid(grid: np.ndarray, gy: np.ndarray, gx: np.ndarray) -> np.ndarray:
+    """Smoothstep interpolation of ``grid`` (gh, gw, c) at fractional rows ``gy`` (h,), columns ``gx``."""
+    gy = np.clip(gy, 0, grid.shape[0] - 1.001)
+    gx = np.clip(gx, 0, grid.shape[1] - 1.001)
+    y0 = gy.astype(np.int64)
+    x0 = gx.astype(np.int64)
+    fy = gy - y0
+    fx = gx - x0
+    fy = (fy * fy * (3 - 2 * fy)).astype(np.float32)[:, None, None]
+    fx = (fx * fx * (3 - 2 * fx)).astype(np.float32)[None, :, None]
+    rows = grid[y0] * (1 - fy) + grid[y0 + 1] * fy  # (h, gw, c)
+    return rows[:, x0] * (1 - fx) + rows[:, x0 + 1] * fx
+
+
+def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float, channels: int = 1) -> np.ndarray:
+    """Value noise with feature size ``cell`` px, std ~0.7: the building block of the backgrounds.
+
+    A random grid upsampled bicubically by PIL (C speed: backgrounds are the costliest part of a still image).
+    """
+    gh, gw = int(h / cell) + 4, int(w / cell) + 4
+    grid = rng.standard_normal((channels, gh, gw)).astype(np.float32)
+    oy, ox = rng.random(2) + 1.0
+    src = (float(ox), float(oy), float(ox + w / cell), float(oy + h / cell))
+    out = np.empty((h, w, channels), np.float32)
+    for c in range(channels):
+        out[..., c] = np.asarray(
+            Image.fromarray(grid[c], "F").resize((w, h), Image.Resampling.BICUBIC, box=src)
+        )
+    return out
+
+
+def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A muted, textured backdrop (float32 0..255): gradient + 1/f noise + one of a few surface styles."""
+    hue = rng.random()
+    c1 = _hsv(hue, rng.uniform(0.05, 0.35), rng.uniform(0.35, 0.8))
+    c2 = _hsv(hue + rng.uniform(-0.15, 0.15), rng.uniform(0.05, 0.35), rng.uniform(0.3, 0.85))
+    y = np.arange(h, dtype=np.float32)[:, None]
+    x = np.arange(w, dtype=np.float32)[None, :]
+    a = rng.uniform(0, 2 * math.pi)
+    t = x * math.cos(a) + y * math.sin(a)
+    t = (t - t.min()) / max(float(t.max() - t.min()), 1.0)
+    img = c1 + (c2 - c1) * t[..., None]
+    lum = np.zeros((h, w), np.float32)
+    for cell, amp in ((80.0, 22.0), (28.0, 12.0), (9.0, 6.0), (3.0, 3.0)):
+        lum += amp * rng.uniform(0.4, 1.4) * _smooth_noise(rng, h, w, cell)[..., 0]
+    img += lum[..., None] + 8.0 * _smooth_noise(rng, h, w, 60.0, 3)
+    style = rng.choice(["plain", "stripes", "wood", "tiles", "blobs", "blobs"])
+    b = rng.uniform(0, math.pi)
+    proj = x * math.cos(b) + y * math.sin(b)
+    if style == "stripes":
+        period = rng.uniform(10, 40)
+        img += rng.uniform(6, 14) * np.sin(2 * math.pi * proj / period)[..., None]
+    elif style == "wood":
+        warp = 6.0 * _smooth_noise(rng, h, w, 50.0)[..., 0]
+        img += rng.uniform(8, 14) * np.sin(2 * math.pi * proj / rng.uniform(12, 30) + warp)[..., None]
+    elif style == "tiles":
+        p = rng.uniform(30, 70)
+        lines = ((x % p) < 2) | ((y % p) < 2)
+        img -= rng.uniform(12, 25) * lines[..., None]
+    else:
+        for _ in range(rng.integers(2, 6)):  # soft patches, each painted only over its own window
+            cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+            rx, ry = rng.uniform(20, 120, 2)
+            xa, xb = max(int(cx - 1.6 * rx), 0), min(int(cx + 1.6 * rx) + 1, w)
+            ya, yb = max(int(cy - 1.6 * ry), 0), min(int(cy + 1.6 * ry) + 1, h)
+            if xb <= xa or yb <= ya:
+                continue
+            d = np.sqrt(((x[:, xa:xb] - cx) / rx) ** 2 + ((y[ya:yb] - cy) / ry) ** 2)
+            alpha = np.clip((1.0 - d) / 0.4 + 0.5, 0.0, 1.0)
+            alpha = alpha * alpha * (3 - 2 * alpha)
+            img[ya:yb, xa:xb] += alpha[..., None] * rng.uniform(-28, 28, 3).astype(np.float32)
+    return img.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Objects: a look (shape + texture + palette) rendered to an RGBA sprite, placed with sub-pixel accuracy
+# ------------------------------------------------------------------------------------------------------------
+
+SPRITE_MARGIN = 6  # transparent sprite border: lets the sub-pixel resize read a little outside the shape
+SPRITE_MAX = 160  # longest rendered side; bigger objects are upsampled when placed (soft, like a close-up)
+
+
+@dataclass
+class Look:
+    """Everything that fixes an object's appearance: rendered at any size it is the same-looking object."""
+
+    shape: str
+    params: dict[str, Any]
+    texture: str
+    tex: dict[str, float]
+    c1: np.ndarray
+    c2: np.ndarray
+    c_out: np.ndarray
+    outline: float
+    light: tuple[float, float]
+    noise: np.ndarray = field(repr=False)
+    noise_amp: float = 10.0
+
+
+def _random_shape(rng: np.random.Generator) -> tuple[str, dict[str, Any]]:
+    kind = rng.choice(["ellipse", "rect", "polygon", "polygon", "blob"])
+    if kind == "rect":
+        return "rect", {"r": float(rng.uniform(0.0, 0.5))}
+    if kind == "ellipse":
+        return "ellipse", {}
+    if kind == "polygon":
+        star = rng.random() < 0.3
+        k = int(rng.integers(4, 7)) * 2 if star else int(rng.integers(3, 9))
+        ang = 2 * math.pi * (np.arange(k) + rng.uniform(-0.3, 0.3, k)) / k + rng.uniform(0, 2 * math.pi)
+        rad = rng.uniform(0.75, 1.0, k)
+        if star:
+            rad[1::2] *= rng.uniform(0.45, 0.65)
+        pts = np.stack([rad * np.cos(ang), rad * np.sin(ang)], axis=1)
+    else:  # a smooth blob: radius = 1 + a few low Fourier terms, tested in polar coordinates
+        coef = rng.uniform(-0.18, 0.18, (3, 2))
+        th = np.linspace(0, 2 * math.pi, 720, endpoint=False)
+        r = _blob_radius(coef, th)
+        xs, ys = r * np.cos(th), r * np.sin(th)
+        lo, hi = np.array([xs.min(), ys.min()]), np.array([xs.max(), ys.max()])
+        return "blob", {"coef": coef, "centre": (lo + hi) / 2, "half": (hi - lo) / 2}
+    lo, hi = pts.min(0), pts.max(0)
+    pts = (pts - (lo + hi) / 2) / ((hi - lo) / 2)  # stretch so the shape spans exactly [-1, 1] (tight box)
+    return "polygon", {"pts": pts}
+
+
+def _blob_radius(coef: np.ndarray, th: np.ndarray) -> np.ndarray:
+    return 1 + sum(c * np.cos((i + 2) * th) + d * np.sin((i + 2) * th) for i, (c, d) in enumerate(coef))
+
+
+def _shape_mask(look: Look, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside test of the unit shape at object coordinates (u, v); the shape's tight box is [-1, 1]^2."""
+    if look.shape == "ellipse":
+        return u * u + v * v <= 1.0
+    if look.shape == "rect":
+        r = look.params["r"]
+        du = np.maximum(np.abs(u) - (1 - r), 0)
+        dv = np.maximum(np.abs(v) - (1 - r), 0)
+        return (np.abs(u) <= 1) & (np.abs(v) <= 1) & (du * du + dv * dv <= r * r + 1e-9)
+    if look.shape == "blob":
+        c, hf = look.params["centre"], look.params["half"]
+        x = c[0] + u * hf[0]
+        y = c[1] + v * hf[1]
+        rho = np.sqrt(x * x + y * y)
+        z = (x + 1j * y) / np.maximum(rho, 1e-6)  # e^(i theta); its powers give cos/sin(k theta) cheaply
+        coef = look.params["coef"]
+        zk = z * z
+        r = 1.0
+        for i in range(len(coef)):
+            r = r + coef[i, 0] * zk.real + coef[i, 1] * zk.imag
+            zk = zk * z
+        return rho <= r
+    pts = look.params["pts"]  # even-odd rule, vectorised over pixels, looped over edges
+    inside = np.zeros(np.broadcast(u, v).shape, dtype=bool)
+    for i in range(len(pts)):
+        (x0, y0), (x1, y1) = pts[i], pts[i - 1]
+        if y0 == y1:
+            continue
+        cross = (y0 > v) != (y1 > v)
+        xint = (x1 - x0) * (v - y0) / (y1 - y0) + x0
+        inside ^= cross & (u < xint)
+    return inside
+
+
+def _random_look(rng: np.random.Generator, base: Look | None = None) -> Look:
+    """A saturated, high-contrast textured object (background palettes are muted, so objects stand out).
+
+    ``base`` gives a look-alike (same shape and texture family, nearby hue): the "confusion" distractor.
+    """
+    if base is not None:
+        hue = colorsys.rgb_to_hsv(*(base.c1 / 255.0))[0] + rng.choice([-1, 1]) * rng.uniform(0.05, 0.12)
+        shape, params = base.shape, base.params
+        texture = base.texture
+    else:
+        hue = rng.random()
+        shape, params = _random_shape(rng)
+        texture = str(rng.choice(["stripes", "checker", "dots", "rings", "noise", "split"]))
+    c1 = _hsv(hue, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
+    mode = rng.integers(3)
+    if mode == 0:  # complementary
+        c2 = _hsv(hue + 0.5 + rng.uniform(-0.1, 0.1), rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0))
+    elif mode == 1:  # dark shade
+        c2 = _hsv(hue + rng.uniform(-0.05, 0.05), rng.uniform(0.5, 1.0), rng.uniform(0.08, 0.3))
+    else:  # near white
+        c2 = _hsv(hue, rng.uniform(0.0, 0.15), rng.uniform(0.85, 1.0))
+    c_out = _hsv(hue, 0.5, 0.08) if rng.random() < 0.75 else _hsv(0, 0, 0.97)
+    ang = rng.uniform(0, math.pi)
+    return Look(
+        shape=shape,
+        params=params,
+        texture=texture,
+        tex={"freq": float(rng.uniform(1.5, 4.0)), "ang": float(ang), "phase": float(rng.uniform(0, 6.3))},
+        c1=c1,
+        c2=c2,
+        c_out=c_out,
+        outline=float(rng.uniform(0.04, 0.1)),
+        light=(float(rng.uniform(-0.25, 0.25)), float(rng.uniform(-0.25, 0.25))),
+        noise=rng.standard_normal((8, 8, 3)).astype(np.float32),
+        noise_amp=float(rng.uniform(4, 14)),
+    )
+
+
+def _texture(look: Look, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Surface colour (h, w, 3) at object coordinates: a two-colour pattern, grain and shading."""
+    f, a, ph = look.tex["freq"], look.tex["ang"], look.tex["phase"]
+    proj = u * math.cos(a) + v * math.sin(a)
+    if look.texture == "stripes":
+        s = np.sin(math.pi * f * proj + ph)
+    elif look.texture == "checker":
+        s = np.sin(math.pi * f * u + ph) * np.sin(math.pi * f * v)
+    elif look.texture == "dots":
+        s = 0.35 - np.sqrt(np.sin(math.pi * f * u) ** 2 + np.sin(math.pi * f * v) ** 2) / 2
+    elif look.texture == "rings":
+        s = np.sin(math.pi * f * np.sqrt(u * u + v * v) + ph)
+    elif look.texture == "split":
+        s = proj + 0.15 * np.sin(3 * math.pi * v)
+    else:
+        s = _lerp_grid(look.noise, (v.ravel() + 1.2) * 2.9, (u.ravel() + 1.2) * 2.9)[..., 0]
+    t = 0.5 + 0.5 * np.tanh(6.0 * s)
+    col = look.c1 + (look.c2 - look.c1) * t[..., None].astype(np.float32)
+    grain = _lerp_grid(look.noise, (v.ravel() + 1.2) * 2.9, (u.ravel() + 1.2) * 2.9)
+    col = col + look.noise_amp * grain
+    shade = 1.0 + look.light[0] * u + look.light[1] * v - 0.12 * (u * u + v * v)
+    return (col * shade[..., None]).astype(np.float32)
+
+
+def _render_sprite(look: Look, sw: int, sh: int) -> Image.Image:
+    """RGBA sprite: the object over ``sw x sh`` px (at most SPRITE_MAX) plus a transparent margin; 2x2 AA."""
+    scale = min(1.0, SPRITE_MAX / max(sw, sh))
+    sw, sh = max(math.ceil(sw * scale), 2), max(math.ceil(sh * scale), 2)
+    m = SPRITE_MARGIN
+    W, H = sw + 2 * m, sh + 2 * m
+    u1 = ((np.arange(W) - m + 0.5) / sw * 2 - 1).astype(np.float32)[None, :]
+    v1 = ((np.arange(H) - m + 0.5) / sh * 2 - 1).astype(np.float32)[:, None]
+    col = _texture(look, u1, v1)
+    u2 = ((np.arange(2 * W) / 2 - m + 0.25) / sw * 2 - 1).astype(np.float32)[None, :]
+    v2 = ((np.arange(2 * H) / 2 - m + 0.25) / sh * 2 - 1).astype(np.float32)[:, None]
+    outer = _shape_mask(look, u2, v2)
+    k = 1.0 - look.outline
+    inner = _shape_mask(look, u2 / k, v2 / k)
+    alpha = outer.reshape(H, 2, W, 2).mean((1, 3), dtype=np.float32)
+    rim = (outer & ~inner).reshape(H, 2, W, 2).mean((1, 3), dtype=np.float32)
+    rim = rim / np.maximum(alpha, 1e-6)
+    col = col + (look.c_out - col) * rim[..., None]
+    rgba = np.concatenate([np.clip(col, 0, 255), alpha[..., None] * 255], axis=-1)
+    return Image.fromarray(np.rint(rgba).astype(np.uint8), "RGBA")
+
+
+def _place(
+    frame: np.ndarray,
+    sprite: Image.Image,
+    box: np.ndarray,
+    opacity: float = 1.0,
+    highlight: tuple[float, float, float] | None = None,
+) -> None:
+    """Composite ``sprite`` over ``frame`` (float32 HxWx3, in place) so its shape spans ``box`` exactly.
+
+    Sub-pixel placement: PIL resamples the sprite over the source rectangle that maps onto the covered integer
+    pixels (antialiased when shrinking), so annotations can be exact fractional corners. ``highlight`` =
+    (u, v, amplitude) adds a specular spot at object coordinates.
+    """
+    H, W = frame.shape[:2]
+    x1, y1, x2, y2 = (float(c) for c in box)
+    qx0, qy0 = max(math.floor(x1), 0), max(math.floor(y1), 0)
+    qx1, qy1 = min(math.ceil(x2), W), min(math.ceil(y2), H)
+    if qx1 <= qx0 or qy1 <= qy0:
+        return
+    m = SPRITE_MARGIN
+    sw, sh = sprite.width - 2 * m, sprite.height - 2 * m
+    sx, sy = sw / (x2 - x1), sh / (y2 - y1)
+    src = (
+        min(max(m + (qx0 - x1) * sx, 0.0), sprite.width - 1e-3),
+        min(max(m + (qy0 - y1) * sy, 0.0), sprite.height - 1e-3),
+        min(m + (qx1 - x1) * sx, float(sprite.width)),
+        min(m + (qy1 - y1) * sy, float(sprite.height)),
+    )
+    patch = np.asarray(sprite.resize((qx1 - qx0, qy1 - qy0), Image.Resampling.BILINEAR, box=src), np.float32)
+    a = patch[..., 3:4] * (opacity / 255.0)
+    rgb = patch[..., :3]
+    if highlight is not None:
+        hu, hv, amp = highlight
+        u = ((np.arange(qx0, qx1) + 0.5 - x1) / (x2 - x1) * 2 - 1).astype(np.float32)[None, :]
+        v = ((np.arange(qy0, qy1) + 0.5 - y1) / (y2 - y1) * 2 - 1).astype(np.float32)[:, None]
+        rgb = rgb + amp * np.exp(-((u - hu) ** 2 + (v - hv) ** 2) / 0.15)[..., None]
+    region = frame[qy0:qy1, qx0:qx1]
+    region += (rgb - region) * a
+
+
+def _to_image(frame: np.ndarray, gray: bool) -> Image.Image:
+    im = Image.fromarray(np.clip(frame + 0.5, 0, 255).astype(np.uint8), "RGB")
+    return im.convert("L") if gray else im
+
+
+def _jpeg_bytes(im: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=JPEG_QUALITY)
+    return buf.getvalue()
+
+
+def _write(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    path.write_bytes(data)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Motion: smooth trajectories with scale / aspect change, bouncing inside (or partly beyond) the frame
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """What happens in one video; the ALOV category (or OTB scenario) biases these."""
+
+    speed: float = 0.065  # centre motion per frame as a fraction of the object's size
+    turn: float = 0.08  # std of the per-frame heading change, radians
+    jerky: bool = False
+    zoom: float = 0.15  # amplitude of log-scale oscillation
+    aspect: float = 0.05  # amplitude of log-aspect oscillation
+    border: bool = False  # allowed to leave the frame by up to 30 %
+    distractors: int = 0
+    confusion: bool = False
+    occluder: bool = False
+    occluder_opacity: float = 1.0
+    pan: float = 0.0  # camera pan speed, px / frame
+    light: float = 0.05  # brightness oscillation amplitude
+    spotlight: bool = False
+    specular: bool = False
+    gray: bool = False
+
+
+def _trajectory(
+    rng: np.random.Generator, T: int, W: int, H: int, size: float, kn: Knobs, speed: float | None = None
+) -> np.ndarray:
+    """(T, 4) float64 corner boxes of a smoothly moving, breathing object."""
+    t = np.arange(T, dtype=np.float64)
+    ls = kn.zoom * np.sin(2 * math.pi * t / rng.uniform(40, 120) + rng.uniform(0, 6.3))
+    ls += rng.uniform(-1, 1) * kn.zoom * t / max(T, 1)
+    la = math.log(rng.uniform(0.6, 1.6)) + kn.aspect * np.sin(
+        2 * math.pi * t / rng.uniform(30, 80) + rng.uniform(0, 6.3)
+    )
+    s = size * np.exp(ls)
+    w = s * np.exp(la / 2)
+    h = s * np.exp(-la / 2)
+    shrink = np.minimum(1.0, np.minimum(0.6 * W / w, 0.6 * H / h))
+    w, h = w * shrink, h * shrink
+    pad_x = -0.3 * w if kn.border else 3.0 + 0 * w
+    pad_y = -0.3 * h if kn.border else 3.0 + 0 * h
+    sp0 = kn.speed if speed is None else speed
+    theta = rng.uniform(0, 2 * math.pi)
+    c = np.array(
+        [rng.uniform(w[0] / 2 + 3, W - w[0] / 2 - 3), rng.uniform(h[0] / 2 + 3, H - h[0] / 2 - 3)],
+        dtype=np.float64,
+    )
+    mod = rng.uniform(0.15, 0.35), rng.uniform(20, 60), rng.uniform(0, 6.3)
+    factor = 1.0
+    centres = np.zeros((T, 2))
+    for i in range(T):
+        lo = np.array([w[i] / 2 + pad_x[i], h[i] / 2 + pad_y[i]])
+        hi = np.array([W, H]) - lo
+        for k in range(2):  # bounce off the walls
+            if c[k] < lo[k]:
+                c[k] = min(2 * lo[k] - c[k], hi[k])
+                theta = math.pi - theta if k == 0 else -theta
+            elif c[k] > hi[k]:
+                c[k] = max(2 * hi[k] - c[k], lo[k])
+                theta = math.pi - theta if k == 0 else -theta
+        centres[i] = c
+        theta += rng.normal(0, kn.turn)
+        if kn.jerky and rng.random() < 0.12:
+            theta += rng.uniform(-1.5, 1.5)
+            factor = rng.uniform(0.3, 1.8)
+        step = (
+            sp0 * factor * math.sqrt(w[i] * h[i]) * (1 + mod[0] * math.sin(2 * math.pi * i / mod[1] + mod[2]))
+        )
+        c = c + step * np.array([math.cos(theta), math.sin(theta)])
+    return np.stack(
+        [centres[:, 0] - w / 2, centres[:, 1] - h / 2, centres[:, 0] + w / 2, centres[:, 1] + h / 2], 1
+    )
+
+
+def _clip_box(box: np.ndarray, W: int, H: int) -> np.ndarray:
+    return np.clip(box, 0, [W, H, W, H])
+
+
+def _video_knobs(rng: np.random.Generator, scenario: str) -> Knobs:
+    """Category-typical difficulties on top of a little random variety for every video."""
+    kw: dict[str, Any] = {
+        "speed": rng.uniform(0.045, 0.085),
+        "zoom": rng.uniform(0.05, 0.2),
+        "border": rng.random() < 0.2,
+        "distractors": int(rng.choice([0, 0, 1, 1, 2])),
+        "occluder": rng.random() < 0.15,
+        "gray": rng.random() < 0.15,
+    }
+    match scenario:
+        case "01-Light" | "SynLight":
+            kw.update(light=0.25, spotlight=True)
+        case "02-SurfaceCover":
+            kw.update(occluder=True, occluder_opacity=0.55)
+        case "03-Specularity":
+            kw.update(specular=True)
+        case "04-Transparency":
+            kw.update(occluder=True, occluder_opacity=0.4)
+        case "05-Shape":
+            kw.update(aspect=0.3)
+        case "06-MotionSmoothness":
+            kw.update(jerky=True, turn=0.2)
+        case "07-MotionCoherence" | "08-Clutter" | "SynClutter":
+            kw.update(distractors=int(rng.integers(3, 6)))
+        case "09-Confusion":
+            kw.update(distractors=int(rng.integers(1, 3)), confusion=True)
+        case "11-Occlusion" | "SynOcclusion":
+            kw.update(occluder=True)
+        case "12-MovingCamera" | "SynPan":
+            kw.update(pan=rng.uniform(1.0, 2.5))
+        case "13-ZoomingCamera" | "SynScale":
+            kw.update(zoom=rng.uniform(0.3, 0.45))
+        case "SynBorder":
+            kw.update(border=True, speed=rng.uniform(0.07, 0.09))
+        case "SynFast":
+            kw.update(speed=rng.uniform(0.1, 0.13))
+        case "SynGray":
+            kw.update(gray=True)
+    if scenario.startswith("Syn") and scenario != "SynGray":
+        kw["gray"] = False
+    return Knobs(**kw)
+
+
+@dataclass
+class Video:
+    """A rendered clip: frames (uint8 images) and the target's 0-based corner boxes, clipped to the frame."""
+
+    frames: list[Image.Image]
+    boxes: np.ndarray
+    width: int
+    height: int
+    gray: bool
+
+
+def _render_video(rng: np.random.Generator, T: int, W: int, H: int, size: float, kn: Knobs) -> Video:
+    """Paint ``T`` frames: (panned) background, distractors behind, target, occluder in front, lighting."""
+    margin = int(math.ceil(kn.pan * T / 2)) + 2 if kn.pan else 0
+    bg = _background(rng, H + 2 * margin, W + 2 * margin)
+    look = _random_look(rng)
+    boxes = _trajectory(rng, T, W, H, size, kn)
+    sprite = _render_sprite(
+        look, math.ceil((boxes[:, 2] - boxes[:, 0]).max()), math.ceil((boxes[:, 3] - boxes[:, 1]).max())
+    )
+    others: list[tuple[Image.Image, np.ndarray, float]] = []
+    for _ in range(kn.distractors):
+        dl = _random_look(rng, base=look if kn.confusion else None)
+        dsize = size * rng.uniform(0.6, 1.3)
+        db = _trajectory(rng, T, W, H, dsize, replace(kn, border=True), speed=rng.uniform(0.0, 0.06))
+        ds = _render_sprite(
+            dl, math.ceil((db[:, 2] - db[:, 0]).max()), math.ceil((db[:, 3] - db[:, 1]).max())
+        )
+        others.append((ds, db, 1.0))
+    front: list[tuple[Image.Image, np.ndarray, float]] = []
+    if kn.occluder:
+        tc = int(rng.uniform(0.3, 0.7) * T)
+        dur = rng.uniform(12, 24)
+        st = math.sqrt((boxes[tc, 2] - boxes[tc, 0]) * (boxes[tc, 3] - boxes[tc, 1]))
+        so = st * rng.uniform(0.5, 0.9)
+        phi = rng.uniform(0, 2 * math.pi)
+        d = np.array([math.cos(phi), math.sin(phi)])
+        perp = np.array([-d[1], d[0]]) * rng.choice([-1, 1]) * rng.uniform(0.3, 0.55) * (st + so) / 2
+        ctr0 = (boxes[tc, :2] + boxes[tc, 2:]) / 2 + perp
+        ctr = ctr0[None] + d[None] * ((np.arange(T) - tc) * (st + so) / dur)[:, None]
+        ar = math.sqrt(rng.uniform(0.6, 1.6))
+        half = np.array([so * ar, so / ar]) / 2
+        ob = np.concatenate([ctr - half, ctr + half], axis=1)
+        osp = _render_sprite(_random_look(rng), math.ceil(2 * half[0]), math.ceil(2 * half[1]))
+        front.append((osp, ob, kn.occluder_opacity))
+    lp = rng.uniform(25, 70), rng.uniform(0, 6.3)
+    pan_dir = rng.uniform(0, 2 * math.pi)
+    spot = rng.uniform([0, 0], [W, H]), rng.uniform(-2, 2, 2), rng.uniform(0.35, 0.6) * max(W, H)
+    spec = rng.uniform(0.05, 0.15), rng.uniform(0, 6.3)
+    yy = np.arange(H, dtype=np.float32)[:, None]
+    xx = np.arange(W, dtype=np.float32)[None, :]
+    frames: list[Image.Image] = []
+    for i in range(T):
+        ox = oy = margin
+        if margin:
+            r = kn.pan * (i - T / 2)
+            ox = int(round(margin + r * math.cos(pan_dir)))
+            oy = int(round(margin + r * math.sin(pan_dir)))
+        frame = bg[oy : oy + H, ox : ox + W].copy()
+        for sp, bx, op in others:
+            _place(frame, sp, bx[i], op)
+        hl = None
+        if kn.specular:
+            hl = (0.45 * math.cos(spec[0] * i + spec[1]), 0.45 * math.sin(1.3 * spec[0] * i + spec[1]), 110.0)
+        _place(frame, sprite, boxes[i], 1.0, hl)
+        for sp, bx, op in front:
+            _place(frame, sp, bx[i], op)
+        gain = 1.0 + kn.light * math.sin(2 * math.pi * i / lp[0] + lp[1])
+        if kn.spotlight:
+            sc = spot[0] + spot[1] * i
+            g = np.exp(-((xx - sc[0]) ** 2 + (yy - sc[1]) ** 2) / (2 * spot[2] ** 2))
+            frame *= (gain * (0.65 + 0.55 * g))[..., None]
+        else:
+            frame *= gain
+        frames.append(_to_image(frame, kn.gray))
+    return Video(frames, _clip_box(boxes, W, H), W, H, kn.gray)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Writers of the real formats
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _xml_object(name: str, box: tuple[int, int, int, int], truncated: int, order: tuple[str, ...]) -> str:
+    vals = dict(zip(("xmin", "ymin", "xmax", "ymax"), box, strict=True))
+    coords = "".join(f"\t\t\t<{k}>{vals[k]}</{k}>\n" for k in order)
+    return (
+        f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>{truncated}</truncated>\n"
+        f"\t\t<difficult>0</difficult>\n\t\t<bndbox>\n{coords}\t\t</bndbox>\n\t</object>\n"
+    )
+
+
+def imagenet_xml(
+    folder: str,
+    filename: str,
+    width: int,
+    height: int,
+    objects: Iterable[dict[str, Any]],
+    order: tuple[str, ...] = ("xmin", "ymin", "xmax", "ymax"),
+    database: str = "ILSVRC_2014",
+) -> str:
+    """PASCAL-VOC XML laid out byte for byte like ILSVRC's (tab indents, no declaration, no final newline).
+
+    ``objects``: dicts with ``name``, ``box`` (xmin, ymin, xmax, ymax ints, 0-based) and ``truncated``.
+    ``order`` is the bndbox child order (ImageNet VID writes xmax, xmin, ymax, ymin).
+    """
+    head = (
+        f"<annotation>\n\t<folder>{folder}</folder>\n\t<filename>{filename}</filename>\n"
+        f"\t<source>\n\t\t<database>{database}</database>\n\t</source>\n"
+        f"\t<size>\n\t\t<width>{width}</width>\n\t\t<height>{height}</height>\n\t\t<depth>3</depth>\n\t</size>\n"
+        "\t<segmented>0</segmented>\n"
+    )
+    body = "".join(_xml_object(o["name"], o["box"], o["truncated"], order) for o in objects)
+    return head + body + "</annotation>"
+
+
+def alov_ann(boxes: np.ndarray, frames: Iterable[int]) -> str:
+    """``.ann`` text: ``frame Ax Ay Bx By Cx Cy Dx Dy``, 1-based, 2 decimals, corners in the real order.
+
+    The order is that of ``01-Light_video00001.ann``: (xmax,ymin), (xmin,ymin), (xmin,ymax), (xmax,ymax).
+    ``boxes`` are 0-based corners indexed by frame - 1; readers subtract 1 from min / max (loader_alov.cpp).
+    """
+    lines = []
+    for f in frames:
+        x1, y1, x2, y2 = (float(c) + 1.0 for c in boxes[f - 1])
+        lines.append(f"{f} {x2:.2f} {y1:.2f} {x1:.2f} {y1:.2f} {x1:.2f} {y2:.2f} {x2:.2f} {y2:.2f}\n")
+    return "".join(lines)
+
+
+def otb_rows(boxes: np.ndarray, delimiter: str) -> str:
+    """``groundtruth_rect.txt``: 1-based integer x, y, w, h per frame (``xywh_to_corners(one_based=True)``)"""
+    r = np.rint(boxes).astype(np.int64)
+    w = np.maximum(r[:, 2] - r[:, 0], 1)
+    h = np.maximum(r[:, 3] - r[:, 1], 1)
+    return "".join(
+        delimiter.join(str(int(v)) for v in row) + "\n"
+        for row in zip(r[:, 0] + 1, r[:, 1] + 1, w, h, strict=True)
+    )
+
+
+def _classify(box: tuple[int, int, int, int], W: int, H: int) -> str:
+    """GOTURN's ImageNet filter (loader_imagenet_det.cpp): 'invalid', 'too_large' or 'kept'."""
+    x1, y1, x2, y2 = box
+    if x1 < 0 or y1 < 0 or x2 <= x1 or y2 <= y1:
+        return "invalid"
+    if x2 - x1 > MAX_RATIO * W or y2 - y1 > MAX_RATIO * H:
+        return "too_large"
+    return "kept"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Items: one ImageNet image, ALOV video or OTB sequence per task (picklable: inline or in worker processes)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _still(rng: np.random.Generator, synset: str, n_obj: int, force: str = "") -> dict[str, Any]:
+    """Paint one still with ``n_obj`` objects and their XML annotations.
+
+    Like the real DET set, some objects are larger than MAX_RATIO of the image, some are cut by the border
+    (``truncated``) and a few boxes are broken; ``force`` ('large' / 'invalid') makes the first object so.
+    """
+    W, H = (int(v) for v in STILL_SIZES[rng.integers(len(STILL_SIZES))])
+    frame = _background(rng, H, W)
+    objects: list[dict[str, Any]] = []
+    shapes: list[tuple[Look, np.ndarray]] = []  # painted largest first, so small objects stay visible
+    for j in range(n_obj):
+        look = _random_look(rng)
+        large = force == "large" if j == 0 and force else rng.random() < 0.1
+        if large:
+            w, h = rng.uniform(0.7, 0.92) * W, rng.uniform(0.3, 0.92) * H
+            if rng.random() < 0.5:
+                w, h = rng.uniform(0.3, 0.92) * W, rng.uniform(0.7, 0.92) * H
+        else:
+            s = rng.uniform(0.15, 0.5) * min(W, H)
+            ar = math.sqrt(rng.uniform(0.55, 1.8))
+            w, h = min(s * ar, 0.6 * W), min(s / ar, 0.6 * H)
+        if not large and rng.random() < 0.12:  # cut by the left or right image border
+            x1 = rng.choice([rng.uniform(-0.35, 0) * w, W - w + rng.uniform(0, 0.35) * w])
+            y1 = rng.uniform(0, H - h)
+        else:
+            x1, y1 = rng.uniform(0, W - w), rng.uniform(0, H - h)
+        box = np.array([x1, y1, x1 + w, y1 + h])
+        shapes.append((look, box))
+        vis = np.clip(box, 0, [W - 1, H - 1, W - 1, H - 1])  # real DET boxes stay within 0..size-1
+        ib = tuple(int(v) for v in np.rint(vis))
+        truncated = int(bool(np.any(np.abs(vis - box) > 0.5)))
+        corrupt = force == "invalid" if j == 0 and force else rng.random() < 0.04
+        if corrupt:  # the kinds of broken boxes GOTURN's loader drops
+            kind = rng.integers(3)
+            if kind == 0:
+                ib = (ib[0], ib[1], ib[0], ib[3])  # xmax == xmin
+            elif kind == 1:
+                ib = (ib[0], ib[3], ib[2], ib[1])  # ymax < ymin
+            else:
+                ib = (-int(rng.integers(1, 8)), ib[1], ib[2], ib[3])  # xmin < 0
+        name = synset if j == 0 else SYNSETS[int(rng.integers(len(SYNSETS)))]
+        objects.append({"name": name, "box": ib, "truncated": truncated, "status": _classify(ib, W, H)})
+    for look, box in sorted(shapes, key=lambda lb: -(lb[1][2] - lb[1][0]) * (lb[1][3] - lb[1][1])):
+        _place(frame, _render_sprite(look, math.ceil(box[2] - box[0]), math.ceil(box[3] - box[1])), box)
+    return {"frame": frame, "width": W, "height": H, "objects": objects, "gray": bool(rng.random() < 0.1)}
+
+
+def _imagenet_task(root: str, seed: int, index: int, synset: str, name: str, force: str) -> dict[str, Any]:
+    rng = np.random.default_rng([seed, _D_IMAGENET, index])
+    n_obj = int(rng.choice([1, 1, 1, 2, 2, 3, 4]))
+    if force == "empty" or (not force and rng.random() < 0.04):  # negatives: an XML without objects
+        n_obj = 0
+    st = _still(rng, synset, n_obj, force)
+    gray = st["gray"] or force == "gray"
+    base = Path(root) / "imagenet"
+    _write(base / DET_TRAIN / synset / f"{name}.JPEG", _jpeg_bytes(_to_image(st["frame"], gray)))
+    xml = imagenet_xml(synset, name, st["width"], st["height"], st["objects"])
+    _write(base / DET_BBOX / synset / f"{name}.xml", xml)
+    statuses = [o["status"] for o in st["objects"]]
+    truncated = sum(o["truncated"] for o in st["objects"])
+    return {"kind": "imagenet", "gray": gray, "statuses": statuses, "truncated": truncated, "n": 1}
+
+
+def _extra_task(root: str, seed: int, index: int, name: str) -> dict[str, Any]:
+    """A negative of the ``extra`` folder: scene only, XML without objects (GOTURN skips these folders)."""
+    rng = np.random.default_rng([seed, _D_EXTRA, index])
+    W, H = (int(v) for v in STILL_SIZES[rng.integers(len(STILL_SIZES))])
+    base = Path(root) / "imagenet"
+    img = _jpeg_bytes(_to_image(_background(rng, H, W), False))
+    _write(base / DET_TRAIN / EXTRA_FOLDER / f"{name}.JPEG", img)
+    _write(base / DET_BBOX / EXTRA_FOLDER / f"{name}.xml", imagenet_xml(EXTRA_FOLDER, name, W, H, []))
+    return {"kind": "extra", "n": 1}
+
+
+def _alov_video_name(category: str, number: int) -> str:
+    return f"{category}_video{number:05d}"
+
+
+def _write_alov(root: Path, category: str, number: int, video: Video, ann: str, drop: int = 0) -> None:
+    """Frames ``imagedata++/<cat>/<video>/NNNNNNNN.jpg`` (1-based; ``drop`` leaves one out) + the ``.ann``."""
+    vname = _alov_video_name(category, number)
+    vdir = root / "alov" / ALOV_IMAGES / category / vname
+    for i, im in enumerate(video.frames, 1):
+        if i != drop:
+            _write(vdir / f"{i:08d}.jpg", _jpeg_bytes(im))
+    _write(root / "alov" / ALOV_ANN / category / f"{vname}.ann", ann)
+
+
+def _alov_task(
+    root: str, seed: int, index: int, category: str, number: int, T: int, spec_name: str, gray: bool
+) -> dict[str, Any]:
+    spec = SIZES[spec_name]
+    rng = np.random.default_rng([seed, _D_ALOV, index])
+    W, H = (int(v) for v in spec.frame_sizes[rng.integers(len(spec.frame_sizes))])
+    kn = _video_knobs(rng, category)
+    if gray:
+        kn = replace(kn, gray=True)
+    video = _render_video(rng, T, W, H, rng.uniform(*spec.object_size), kn)
+    ann = list(range(1, T + 1, 5))
+    _write_alov(Path(root), category, number, video, alov_ann(video.boxes, ann))
+    return {
+        "kind": "alov",
+        "video": _alov_video_name(category, number),
+        "category": category,
+        "frames": T,
+        "annotated_frames": len(ann),
+        "pairs": len(ann) - 1,
+        "width": W,
+        "height": H,
+        "grayscale": video.gray,
+        "n": T,
+    }
+
+
+def _otb_task(root: str, seed: int, index: int, name: str, T: int, spec_name: str) -> dict[str, Any]:
+    spec = SIZES[spec_name]
+    rng = np.random.default_rng([seed, _D_OTB, index])  # its own domain: never a training scene
+    W, H = (int(v) for v in spec.frame_sizes[rng.integers(len(spec.frame_sizes))])
+    video = _render_video(rng, T, W, H, rng.uniform(*spec.object_size), _video_knobs(rng, name))
+    sdir = Path(root) / "otb" / name
+    for i, im in enumerate(video.frames, 1):
+        _write(sdir / "img" / f"{i:04d}.jpg", _jpeg_bytes(im))
+    delim = "," if index % 2 == 0 else "\t"  # the real files use both (Man: comma, Crossing: tab)
+    _write(sdir / "groundtruth_rect.txt", otb_rows(video.boxes, delim))
+    return {
+        "kind": "otb",
+        "name": name,
+        "frames": T,
+        "width": W,
+        "height": H,
+        "grayscale": video.gray,
+        "delimiter": "comma" if delim == "," else "tab",
+        "n": T,
+    }
+
+
+# What a robust reader is expected to do with each bad input (documented in the manifest entry).
+BAD_EXPECT = {
+    "truncated_jpeg": "image fails a full decode: skip it (its objects are lost)",
+    "png_as_jpeg": "PNG bytes under .JPEG: sniff magic bytes, decode, re-encode as RGB JPEG",
+    "cmyk_jpeg": "CMYK JPEG: convert to RGB and re-encode",
+    "malformed_xml": "not well-formed XML: skip the image",
+    "vid_order_xml": "bndbox children in ImageNet VID order (xmax, xmin, ymax, ymin): valid, parse by tag",
+    "ann_malformed_line": "one .ann line has 5 of 9 fields: skip that line, keep the rest of the video",
+    "alov_missing_frame": "an annotated frame is missing: drop the pairs that need it, map frames by name",
+}
+
+
+def _bad_task(root: str, seed: int, spec_name: str) -> dict[str, Any]:
+    """The real sets' known defects, as extra files in the same layouts; returns their manifest entries."""
+    spec = SIZES[spec_name]
+    base = Path(root)
+    out: list[dict[str, Any]] = []
+    synset = SYNSETS[0]
+    kinds = ("truncated_jpeg", "png_as_jpeg", "cmyk_jpeg", "malformed_xml", "vid_order_xml")
+    for k, kind in enumerate(kinds):
+        rng = np.random.default_rng([seed, _D_BAD, k])
+        st = _still(rng, synset, 2)
+        name = f"{synset}_{900001 + k}"  # far above the clean ids (< 100000)
+        img_rel = f"imagenet/{DET_TRAIN}/{synset}/{name}.JPEG"
+        xml_rel = f"imagenet/{DET_BBOX}/{synset}/{name}.xml"
+        im = _to_image(st["frame"], False)
+        data = _jpeg_bytes(im)
+        order = ("xmin", "ymin", "xmax", "ymax")
+        xml = imagenet_xml(synset, name, st["width"], st["height"], st["objects"])
+        if kind == "truncated_jpeg":
+            data = data[: len(data) // 2]
+        elif kind == "png_as_jpeg":
+            buf = io.BytesIO()
+            im.save(buf, "PNG")
+            data = buf.getvalue()
+        elif kind == "cmyk_jpeg":
+            data = _jpeg_bytes(im.convert("CMYK"))
+        elif kind == "malformed_xml":
+            xml = xml[
+                : xml.index("<xmax>") + len("<xmax>") + 1
+            ]  # cut inside the first box: unclosed elements
+        else:
+            order = ("xmax", "xmin", "ymax", "ymin")
+            xml = imagenet_xml(synset, name, st["width"], st["height"], st["objects"], order)
+        _write(base / img_rel, data)
+        _write(base / xml_rel, xml)
+        statuses = [o["status"] for o in st["objects"]]
+        out.append(
+            {
+                "kind": kind,
+                "path": xml_rel if kind.endswith("xml") else img_rel,
+                "image": img_rel,
+                "xml": xml_rel,
+                "objects": len(statuses),
+                "objects_kept": statuses.count("kept"),
+                "bndbox_order": list(order),
+                "expect": BAD_EXPECT[kind],
+            }
+        )
+    T = spec.bad_video_frames
+    ann = list(range(1, T + 1, 5))
+    for number, kind in enumerate(("ann_malformed_line", "alov_missing_frame"), start=1):
+        rng = np.random.default_rng([seed, _D_BAD, len(kinds) + number])
+        W, H = spec.frame_sizes[0]
+        video = _render_video(rng, T, W, H, float(np.mean(spec.object_size)), _video_knobs(rng, BAD_CATEGORY))
+        vname = _alov_video_name(BAD_CATEGORY, number)
+        ann_rel = f"alov/{ALOV_ANN}/{BAD_CATEGORY}/{vname}.ann"
+        img_dir = f"alov/{ALOV_IMAGES}/{BAD_CATEGORY}/{vname}"
+        text = alov_ann(video.boxes, ann)
+        entry: dict[str, Any] = {
+            "kind": kind,
+            "video": vname,
+            "category": BAD_CATEGORY,
+            "frames": T,
+            "annotated_frames": len(ann),
+            "ann": ann_rel,
+            "images": img_dir,
+            "expect": BAD_EXPECT[kind],
+        }
+        if kind == "ann_malformed_line":
+            lines = text.splitlines(keepends=True)
+            lines[2] = " ".join(lines[2].split()[:5]) + "\n"  # frame 11 loses its last two corners
+            _write_alov(base, BAD_CATEGORY, number, video, "".join(lines))
+            entry.update(path=ann_rel, line=3, frame=ann[2])
+        else:
+            missing = ann[3]  # annotated frame 16: pairs 11->16 and 16->21 are lost
+            _write_alov(base, BAD_CATEGORY, number, video, text, drop=missing)
+            entry.update(path=f"{img_dir}/{missing:08d}.jpg", frame=missing, annotated=True)
+        out.append(entry)
+    return {"kind": "bad", "entries": out, "n": T * 2 + len(kinds)}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Orchestration and manifest
+# ------------------------------------------------------------------------------------------------------------
+
+Task = tuple[Callable[..., dict[str, Any]], tuple[Any, ...], int]  # function, arguments, images it writes
+
+
+def _prepare_out(out: Path) -> None:
+    """Clear what an earlier run made in ``out``; refuse to touch a folder this generator did not write."""
+    present = [p for p in MANAGED if (out / p).exists()]
+    if not present:
+        return
+    try:
+        ok = json.loads((out / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ok = False
+    if not ok:
+        raise FileExistsError(
+            f"{out} holds {present} but no {MANIFEST} of this generator; not overwriting it"
+        )
+    for p in present:
+        q = out / p
+        if q.is_dir():
+            shutil.rmtree(q)
+        else:
+            q.unlink()
+
+
+def _tasks(seed: int, size: str, root: str, with_bad_inputs: bool) -> list[Task]:
+    """Every item to make, with its own seed index; lengths and ids come from one layout generator."""
+    spec = SIZES[size]
+    layout = np.random.default_rng([seed, _D_LAYOUT, 0])
+    tasks: list[Task] = []
+    idx = 0
+    for synset in SYNSETS[: spec.synsets]:
+        ids = np.sort(layout.choice(np.arange(1, 100000), spec.images_per_synset, replace=False))
+        for j, num in enumerate(ids):
+            # every quirk exists for any seed and size: an empty image, a large / invalid object, a gray one
+            force = (
+                {0: "empty", 1: "large", 2: "invalid", 3: "gray"}.get(j, "") if synset == SYNSETS[0] else ""
+            )
+            tasks.append((_imagenet_task, (root, seed, idx, synset, f"{synset}_{int(num)}", force), 1))
+            idx += 1
+    for j in range(spec.extra_images):
+        tasks.append((_extra_task, (root, seed, j, f"ILSVRC2013_train_{j + 1:08d}"), 1))
+    idx = 0
+    for c, category in enumerate(spec.categories):
+        for number in range(1, spec.videos_per_category + 1):
+            T = int(layout.integers(spec.video_frames[0], spec.video_frames[1] + 1))
+            gray = c == 0 and number == 2  # at least one grayscale training video (more come at random)
+            tasks.append((_alov_task, (root, seed, idx, category, number, T, size, gray), T))
+            idx += 1
+    for idx, name in enumerate(spec.otb_sequences):
+        T = int(layout.integers(spec.otb_frames[0], spec.otb_frames[1] + 1))
+        tasks.append((_otb_task, (root, seed, idx, name, T, size), T))
+    if with_bad_inputs:
+        tasks.append((_bad_task, (root, seed, size), 2 * spec.bad_video_frames + 5))
+    return tasks
+
+
+def _run(task: Task) -> dict[str, Any]:
+    fn, args, _ = task
+    return fn(*args)
+
+
+def _manifest(seed: int, size: str, with_bad_inputs: bool, results: list[dict[str, Any]]) -> dict[str, Any]:
+    spec = SIZES[size]
+    imn = [r for r in results if r["kind"] == "imagenet"]
+    statuses = [s for r in imn for s in r["statuses"]]
+    videos = sorted((r for r in results if r["kind"] == "alov"), key=lambda r: r["video"])
+    for cat in spec.categories:  # GOTURN's split: per category, the last int(0.2 n) videos are validation
+        vs = [v for v in videos if v["category"] == cat]
+        n_val = int(VAL_RATIO * len(vs))
+        for i, v in enumerate(vs):
+            v["split"] = "val" if i >= len(vs) - n_val else "train"
+    seqs = sorted((r for r in results if r["kind"] == "otb"), key=lambda r: r["name"])
+    bad = [e for r in results if r["kind"] == "bad" for e in r["entries"]]
+    strip = ("kind", "n")
+    return {
+        "format": FORMAT,
+        "complete": True,
+        "seed": seed,
+        "size": size,
+        "with_bad_inputs": with_bad_inputs,
+        "generator": "pipeline.make_sample_data",
+        "note": "counts describe the clean data; bad_inputs lists the extra files --with-bad-inputs adds",
+        "imagenet": {
+            "images_dir": f"imagenet/{DET_TRAIN}",
+            "annotations_dir": f"imagenet/{DET_BBOX}",
+            "synsets": list(SYNSETS[: spec.synsets]),
+            "images": len(imn),
+            "images_with_kept_objects": sum(1 for r in imn if "kept" in r["statuses"]),
+            "images_without_objects": sum(1 for r in imn if not r["statuses"]),
+            "images_grayscale": sum(1 for r in imn if r["gray"]),
+            "objects": len(statuses),
+            "objects_kept": statuses.count("kept"),
+            "objects_too_large": statuses.count("too_large"),
+            "objects_invalid": statuses.count("invalid"),
+            "objects_truncated": sum(r["truncated"] for r in imn),
+            "pairs": statuses.count("kept"),
+            "max_ratio": MAX_RATIO,
+            "extra_folder": EXTRA_FOLDER,
+            "extra_images": sum(1 for r in results if r["kind"] == "extra"),
+        },
+        "alov": {
+            "images_dir": f"alov/{ALOV_IMAGES}",
+            "annotations_dir": f"alov/{ALOV_ANN}",
+            "categories": list(spec.categories),
+            "videos": len(videos),
+            "frames": sum(v["frames"] for v in videos),
+            "annotated_frames": sum(v["annotated_frames"] for v in videos),
+            "pairs": sum(v["pairs"] for v in videos),
+            "videos_grayscale": sum(1 for v in videos if v["grayscale"]),
+            "frames_grayscale": sum(v["frames"] for v in videos if v["grayscale"]),
+            "val_ratio": VAL_RATIO,
+            "train_videos": sum(1 for v in videos if v["split"] == "train"),
+            "val_videos": sum(1 for v in videos if v["split"] == "val"),
+            "per_video": [{k: v for k, v in r.items() if k not in strip} for r in videos],
+        },
+        "otb": {
+            "root": "otb",
+            "sequences": len(seqs),
+            "frames": sum(s["frames"] for s in seqs),
+            "sequences_grayscale": sum(1 for s in seqs if s["grayscale"]),
+            "per_sequence": [{k: v for k, v in r.items() if k not in strip} for r in seqs],
+        },
+        "bad_inputs": sorted(bad, key=lambda e: (e["kind"], e["path"])),
+    }
+
+
+def make_sample_data(
+    out: Path | str = Path("data/sample"),
+    seed: int = 0,
+    size: str = "medium",
+    with_bad_inputs: bool = False,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Generate the sample tree under ``out`` (replacing an earlier one) and return its manifest.
+
+    ``workers``: processes that render items (None: 1 for small, up to 2 for medium); the bytes are the same
+    for any value since every item has its own seed. ``progress`` defaults to a tqdm bar for ``medium``.
+    """
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _prepare_out(out)
+    _write(out / MANIFEST, json.dumps({"format": FORMAT, "complete": False}) + "\n")  # claims the folder
+    tasks = _tasks(seed, size, str(out), with_bad_inputs)
+    if workers is None:
+        workers = 1 if size == "small" else min(2, os.cpu_count() or 1)
+    show = (size == "medium") if progress is None else progress
+    results: list[dict[str, Any]] = []
+    with tqdm(total=sum(t[2] for t in tasks), disable=not show, desc="sample data", unit="img") as bar:
+        if workers > 1:
+            # spawn, not fork: callers (the demo, tests) may hold torch / thread pools that must not be forked
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as ex:
+                for t, r in zip(tasks, ex.map(_run, tasks, chunksize=4), strict=True):
+                    results.append(r)
+                    bar.update(t[2])
+        else:
+            for t in tasks:
+                results.append(_run(t))
+                bar.update(t[2])
+    manifest = _manifest(seed, size, with_bad_inputs, results)
+    _write(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    return manifest
+
+
+def ensure_sample_data(
+    out: Path | str = Path("data/sample"),
+    seed: int = 0,
+    size: str = "medium",
+    with_bad_inputs: bool = False,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """The manifest of ``out`` if it holds a complete tree made with these arguments, else generate it."""
+    try:
+        m = json.loads((Path(out) / MANIFEST).read_text())
+        same = (m.get("seed"), m.get("size"), m.get("with_bad_inputs")) == (seed, size, with_bad_inputs)
+        if m.get("format") == FORMAT and m.get("complete") and same:
+            return m
+    except (OSError, ValueError, AttributeError):
+        pass
+    return make_sample_data(out, seed, size, with_bad_inputs, workers, progress)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: generate, then print one line of counts."""
+    ap = argparse.ArgumentParser(
+        prog="python -m pipeline.make_sample_data", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "--out", type=Path, default=Path("data/sample"), help="output folder (default data/sample)"
+    )
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", choices=sorted(SIZES), default="medium")
+    ap.add_argument(
+        "--with-bad-inputs", action="store_true", help="add truncated/PNG/CMYK JPEGs, broken XML, ..."
+    )
+    ap.add_argument("--workers", type=int, default=None, help="render processes (default: 1 small, 2 medium)")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    progress = False if args.quiet else None
+    m = make_sample_data(args.out, args.seed, args.size, args.with_bad_inputs, args.workers, progress)
+    i, a, o = m["imagenet"], m["alov"], m["otb"]
+    print(
+        f"{args.out}: imagenet {i['images']} images / {i['objects']} objects ({i['objects_kept']} kept) "
+        f"+ {i['extra_images']} extra; alov {a['videos']} videos / {a['frames']} frames / {a['pairs']} pairs;"
+        " "
+        f"otb {o['sequences']} sequences / {o['frames']} frames; {len(m['bad_inputs'])} bad inputs "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
