@@ -233,7 +233,7 @@ def crop_and_resize(image: torch.Tensor, windows: torch.Tensor | np.ndarray, siz
 
 
 def to_uint8(crops: torch.Tensor) -> torch.Tensor:
-    """Round float crops to uint8 the way DALI's warp output does (round half away from zero, saturate)."""
+    """Round float crops to the nearest uint8 and saturate, like DALI's uint8 warp output (ties may differ by 1)."""
     return crops.round().clamp_(0, 255).to(torch.uint8)
 
 

@@ -1,0 +1,373 @@
+"""One-pass OTB evaluation: track (batched, lockstep), write got10k-layout results, score, plot, report.
+
+    python -m evaluate.otb --weights FILE --otb-root DIR [--version 2015|2013|tb50] [--sequences A,B]
+        --out DIR [--device auto|cpu|cuda] [--batch-sequences N] [--name TRACKER]
+        [--protocol got10k|pysot] [--results DIR]
+    python -m evaluate.otb            # the sample run's latest checkpoint on the sample OTB sequences
+
+Outputs in ``--out``: ``<tracker>/<Seq>.txt`` (1-based x,y,w,h), ``<tracker>/times/<Seq>_time.txt``,
+``report.json``, ``report.md``, ``success_plot.png``, ``precision_plot.png``. ``--results DIR`` scores the
+result folders of any trackers (subfolders of DIR) without running a model (add ``--weights`` to run ours
+too).
+
+Conventions: OTB ground truth is 1-based; the tracker is initialised with 0-based corners
+(``xywh_to_corners(gt, one_based=True)``) and its boxes are written back 1-based, as the authors do. Under
+``--protocol pysot`` the tracker is initialised with, and the first row records, ``GT + (0.5, 0.5)``
+exactly like pysot's ``tools/test.py``, and Tiger1 starts at frame 6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from evaluate import metrics as M
+from evaluate.lockstep import BatchStepper, TrackJob, track_lockstep
+from evaluate.otb_data import VERSIONS, Discovery, OTBSequence, find_sequences, read_frame
+from evaluate.results import (
+    find_result,
+    read_meta,
+    read_result,
+    read_times,
+    result_name,
+    write_meta,
+    write_result,
+)
+from model.geometry import corners_to_xywh, xywh_to_corners
+
+log = logging.getLogger("evaluate.otb")
+
+SAMPLE_WEIGHTS = Path("runs/sample/checkpoint-latest.pt")
+SAMPLE_OTB = Path("data/sample/otb")
+SAMPLE_OUT = Path("reports/sample")
+
+
+@dataclass
+class TrackerScores:
+    """Scores of one tracker over the sequences it has results for."""
+
+    name: str
+    per_sequence: dict[str, M.Curves]
+    overall: M.Curves
+    fps: float
+    fps_end_to_end: float
+    device: str
+    missing: list[str] = field(default_factory=list)
+
+
+def init_box(seq: OTBSequence, protocol: str) -> np.ndarray:
+    """The 1-based xywh the tracker starts from (pysot's test.py adds 0.5 px via its centre round trip)."""
+    box = seq.gt[0].astype(np.float64).copy()
+    if protocol == "pysot":
+        box[:2] += 0.5
+    return box
+
+
+def run_tracker(
+    stepper: BatchStepper,
+    sequences: Sequence[OTBSequence],
+    tracker_dir: Path,
+    protocol: str = "got10k",
+    batch_sequences: int = 8,
+    device: str = "",
+    max_frames: int | None = None,
+    show_progress: bool = True,
+) -> dict:
+    """Track every sequence in lockstep batches and write its result and time files; returns run facts."""
+    inits = [init_box(s, protocol) for s in sequences]
+    jobs = [
+        TrackJob(s.name, s.frames[:max_frames] if max_frames else s.frames, xywh_to_corners(b, one_based=True))
+        for s, b in zip(sequences, inits, strict=True)
+    ]
+    _warm_up(stepper, jobs[0])
+    total = sum(len(j.frames) for j in jobs)
+    bar = tqdm(total=total, unit="frame", desc=f"tracking {len(jobs)} sequences", disable=not show_progress)
+    t0 = time.perf_counter()
+    outs = track_lockstep(stepper, jobs, batch_size=min(batch_sequences, len(jobs)), progress=bar.update)
+    wall = time.perf_counter() - t0
+    bar.close()
+    for seq, out, b in zip(sequences, outs, inits, strict=True):
+        xywh = corners_to_xywh(out.boxes, one_based=True)
+        xywh[0] = b
+        write_result(tracker_dir, result_name(seq, protocol), xywh, out.times)
+    facts = {
+        "device": device,
+        "fps": M.tracking_fps([o.times for o in outs]),
+        "fps_end_to_end": (total - len(jobs)) / wall if wall > 0 else -1.0,  # same frames as "fps"
+        "protocol": protocol,
+        "batch_sequences": min(batch_sequences, len(jobs)),
+        "frames": total,
+        "max_frames": max_frames,
+    }
+    write_meta(tracker_dir, facts)
+    return facts
+
+
+def write_first_box_baseline(
+    sequences: Sequence[OTBSequence], tracker_dir: Path, protocol: str = "got10k", max_frames: int | None = None
+) -> None:
+    """Result files of the "stay at the first box" tracker: the floor any tracker should beat; score it with
+    ``--results`` next to real trackers."""
+    for seq in sequences:
+        n = min(len(seq), max_frames) if max_frames else len(seq)
+        write_result(tracker_dir, result_name(seq, protocol), np.tile(init_box(seq, protocol), (n, 1)))
+
+
+def _warm_up(stepper: BatchStepper, job: TrackJob) -> None:
+    """One untimed step (lazy CUDA / allocator initialisation stays out of the timings)."""
+    f = job.frames[0]
+    frame = stepper.prepare(f if isinstance(f, np.ndarray) else read_frame(f))
+    stepper.step([frame], np.asarray(job.init_box, dtype=np.float64)[None], [frame])
+    stepper.sync()
+
+
+def score_tracker(
+    tracker_dir: Path,
+    sequences: Sequence[OTBSequence],
+    protocol: str = "got10k",
+    max_frames: int | None = None,
+) -> TrackerScores | None:
+    """Score the result files in ``tracker_dir``; sequences lacking a usable result are missing."""
+    per: dict[str, M.Curves] = {}
+    times: list[np.ndarray] = []
+    missing: list[str] = []
+    for seq in sequences:
+        path = find_result(tracker_dir, seq)
+        if path is None:
+            missing.append(seq.name)
+            continue
+        gt = seq.gt[:max_frames] if max_frames else seq.gt
+        try:
+            per[seq.name] = M.sequence_curves(read_result(path), gt, protocol)
+        except ValueError as e:
+            log.warning("%s: %s: %s (skipped)", tracker_dir.name, path.name, e)
+            missing.append(seq.name)
+            continue
+        t = read_times(tracker_dir, path)
+        if t is not None:
+            times.append(t)
+    if missing:
+        log.warning("%s: no usable result for %d sequence(s): %s", tracker_dir.name, len(missing), ", ".join(missing))
+    if not per:
+        return None
+    meta = read_meta(tracker_dir)
+    fps = M.tracking_fps(times) if times else -1.0
+    return TrackerScores(
+        tracker_dir.name,
+        per,
+        M.mean_curves(list(per.values())),
+        fps,
+        float(meta.get("fps_end_to_end", -1.0)),
+        str(meta.get("device", "unknown")),
+        missing,
+    )
+
+
+def build_report(scores: Sequence[TrackerScores]) -> dict:
+    """report.json: ``{"trackers": {NAME: {"overall": {...}, "sequences": {SEQ: {...}}}}}``."""
+    trackers = {}
+    for s in scores:
+        trackers[s.name] = {
+            "overall": {
+                "success_auc": s.overall.success_auc,
+                "precision_20": s.overall.precision_20,
+                "norm_precision": s.overall.norm_precision_score,
+                "frames": s.overall.frames,
+                "fps": s.fps,
+                "device": s.device,
+            },
+            "sequences": {
+                n: {"success_auc": c.success_auc, "precision_20": c.precision_20, "frames": c.frames}
+                for n, c in s.per_sequence.items()
+            },
+        }
+    return {"trackers": trackers}
+
+
+def _fmt_fps(v: float) -> str:
+    return f"{v:.1f}" if v > 0 else "n/a"
+
+
+def markdown_report(scores: Sequence[TrackerScores], protocol: str, discovery: Discovery, notes: list[str]) -> str:
+    """The human-readable table (also printed)."""
+    rules = "got10k ExperimentOTB rules" if protocol == "got10k" else "pysot OPEBenchmark rules"
+    lines = [
+        "# OTB one-pass evaluation (OPE)",
+        "",
+        f"Protocol: **{protocol}** ({rules}); {len(discovery.sequences)} sequences ({discovery.mode}).",
+        "Success AUC = mean success over 21 IoU thresholds (IoU > t); P@20 = precision at 20 px;",
+        "FPS = frames after the first / tracking time (no I/O, no init); end-to-end includes decoding.",
+    ]
+    lines += [f"- {n}" for n in notes]
+    if discovery.missing:
+        lines.append(f"- Missing under the root (skipped): {', '.join(discovery.missing)}")
+    lines += [
+        "",
+        "| Tracker | Success AUC | P@20 | Norm. precision | Sequences | Frames | FPS (tracking) "
+        "| FPS (end-to-end) | Device |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in sorted(scores, key=lambda s: -s.overall.success_auc):
+        lines.append(
+            f"| {s.name} | {s.overall.success_auc:.4f} | {s.overall.precision_20:.4f} | "
+            f"{s.overall.norm_precision_score:.4f} | {len(s.per_sequence)} | {s.overall.frames} | "
+            f"{_fmt_fps(s.fps)} | {_fmt_fps(s.fps_end_to_end)} | {s.device} |"
+        )
+    for s in scores:
+        if s.missing:
+            lines.append(f"\n{s.name}: no result for {', '.join(s.missing)}")
+    names = [s.name for s in scores]
+    lines += ["", "## Per sequence (success AUC / P@20)", ""]
+    lines.append("| Sequence | Frames | " + " | ".join(names) + " |")
+    lines.append("|---|---|" + "---|" * len(names))
+    for seq in discovery.sequences:
+        cells = []
+        frames = ""
+        for s in scores:
+            c = s.per_sequence.get(seq.name)
+            cells.append(f"{c.success_auc:.3f} / {c.precision_20:.3f}" if c else "-")
+            frames = frames or (str(c.frames) if c else "")
+        lines.append(f"| {seq.name} | {frames} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(
+    out: Path, scores: Sequence[TrackerScores], protocol: str, discovery: Discovery, notes: list[str]
+) -> str:
+    """report.json, report.md, success_plot.png and precision_plot.png in ``out``; returns the markdown."""
+    from evaluate.plots import precision_plot, success_plot
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(build_report(scores), indent=2) + "\n")
+    md = markdown_report(scores, protocol, discovery, notes)
+    (out / "report.md").write_text(md)
+    curves = {s.name: s.overall for s in scores}
+    suffix = f" ({protocol}, {len(discovery.sequences)} seq.)"
+    success_plot(curves, out / "success_plot.png", "Success plots of OPE" + suffix)
+    precision_plot(curves, out / "precision_plot.png", "Precision plots of OPE" + suffix)
+    return md
+
+
+def result_folders(results: Path) -> list[Path]:
+    """Tracker folders of a results directory: subfolders holding at least one ``.txt`` file."""
+    return sorted(p for p in results.iterdir() if p.is_dir() and any(p.glob("*.txt")))
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m evaluate.otb", description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", type=Path, help=f"checkpoint to evaluate (default {SAMPLE_WEIGHTS})")
+    p.add_argument("--otb-root", type=Path, default=None, help=f"folder of OTB sequences (default {SAMPLE_OTB})")
+    p.add_argument("--version", choices=sorted(VERSIONS), help="OTB list; default: 2015 if complete, else all found")
+    p.add_argument("--sequences", help="comma-separated names in any toolkit's spelling (Jogging-1, Jogging.1)")
+    p.add_argument("--out", type=Path, default=None, help=f"output folder (default {SAMPLE_OUT})")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    p.add_argument("--batch-sequences", type=int, default=None, help="sequences tracked in lockstep (cuda 128, cpu 8)")
+    p.add_argument("--name", default="GOTURN", help="tracker name (result folder, legend)")
+    p.add_argument("--protocol", choices=M.PROTOCOLS, default="got10k", help="scoring rules (default got10k)")
+    p.add_argument("--results", type=Path, help="score existing result folders (subfolders of this directory)")
+    p.add_argument("--max-frames", type=int, default=None, help="smoke tests only: first K frames per sequence")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "float16", "bfloat16"],
+        help="network precision; half on cuda also stores the net NHWC (faster; numbers shift slightly)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no printed table")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
+    run_model = args.weights is not None or args.results is None
+    weights = args.weights or SAMPLE_WEIGHTS
+    root = args.otb_root or SAMPLE_OTB
+    out = args.out or SAMPLE_OUT
+    if run_model and not weights.is_file():
+        hint = " Run `make demo` (or the trainer on the sample shards) first." if args.weights is None else ""
+        raise SystemExit(f"error: checkpoint {weights} not found.{hint}")
+    if not root.is_dir():
+        hint = " Run `make demo` to generate the sample data." if args.otb_root is None else ""
+        raise SystemExit(f"error: OTB root {root} not found.{hint}")
+    names = [n.strip() for n in args.sequences.split(",") if n.strip()] if args.sequences else None
+    try:
+        disc = find_sequences(root, args.version, names, args.protocol)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from e
+    notes: list[str] = []
+    if disc.mode == "all folders":
+        n = len(disc.sequences)
+        msg = f"{root} is not a complete OTB-100 root: evaluating every sequence folder found ({n})"
+        log.info(msg)
+        notes.append(msg)
+    if args.max_frames:
+        notes.append(f"SMOKE TEST: only the first {args.max_frames} frames of each sequence (not a benchmark)")
+    scores: list[TrackerScores] = []
+    if run_model:
+        from evaluate.steppers import device_name, load_stepper, resolve_device
+
+        dev = resolve_device(args.device)
+        batch = args.batch_sequences or (128 if dev.type == "cuda" else 8)
+        import torch
+
+        dtype = getattr(torch, args.dtype)
+        half_cuda = dev.type == "cuda" and dtype != torch.float32
+        stepper = load_stepper(weights, dev, dtype=dtype, channels_last=half_cuda)
+        tdir = out / args.name
+        if args.dtype != "float32":
+            notes.append(f"network in {args.dtype}")
+        facts = run_tracker(
+            stepper,
+            disc.sequences,
+            tdir,
+            args.protocol,
+            batch,
+            device_name(dev),
+            args.max_frames,
+            not args.quiet,
+        )
+        log.info(
+            "tracked %d frames: %.1f frames/s tracking, %.1f end to end on %s (batch %d)",
+            facts["frames"],
+            facts["fps"],
+            facts["fps_end_to_end"],
+            facts["device"],
+            facts["batch_sequences"],
+        )
+        s = score_tracker(tdir, disc.sequences, args.protocol, args.max_frames)
+        assert s is not None
+        scores.append(s)
+    if args.results is not None:
+        if not args.results.is_dir():
+            raise SystemExit(f"error: results folder {args.results} not found")
+        for tdir in result_folders(args.results):
+            if run_model and tdir.resolve() == (out / args.name).resolve():
+                continue
+            s = score_tracker(tdir, disc.sequences, args.protocol, args.max_frames)
+            if s is None:
+                log.warning("%s: no result file matches the sequences (skipped)", tdir)
+            else:
+                scores.append(s)
+        if not scores:
+            raise SystemExit(f"error: no tracker results for these sequences under {args.results}")
+    md = write_outputs(out, scores, args.protocol, disc, notes)
+    if not args.quiet:
+        print(md)
+        print(
+            f"report: {out / 'report.json'}, {out / 'report.md'}, plots: {out / 'success_plot.png'}, "
+            f"{out / 'precision_plot.png'}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

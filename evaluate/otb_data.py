@@ -1,0 +1,319 @@
+"""OTB-2013 / OTB-100 (2015) / TB-50 loader with every quirk of the real data (formats_and_eval.md section 1).
+
+Why a loader of our own: the toolkits disagree on names (``Jogging.1`` vs ``Jogging-1``), on Tiger1's start
+and on how missing folders are treated, and the raw folders hold more images than annotations for a few
+sequences. The rules here: list and sort ``img/`` (never synthesise file names: BlurCar1/3/4 start above 1,
+Board has 5 digits), apply the frame windows *by position*, parse any of comma / tab / space, keep invalid
+rows (with a mask), and assert ``len(frames) == len(rows)``. Boxes stay in the file's 1-based ``(x, y, w,
+h)`` (Matlab) convention.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+PROTOCOLS = ("got10k", "pysot")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+# Folder lists exactly as got10k 0.1.3 ``datasets/otb.py`` (one folder may hold several targets).
+# fmt: off
+OTB2013_FOLDERS: tuple[str, ...] = (
+    "Basketball", "Bolt", "Boy", "Car4", "CarDark", "CarScale", "Coke", "Couple", "Crossing", "David",
+    "David2", "David3", "Deer", "Dog1", "Doll", "Dudek", "FaceOcc1", "FaceOcc2", "Fish", "FleetFace",
+    "Football", "Football1", "Freeman1", "Freeman3", "Freeman4", "Girl", "Ironman", "Jogging", "Jumping",
+    "Lemming", "Liquor", "Matrix", "Mhyang", "MotorRolling", "MountainBike", "Shaking", "Singer1", "Singer2",
+    "Skating1", "Skiing", "Soccer", "Subway", "Suv", "Sylvester", "Tiger1", "Tiger2", "Trellis", "Walking",
+    "Walking2", "Woman"
+)
+TB50_FOLDERS: tuple[str, ...] = (
+    "Basketball", "Biker", "Bird1", "BlurBody", "BlurCar2", "BlurFace", "BlurOwl", "Bolt", "Box", "Car1",
+    "Car4", "CarDark", "CarScale", "ClifBar", "Couple", "Crowds", "David", "Deer", "Diving", "DragonBaby",
+    "Dudek", "Football", "Freeman4", "Girl", "Human3", "Human4", "Human6", "Human9", "Ironman", "Jump",
+    "Jumping", "Liquor", "Matrix", "MotorRolling", "Panda", "RedTeam", "Shaking", "Singer2", "Skating1",
+    "Skating2", "Skiing", "Soccer", "Surfer", "Sylvester", "Tiger2", "Trellis", "Walking", "Walking2", "Woman"
+)
+TB100_FOLDERS: tuple[str, ...] = (
+    "Bird2", "BlurCar1", "BlurCar3", "BlurCar4", "Board", "Bolt2", "Boy", "Car2", "Car24", "Coke", "Coupon",
+    "Crossing", "Dancer", "Dancer2", "David2", "David3", "Dog", "Dog1", "Doll", "FaceOcc1", "FaceOcc2",
+    "Fish", "FleetFace", "Football1", "Freeman1", "Freeman3", "Girl2", "Gym", "Human2", "Human5", "Human7",
+    "Human8", "Jogging", "KiteSurf", "Lemming", "Man", "Mhyang", "MountainBike", "Rubik", "Singer1", "Skater",
+    "Skater2", "Subway", "Suv", "Tiger1", "Toy", "Trans", "Twinnings", "Vase"
+) + TB50_FOLDERS
+# fmt: on
+VERSIONS: dict[str, tuple[str, ...]] = {
+    "2013": OTB2013_FOLDERS,
+    "2015": TB100_FOLDERS,
+    "tb100": TB100_FOLDERS,
+    "tb50": TB50_FOLDERS,
+}
+# Targets per folder where a folder is not exactly one target (section 1.5): the annotation files to use.
+MULTI_TARGET = {"Jogging": 2, "Skating2": 2}
+
+# Raw folders with more images than annotation rows: the evaluated slice by position (section 1.6; identical
+# in got10k ``OTB.__getitem__``, OTBPY ``get_format`` and the Matlab configs). Applied only when the counts
+# differ, so a re-packaged folder that already holds just the annotated frames is read as is.
+FRAME_WINDOWS: dict[str, slice] = {
+    "david": slice(300 - 1, 770),
+    "football1": slice(0, 74),
+    "freeman3": slice(0, 460),
+    "freeman4": slice(0, 283),
+    "diving": slice(0, 215),
+}
+# The Matlab toolkit's init-omit for Tiger1 (OPE starts at frame 6, 349 frames): pysot / OTB / pytracking
+# apply it, got10k does not. Frames *and* annotation rows are dropped.
+INIT_OMIT_PYSOT = {"tiger1": 5}
+
+_GT_RE = re.compile(r"^groundtruth_rect(?:\.(\d+))?\.txt$")
+
+
+@dataclass(frozen=True)
+class OTBSequence:
+    """One tracking target: its frames and 1-based ``(x, y, w, h)`` ground truth, one row per frame."""
+
+    name: str  # canonical id, no dots: "Man", "Jogging-1", "Human4"
+    folder: Path
+    frames: tuple[Path, ...]
+    gt: np.ndarray  # (N, 4) float64, 1-based xywh exactly as in the file
+    valid: np.ndarray  # (N,) bool: the OTB rule (finite, all four of x, y, w, h > 0); invalid rows are kept
+    gt_file: str  # annotation file name inside the folder
+    first_frame: int  # 1-based position in the sorted img/ listing of frames[0]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    @property
+    def got10k_name(self) -> str:
+        """got10k's spelling (``Jogging.1``), used for its result files."""
+        return got10k_name(self.name)
+
+    @property
+    def pysot_name(self) -> str:
+        """pysot's spelling (``Jogging-1``, ``Human4-2``), used for its result files."""
+        m = _GT_RE.match(self.gt_file)
+        if m and m.group(1) and "-" not in self.name:
+            return f"{self.name}-{m.group(1)}"
+        return self.name
+
+
+def got10k_name(canonical: str) -> str:
+    """Canonical id -> got10k name: the target suffix ``-k`` of a multi-target folder becomes ``.k``."""
+    return re.sub(r"-(\d+)$", r".\1", canonical)
+
+
+def name_aliases(seq: OTBSequence) -> list[str]:
+    """Every spelling the toolkits use for a target's result file, most specific first (section 1.5)."""
+    base = [
+        seq.name,
+        seq.got10k_name,
+        seq.pysot_name,
+        seq.name.replace("-", "_"),
+        seq.pysot_name.replace("-", "_"),
+    ]
+    out: list[str] = []
+    for n in base + [n[:1].lower() + n[1:] for n in base] + [n.lower() for n in base]:
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def parse_gt_text(text: str, source: str = "<text>") -> np.ndarray:
+    """Annotation text -> ``(N, 4)`` float64; comma, tab or space delimited, empty lines skipped."""
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        parts = line.replace(",", " ").replace("\t", " ").split()
+        if not parts:
+            continue
+        if len(parts) != 4:
+            raise ValueError(f"{source}:{lineno}: expected 4 numbers (x, y, w, h), got {line!r}")
+        rows.append([float(p) for p in parts])
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def otb_valid_mask(gt: np.ndarray) -> np.ndarray:
+    """The OTB Matlab validity rule (``calcSeqErrRobust``): every value finite and > 0."""
+    g = np.asarray(gt, dtype=np.float64)
+    return np.all(np.isfinite(g) & (g > 0), axis=-1)
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of ``folder`` sorted by name (zero-padded names make this frame order)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_frame(path: str | Path) -> np.ndarray:
+    """Decode a frame to ``HxWx3`` uint8 RGB; single-channel images are expanded by content."""
+    with Image.open(path) as im:
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        return np.asarray(im, dtype=np.uint8).copy()
+
+
+def annotation_files(folder: Path) -> list[Path]:
+    """Non-empty ``groundtruth_rect[.k].txt`` files of a folder, in got10k's order (sorted by name)."""
+    files = sorted(p for p in folder.glob("groundtruth*.txt") if _GT_RE.match(p.name))
+    kept = []
+    for p in files:
+        if p.read_text().strip():
+            kept.append(p)
+        else:
+            log.info("%s is empty (ignored)", p)
+    return kept
+
+
+def target_names(folder: Path) -> list[tuple[str, Path]]:
+    """``(canonical id, annotation file)`` for every target of a folder (Jogging -> Jogging-1, Jogging-2)."""
+    files = annotation_files(folder)
+    if len(files) == 1:
+        return [(folder.name, files[0])]
+    return [(f"{folder.name}-{i}", f) for i, f in enumerate(files, 1)]
+
+
+def load_sequence(
+    folder: str | Path, gt_file: str | Path | None = None, name: str | None = None, protocol: str = "got10k"
+) -> OTBSequence:
+    """Load one target of an OTB folder, windows applied; raises when frames and annotation rows disagree."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    folder = Path(folder)
+    if gt_file is None:
+        targets = target_names(folder)
+        if not targets:
+            raise FileNotFoundError(f"no non-empty groundtruth_rect*.txt in {folder}")
+        name, gt_path = targets[0] if name is None else next(t for t in targets if t[0] == name)
+    else:
+        gt_path = folder / gt_file if not Path(gt_file).is_absolute() else Path(gt_file)
+    name = name or folder.name
+    gt = parse_gt_text(gt_path.read_text(), str(gt_path))
+    img_dir = folder / "img"
+    if not img_dir.is_dir():
+        raise FileNotFoundError(f"{img_dir} not found")
+    frames = list_images(img_dir)
+    start = 0
+    key = folder.name.lower()
+    if key in FRAME_WINDOWS and len(frames) != len(gt):
+        win = FRAME_WINDOWS[key]
+        start = win.start or 0
+        frames = frames[win]
+    if protocol == "pysot" and key in INIT_OMIT_PYSOT:
+        omit = INIT_OMIT_PYSOT[key]
+        if len(frames) == len(gt):
+            frames, gt, start = frames[omit:], gt[omit:], start + omit
+    if len(frames) != len(gt):
+        raise ValueError(
+            f"{name}: {len(frames)} frames in {img_dir} (after the window), {len(gt)} rows in {gt_path.name}"
+        )
+    if len(gt) == 0:
+        raise ValueError(f"{name}: empty sequence")
+    valid = otb_valid_mask(gt)
+    if not valid.all():
+        log.info("%s: %d invalid ground-truth rows kept (OTB rule: all four > 0)", name, int((~valid).sum()))
+    return OTBSequence(name, folder, tuple(frames), gt, valid, gt_path.name, start + 1)
+
+
+def is_sequence_folder(folder: Path) -> bool:
+    """A folder with ``img/`` and at least one ``groundtruth_rect*.txt``."""
+    return (folder / "img").is_dir() and any(_GT_RE.match(p.name) for p in folder.glob("groundtruth*.txt"))
+
+
+def _norm(s: str) -> str:
+    return re.sub(r"[-._]", "", s).lower()
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What `find_sequences` found: the loaded targets, the names it could not find, and how it chose them."""
+
+    sequences: list[OTBSequence]
+    missing: list[str]
+    mode: str  # "version <v>", "all folders", "names"
+
+
+def find_sequences(
+    root: str | Path,
+    version: str | None = None,
+    names: Sequence[str] | None = None,
+    protocol: str = "got10k",
+) -> Discovery:
+    """Resolve the targets to evaluate under ``root``.
+
+    ``names`` (any toolkit spelling, case-insensitive) wins; else ``version``'s folder list; else, when
+    ``root`` holds the whole OTB-100 set, OTB-100, otherwise every sequence folder found (the sample data).
+    Missing targets are reported and skipped; finding none is an error.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"OTB root {root} does not exist")
+    present = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and is_sequence_folder(p)}
+    if version is not None and str(version).lower() not in VERSIONS:
+        raise ValueError(f"unknown OTB version {version!r}; choose from {sorted(VERSIONS)}")
+    if names:
+        folders, mode = list(present), "names"
+    elif version is not None:
+        folders, mode = list(VERSIONS[str(version).lower()]), f"version {version}"
+    elif all(f in present for f in TB100_FOLDERS):
+        folders, mode = list(TB100_FOLDERS), "version 2015"
+    else:
+        folders, mode = list(present), "all folders"
+    targets: list[tuple[str, Path, str]] = []  # (canonical id, folder, annotation file name)
+    missing: list[str] = []
+    for f in folders:
+        if f not in present:
+            n = MULTI_TARGET.get(f, 1)
+            missing.extend([f] if n == 1 else [f"{f}-{i}" for i in range(1, n + 1)])
+            continue
+        targets.extend((tname, present[f], gt.name) for tname, gt in target_names(present[f]))
+    if names:
+        targets, not_found = _select(targets, names)
+        missing.extend(not_found)
+    for m in missing:
+        log.warning("sequence %s not found under %s: skipped", m, root)
+    if not targets:
+        raise FileNotFoundError(f"no OTB sequences found under {root} ({mode}; missing: {', '.join(missing)})")
+    seqs = [load_sequence(folder, gt, tname, protocol) for tname, folder, gt in targets]
+    return Discovery(seqs, missing, mode)
+
+
+def _aliases(tname: str, gt_file: str) -> list[str]:
+    m = _GT_RE.match(gt_file)
+    pysot = f"{tname}-{m.group(1)}" if m and m.group(1) and "-" not in tname else tname
+    base = [tname, got10k_name(tname), pysot]
+    return [_norm(a) for a in base]
+
+
+def _select(
+    targets: list[tuple[str, Path, str]], names: Sequence[str]
+) -> tuple[list[tuple[str, Path, str]], list[str]]:
+    """Pick targets by any toolkit spelling; a multi-target folder's name ("Jogging") selects all of them."""
+    chosen: list[tuple[str, Path, str]] = []
+    missing: list[str] = []
+    for n in names:
+        hits = [t for t in targets if _norm(n) in _aliases(t[0], t[2])]
+        hits = hits or [t for t in targets if _norm(t[1].name) == _norm(n)]
+        if not hits:
+            missing.append(n)
+        chosen.extend(t for t in hits if t not in chosen)
+    return chosen, missing
+
+
+def expected_targets(version: str) -> list[str]:
+    """Canonical target ids of a version (51 for 2013, 100 for 2015, 50 for tb50)."""
+    out: list[str] = []
+    for f in VERSIONS[str(version).lower()]:
+        n = MULTI_TARGET.get(f, 1)
+        out.extend([f] if n == 1 else [f"{f}-{i}" for i in range(1, n + 1)])
+    return out
+
+
+def iter_frames(seq: OTBSequence) -> Iterable[np.ndarray]:
+    """Decoded frames of a sequence in order."""
+    for p in seq.frames:
+        yield read_frame(p)

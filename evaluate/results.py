@@ -1,0 +1,71 @@
+"""Result files in the got10k layout: ``<dir>/<Seq>.txt`` (x,y,w,h per line, comma, 1-based OTB convention)
+and ``<dir>/times/<Seq>_time.txt`` (seconds per frame, the first line is the init frame).
+
+Why this layout: got10k's ``ExperimentOTB.report`` and pysot's loaders read it directly, and results of
+other trackers downloaded in it can be scored next to ours (``python -m evaluate.otb --results DIR``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evaluate.otb_data import OTBSequence, name_aliases, parse_gt_text
+
+META_FILE = "meta.json"
+
+
+def result_name(seq: OTBSequence, protocol: str) -> str:
+    """File stem the protocol's toolkit expects: got10k ``Jogging.1`` / ``Human4``, pysot ``Jogging-1`` /
+    ``Human4-2``."""
+    return seq.pysot_name if protocol == "pysot" else seq.got10k_name
+
+
+def write_result(tracker_dir: str | Path, stem: str, boxes_xywh: np.ndarray, times: np.ndarray | None = None) -> Path:
+    """Write one sequence's boxes (``%.3f``, comma, like got10k) and, if given, its per-frame times."""
+    tracker_dir = Path(tracker_dir)
+    tracker_dir.mkdir(parents=True, exist_ok=True)
+    path = tracker_dir / f"{stem}.txt"
+    np.savetxt(path, np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4), fmt="%.3f", delimiter=",")
+    if times is not None:
+        (tracker_dir / "times").mkdir(exist_ok=True)
+        np.savetxt(tracker_dir / "times" / f"{stem}_time.txt", np.asarray(times, dtype=np.float64), fmt="%.8f")
+    return path
+
+
+def find_result(tracker_dir: str | Path, seq: OTBSequence) -> Path | None:
+    """The result file of ``seq`` under any toolkit's spelling (``Jogging-1``, ``Jogging.1``, ...)."""
+    tracker_dir = Path(tracker_dir)
+    for stem in name_aliases(seq):
+        p = tracker_dir / f"{stem}.txt"
+        if p.is_file():
+            return p
+    return None
+
+
+def read_result(path: str | Path) -> np.ndarray:
+    """Boxes of a result file; comma, tab or space separated (trackers in the wild use all three)."""
+    path = Path(path)
+    return parse_gt_text(path.read_text(), str(path))
+
+
+def read_times(tracker_dir: str | Path, result_path: str | Path) -> np.ndarray | None:
+    """Per-frame times next to a result file (``times/<stem>_time.txt``), or None."""
+    p = Path(tracker_dir) / "times" / f"{Path(result_path).stem}_time.txt"
+    if not p.is_file():
+        return None
+    return np.loadtxt(p, dtype=np.float64, ndmin=1)
+
+
+def write_meta(tracker_dir: str | Path, meta: dict[str, Any]) -> None:
+    """Run facts a later ``--results`` evaluation cannot recover from the boxes (device, end-to-end FPS)."""
+    Path(tracker_dir).mkdir(parents=True, exist_ok=True)
+    (Path(tracker_dir) / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_meta(tracker_dir: str | Path) -> dict[str, Any]:
+    p = Path(tracker_dir) / META_FILE
+    return json.loads(p.read_text()) if p.is_file() else {}

@@ -1,0 +1,118 @@
+"""Track one sequence and draw it: frames with the predicted box (red) and the ground truth (green) if
+present, plus an animated GIF (Pillow only, no video dependency).
+
+    python -m evaluate.track --weights FILE --sequence DIR --out DIR [--gif] [--init x,y,w,h] [--device auto]
+
+``DIR`` is an OTB-style folder (``img/`` + ``groundtruth_rect*.txt``) or a folder of images (then
+``--init``, a 1-based OTB ``x,y,w,h``, is required). Writes ``<out>/frames/NNNN.jpg``, ``<out>/<name>.txt``
+(1-based x,y,w,h) and, with ``--gif``, ``<out>/<name>.gif``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from evaluate.lockstep import TrackJob, track_lockstep
+from evaluate.otb_data import list_images, load_sequence, parse_gt_text, read_frame, target_names
+from evaluate.results import write_result
+from model.geometry import corners_to_xywh, xywh_to_corners
+
+PRED_COLOR = (255, 40, 40)
+GT_COLOR = (40, 220, 40)
+
+
+def draw_boxes(frame: np.ndarray, pred_xywh: np.ndarray | None, gt_xywh: np.ndarray | None = None) -> Image.Image:
+    """One annotated frame; boxes are 1-based OTB xywh, drawn on the pixels they cover."""
+    im = Image.fromarray(frame)
+    d = ImageDraw.Draw(im)
+    width = max(1, round(min(im.size) / 150))
+    for box, color in ((gt_xywh, GT_COLOR), (pred_xywh, PRED_COLOR)):
+        if box is None or not np.all(np.isfinite(box)) or box[2] <= 0 or box[3] <= 0:
+            continue
+        x1, y1, x2, y2 = xywh_to_corners(np.asarray(box), one_based=True)
+        d.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=color, width=width)
+    return im
+
+
+def gif_frame(im: Image.Image, max_side: int = 480) -> Image.Image:
+    """Downscale a drawn frame for the GIF so long sequences stay small in memory and on disk."""
+    scale = min(1.0, max_side / max(im.size))
+    if scale == 1.0:
+        return im
+    return im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)
+
+
+def save_gif(frames: Sequence[Image.Image], path: Path, fps: float = 25.0) -> Path:
+    """Animated, looping GIF of the drawn frames."""
+    frames[0].save(path, save_all=True, append_images=list(frames[1:]), duration=round(1000 / fps), loop=0)
+    return path
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m evaluate.track", description=__doc__.split("\n\n")[0])
+    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--sequence", type=Path, required=True, help="OTB folder or a folder of images")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--gif", action="store_true", help="also write an animated GIF")
+    p.add_argument("--init", help="1-based x,y,w,h of frame 1 (default: first ground-truth row)")
+    p.add_argument("--target", help="which target of a multi-target folder (e.g. Jogging-2)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-frames", type=int, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    seq_dir: Path = args.sequence
+    gt = None
+    name = seq_dir.name
+    if seq_dir.is_dir() and target_names(seq_dir):
+        seq = load_sequence(seq_dir, name=args.target)
+        frames, gt, name = list(seq.frames), seq.gt, seq.name
+    else:
+        img_dir = seq_dir / "img" if (seq_dir / "img").is_dir() else seq_dir
+        frames = list_images(img_dir) if img_dir.is_dir() else []
+    if not frames:
+        raise SystemExit(f"error: no images found in {seq_dir}")
+    if args.max_frames:
+        frames = frames[: args.max_frames]
+        gt = gt[: args.max_frames] if gt is not None else None
+    if args.init:
+        init = parse_gt_text(args.init, "--init")[0]
+    elif gt is not None:
+        init = gt[0]
+    else:
+        raise SystemExit("error: no ground truth in the folder: pass --init x,y,w,h (1-based)")
+    from evaluate.steppers import load_stepper, resolve_device
+
+    stepper = load_stepper(args.weights, resolve_device(args.device))
+    bar = tqdm(total=len(frames), unit="frame", desc=name)
+    (out,) = track_lockstep(stepper, [TrackJob(name, frames, xywh_to_corners(init, one_based=True))], 1, bar.update)
+    bar.close()
+    xywh = corners_to_xywh(out.boxes, one_based=True)
+    xywh[0] = init
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_result(args.out, name, xywh)
+    fdir = args.out / "frames"
+    fdir.mkdir(exist_ok=True)
+    drawn = []
+    for i, f in enumerate(frames):
+        im = draw_boxes(read_frame(f), xywh[i], gt[i] if gt is not None else None)
+        im.save(fdir / f"{i + 1:04d}.jpg", quality=90)
+        if args.gif:
+            drawn.append(gif_frame(im))
+    print(f"{len(frames)} frames drawn in {fdir}")
+    if args.gif:
+        print(f"GIF: {save_gif(drawn, args.out / f'{name}.gif')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""ALOV300++ annotations, read exactly as the authors' ``loader_alov.cpp`` reads them.
+
+Layout: ``<ann_root>/<category>/<video>.ann`` and ``<frames_root>/<category>/<video>/*.jpg``; categories and
+``.ann`` files are taken in sorted order. An ``.ann`` line is ``frame Ax Ay Bx By Cx Cy Dx Dy`` (1-based); the
+box is the min/max of the four corners minus 1 (`model.geometry.alov_points_to_corners`) and frame ``n`` is
+the ``n``-th file of the sorted ``*.jpg`` list. Training pairs are consecutive annotation lines ``i -> i+1``.
+Per category the last ``int(0.2 * n)`` videos form ``val`` (``n`` counted after removing the 7 VOT-2014
+videos, which the authors' README asks users to delete).
+
+Robustness on top of the authors (their ``fscanf`` loop reads garbage after a malformed line): whitespace-only
+lines are ignored, a line that is not exactly 1 integer + 8 finite numbers is ``malformed_line``, a zero-area
+box is ``invalid_box``, a repeated frame number is ``duplicate_frame``. Such a line, and a line whose frame
+file is missing, is skipped and breaks the chain: only pairs of two consecutive usable lines are formed (we
+never pair frames the authors would not have paired). If a frame file is missing from a video, position
+indexing would silently shift every later frame, so frames are looked up by their number when the numbering
+has a gap (for intact videos this is the same file as the authors' position rule).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from model.geometry import alov_points_to_corners
+
+MAX_ANN_BYTES = 16 << 20  # a real .ann file is a few KB
+VAL_FRACTION = 0.2  # val_ratio
+
+# VOT-2014 overlap (GOTURN README; pygoturn datasets.py `exclude`)
+VOT2014_OVERLAP = frozenset(
+    {
+        "01-Light_video00016",
+        "01-Light_video00022",
+        "01-Light_video00023",
+        "02-SurfaceCover_video00012",
+        "03-Specularity_video00003",
+        "03-Specularity_video00012",
+        "10-LowContrast_video00013",
+    }
+)
+
+
+@dataclass(frozen=True)
+class AnnLine:
+    """One non-blank ``.ann`` line: its 1-based line number, frame number, 8 corner values, 0-based box."""
+
+    line_no: int
+    frame: int | None
+    points: tuple[float, ...] | None
+    box: tuple[float, float, float, float] | None
+    error: str | None  # None when usable
+
+
+@dataclass(frozen=True)
+class AlovVideo:
+    """One ``.ann`` file and where its frames are, with the split the authors' rule gives it."""
+
+    category: str
+    name: str
+    ann_path: Path
+    frames_dir: Path
+    split: str | None  # None: excluded (VOT-2014 overlap)
+
+
+def parse_line(line_no: int, text: str) -> AnnLine:
+    """Parse one line; malformed or degenerate lines carry an ``error`` instead of raising."""
+    fields = text.split()
+    if len(fields) != 9:
+        return AnnLine(line_no, None, None, None, f"malformed_line: expected 9 fields, got {len(fields)}")
+    try:
+        frame = int(fields[0])
+        points = tuple(float(v) for v in fields[1:])
+    except ValueError:
+        return AnnLine(line_no, None, None, None, f"malformed_line: not numbers: {text.strip()[:80]!r}")
+    if frame < 1 or not all(math.isfinite(v) for v in points):
+        return AnnLine(line_no, None, None, None, f"malformed_line: bad values: {text.strip()[:80]!r}")
+    x1, y1, x2, y2 = (float(v) for v in alov_points_to_corners(np.asarray(points)))
+    if not (x2 > x1 and y2 > y1):
+        return AnnLine(line_no, frame, points, None, "invalid_box: zero width or height")
+    return AnnLine(line_no, frame, points, (x1, y1, x2, y2), None)
+
+
+def parse_ann(data: bytes) -> list[AnnLine]:
+    """All non-blank lines of an ``.ann`` file, in file order, duplicates of an earlier frame flagged."""
+    if len(data) > MAX_ANN_BYTES:
+        raise ValueError(f"file larger than {MAX_ANN_BYTES} bytes")
+    text = data.decode("utf-8", errors="replace")
+    lines: list[AnnLine] = []
+    seen: set[int] = set()
+    for no, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        line = parse_line(no, raw)
+        if line.error is None and line.frame in seen:
+            line = AnnLine(no, line.frame, line.points, line.box, f"duplicate_frame: frame {line.frame} again")
+        if line.frame is not None:
+            seen.add(line.frame)
+        lines.append(line)
+    return lines
+
+
+def list_videos(ann_root: Path, frames_root: Path, val_fraction: float, keep_vot_overlap: bool) -> list[AlovVideo]:
+    """Every ``.ann`` file in sorted categories with its split (last ``int(val_fraction*n)`` per category)."""
+    videos: list[AlovVideo] = []
+    for cat in sorted(p for p in ann_root.iterdir() if p.is_dir()):
+        anns = sorted(Path(e.path) for e in os.scandir(cat) if e.name.endswith(".ann") and e.is_file())
+        names = [a.name[: -len(".ann")] for a in anns]
+        kept = [n for n in names if keep_vot_overlap or n not in VOT2014_OVERLAP]
+        num_val = int(val_fraction * len(kept))
+        val = set(kept[len(kept) - num_val :]) if num_val else set()
+        for ann, name in zip(anns, names, strict=True):
+            split = None if name not in kept else ("val" if name in val else "train")
+            videos.append(AlovVideo(cat.name, name, ann, frames_root / cat.name / name, split))
+    return videos
+
+
+def list_frames(frames_dir: Path) -> list[tuple[str, int, int]]:
+    """Sorted ``*.jpg`` files of a video as (name, size, mtime_ns)."""
+    out = []
+    for e in os.scandir(frames_dir):
+        if e.name.lower().endswith(".jpg") and e.is_file():
+            st = e.stat()
+            out.append((e.name, st.st_size, st.st_mtime_ns))
+    out.sort()
+    return out
+
+
+class FrameIndex:
+    """Frame n -> file: the n-th sorted file (authors), or the file numbered n when numbering has a gap."""
+
+    def __init__(self, frames: list[tuple[str, int, int]]) -> None:
+        self.frames = frames
+        self.by_number: dict[int, int] = {}
+        for pos, (name, _, _) in enumerate(frames):
+            stem = name.rsplit(".", 1)[0]
+            if stem.isdigit():
+                self.by_number.setdefault(int(stem), pos)
+
+    def lookup(self, frame: int) -> tuple[str, int, int] | None:
+        pos = frame - 1
+        if 0 <= pos < len(self.frames):
+            name = self.frames[pos][0]
+            stem = name.rsplit(".", 1)[0]
+            if not stem.isdigit() or int(stem) == frame:
+                return self.frames[pos]
+        hit = self.by_number.get(frame)
+        return self.frames[hit] if hit is not None else None
+
+    def missing_numbers(self) -> list[int]:
+        """Frame numbers absent from an otherwise 1..max numbered sequence (a deleted or lost frame file)."""
+        if not self.by_number:
+            return []
+        return [n for n in range(1, max(self.by_number) + 1) if n not in self.by_number]

@@ -1,0 +1,446 @@
+"""Build GOTURN training shards (format v1) from ImageNet DET 2014 and ALOV300++.
+
+``python -m pipeline.build_shards --help``; console script ``goturn-build-shards``.
+
+Stages, so one example can be followed from annotation to tar member:
+1. plan (`pipeline.plan`, with `pipeline.imagenet_det` / `pipeline.alov` applying the authors' rules): every
+   sample, seeded shuffle per source/split, assignment to shards by estimated size -- all before any decode;
+2. per sample, in worker processes (`pipeline.sample_build`): full image decode (`pipeline.image_check`),
+   final boxes (rescale, clip), members ``curr.jpg`` / ``prev.jpg`` / ``boxes.npy`` / ``meta.json``;
+3. in this process, in planned order: deterministic tar + DALI index (`shards.tarwriter`), written under a
+   temporary name, fsynced and renamed; a per-shard record in ``{out}/.build/`` makes the build resumable;
+4. ``manifest.json`` (`pipeline.accounting`), written last: its presence means the build is complete.
+
+Re-running with the same inputs and arguments reuses every shard whose record, plan hash and sha256 still
+match and rewrites the rest, so a killed build ends byte-identical to an uninterrupted one. ``--out`` is owned
+by the builder: stale ``{source}-{split}-NNNNNN.tar/.idx`` files that the current plan does not produce are
+removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from pipeline.accounting import assemble
+from pipeline.plan import MapFn, ShardPlan, SourcePlan, assign_shards, plan_alov, plan_imagenet
+from pipeline.sample_build import build_sample
+from pipeline.workers import OrderedPool
+from shards.format import FORMAT_NAME, MANIFEST_NAME, SCHEMA_VERSION, index_name, parse_shard_name
+from shards.tarwriter import TarShardWriter
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = REPO / "data" / "sample"
+SAMPLE_OUT = REPO / "shards" / "sample"
+STATE_DIR = ".build"
+PARTIAL = ".partial"
+DEFAULT_SHARD_SIZE = "512MB"
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
+
+
+class BuildLocked(RuntimeError):
+    """Another build holds the output directory's lock."""
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything a build depends on (``workers`` and ``progress`` do not change the output)."""
+
+    out: Path
+    imagenet_images: Path | None = None
+    imagenet_annotations: Path | None = None
+    alov_frames: Path | None = None
+    alov_annotations: Path | None = None
+    shard_size: int = 512 * 10**6
+    workers: int = 1
+    alov_val_fraction: float = 0.2
+    keep_vot_overlap: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class BuildReport:
+    """The manifest, what this run did, where its time went (seconds; validate/encode summed over workers)."""
+
+    manifest: dict[str, Any]
+    shards_written: int = 0
+    shards_reused: int = 0
+    images_decoded: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def parse_size(text: str) -> int:
+    """``512MB`` -> 512e6, ``1GiB`` -> 2**30, ``4096`` -> 4096 bytes."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise argparse.ArgumentTypeError(f"bad size {text!r} (e.g. 512MB, 1GiB, 100000)")
+    num, unit, binary = float(m[1]), m[2].upper(), bool(m[3])
+    power = " KMGT".index(unit) if unit else 0
+    value = int(num * (1024 if binary else 1000) ** power)
+    if value < 1:
+        raise argparse.ArgumentTypeError("shard size must be at least 1 byte")
+    return value
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + PARTIAL)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Resume records
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _record_path(out: Path, name: str) -> Path:
+    return out / STATE_DIR / (name[: -len(".tar")] + ".json")
+
+
+def reusable_record(out: Path, shard: ShardPlan) -> dict[str, Any] | None:
+    """The shard's record when the files on disk are exactly what this plan would write (sha256 checked)."""
+    try:
+        rec = json.loads(_record_path(out, shard.name).read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("plan_hash") != shard.plan_hash:
+        return None
+    if rec["samples"] == 0:
+        return rec
+    tar, idx = out / shard.name, out / index_name(shard.name)
+    try:
+        if tar.stat().st_size != rec["bytes"] or sha256_file(tar) != rec["sha256"]:
+            return None
+        if hashlib.sha256(idx.read_bytes()).hexdigest() != rec["index_sha256"]:
+            return None
+    except OSError:
+        return None
+    return rec
+
+
+def write_shard(out: Path, shard: ShardPlan, outcomes: Any, bar: tqdm, times: dict[str, float]) -> dict[str, Any]:
+    """Write one shard from its outcomes (in planned order); returns its resume record."""
+    tar, idx = out / shard.name, out / index_name(shard.name)
+    tmp = out / (shard.name + PARTIAL)
+    rec: dict[str, Any] = {"name": shard.name, "plan_hash": shard.plan_hash, "failed": {}, "converted": []}
+    rec.update(rescaled=[], clipped=[])
+    with open(tmp, "wb") as f:
+        writer = TarShardWriter(f)
+        for s in shard.samples:
+            o = next(outcomes)
+            if o.key != s.key:
+                raise RuntimeError(f"out-of-order result {o.key} for {s.key}")
+            times["validate"] += o.t_validate
+            times["encode"] += o.t_encode
+            t = time.perf_counter()
+            if o.members is None:
+                rec["failed"][o.key] = [list(fl) for fl in o.failures]
+            else:
+                writer.add_sample(o.key, o.members)
+                rec["converted"] += [list(c) for c in o.converted]
+                if o.rescaled:
+                    rec["rescaled"].append(o.key)
+                rec["clipped"] += [[o.key, r] for r in o.clipped]
+            times["write"] += time.perf_counter() - t
+            bar.update(1)
+        t = time.perf_counter()
+        summary = writer.close()
+        f.flush()
+        os.fsync(f.fileno())
+    rec.update(samples=summary.samples, bytes=summary.bytes, sha256=summary.sha256)
+    if summary.samples == 0:  # every planned sample was rejected: no file (DALI cannot index an empty tar)
+        tmp.unlink()
+        rec.update(bytes=0, sha256=None, index_sha256=None)
+    else:
+        index = summary.index.encode()
+        idx_tmp = out / (idx.name + PARTIAL)
+        with open(idx_tmp, "wb") as f:
+            f.write(index)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, tar)
+        os.replace(idx_tmp, idx)
+        rec["index_sha256"] = hashlib.sha256(index).hexdigest()
+    _atomic_write(_record_path(out, shard.name), json.dumps(rec, sort_keys=True).encode())
+    times["write"] += time.perf_counter() - t
+    return rec
+
+
+def _clean_stale(out: Path, keep: set[str], planned: set[str]) -> None:
+    """Remove shard/index files and records from earlier builds that the current plan does not produce."""
+    for p in out.iterdir():
+        name = p.name[: -len(".idx")] + ".tar" if p.name.endswith(".idx") else p.name
+        if parse_shard_name(name) and name not in keep:
+            p.unlink()
+    for p in (out / STATE_DIR).glob("*.json"):
+        if p.stem + ".tar" not in planned:
+            p.unlink()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Build
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _arguments(cfg: BuildConfig) -> dict[str, Any]:
+    def s(p: Path | None) -> str | None:
+        return None if p is None else str(p)
+
+    return {
+        "imagenet_images": s(cfg.imagenet_images),
+        "imagenet_annotations": s(cfg.imagenet_annotations),
+        "alov_frames": s(cfg.alov_frames),
+        "alov_annotations": s(cfg.alov_annotations),
+        "out": str(cfg.out),
+        "shard_size": cfg.shard_size,
+        "workers": cfg.workers,
+        "alov_val_fraction": cfg.alov_val_fraction,
+        "keep_vot_overlap": cfg.keep_vot_overlap,
+        "seed": cfg.seed,
+    }
+
+
+def build(cfg: BuildConfig) -> BuildReport:
+    """Plan, write (or reuse) every shard, then write the manifest. Safe to re-run after any interruption."""
+    t_start = time.perf_counter()
+    out = cfg.out
+    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    lock = open(out / STATE_DIR / "lock", "w")  # noqa: SIM115 - held for the whole build
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise BuildLocked(f"another build is writing to {out}") from None
+    try:
+        (out / MANIFEST_NAME).unlink(missing_ok=True)  # no manifest until this build is complete
+        for p in list(out.glob("*" + PARTIAL)) + list((out / STATE_DIR).glob("*" + PARTIAL)):
+            p.unlink()
+        return _build_locked(cfg, t_start)
+    finally:
+        lock.close()
+
+
+def _build_locked(cfg: BuildConfig, t_start: float) -> BuildReport:
+    out = cfg.out
+    times = {"parse": 0.0, "validate": 0.0, "encode": 0.0, "write": 0.0, "verify_kept": 0.0}
+    report = BuildReport({})
+    with OrderedPool(cfg.workers) as pool:
+        t = time.perf_counter()
+        plans: list[SourcePlan] = []
+        if cfg.imagenet_annotations is not None and cfg.imagenet_images is not None:
+            xml_map = _progress_map(pool, "parse xml", cfg.progress)
+            plans.append(plan_imagenet(cfg.imagenet_images, cfg.imagenet_annotations, xml_map))
+        if cfg.alov_annotations is not None and cfg.alov_frames is not None:
+            plans.append(plan_alov(cfg.alov_frames, cfg.alov_annotations, cfg.alov_val_fraction, cfg.keep_vot_overlap))
+        shards = assign_shards([s for p in plans for s in p.samples], cfg.seed, cfg.shard_size)
+        times["parse"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        records: dict[str, dict[str, Any]] = {}
+        todo: list[ShardPlan] = []
+        for sh in shards:
+            rec = reusable_record(out, sh)
+            if rec is None:
+                todo.append(sh)
+            else:
+                records[sh.name] = rec
+        times["verify_kept"] = time.perf_counter() - t
+        report.shards_reused = len(records)
+
+        total = sum(len(sh.samples) for sh in todo)
+        report.images_decoded = sum(len(s.images) for sh in todo for s in sh.samples)
+        with tqdm(total=total, desc="shards", unit="sample", disable=not cfg.progress or None) as bar:
+            outcomes = pool.map(build_sample, (s for sh in todo for s in sh.samples), chunk=8)
+            for sh in todo:
+                records[sh.name] = write_shard(out, sh, outcomes, bar, times)
+        report.shards_written = len(todo)
+
+    keep = {sh.name for sh in shards if records[sh.name]["samples"] > 0}
+    _clean_stale(out, keep, {sh.name for sh in shards})
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "format": FORMAT_NAME,
+        "arguments": _arguments(cfg),
+    }
+    sections = assemble(plans, shards, records)
+    manifest["counts"] = sections.pop("counts")
+    manifest["accounting"] = sections.pop("accounting")
+    manifest["shards"] = [
+        {
+            "file": sh.name,
+            "samples": records[sh.name]["samples"],
+            "bytes": records[sh.name]["bytes"],
+            "sha256": records[sh.name]["sha256"],
+            "index": index_name(sh.name),
+            "source": sh.source,
+            "split": sh.split,
+        }
+        for sh in shards
+        if sh.name in keep
+    ]
+    manifest.update(sections)
+    _atomic_write(out / MANIFEST_NAME, (json.dumps(manifest, indent=1) + "\n").encode())
+    times["total"] = time.perf_counter() - t_start
+    report.manifest = manifest
+    report.timings = times
+    return report
+
+
+def _progress_map(pool: OrderedPool, desc: str, enabled: bool) -> MapFn:
+    """The pool's ordered map, with a progress bar over the items."""
+
+    def map_fn(fn: Callable[[Any], Any], items: Iterable[Any]) -> Iterator[Any]:
+        yield from tqdm(pool.map(fn, items, chunk=64), desc=desc, unit="file", disable=not enabled or None)
+
+    return map_fn
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------------------
+
+
+def ensure_sample_data(root: Path) -> None:
+    """Generate the embedded sample data set with `pipeline.make_sample_data` unless it is already there."""
+    try:
+        if json.loads((root / "sample_manifest.json").read_text()).get("complete"):
+            return
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        from pipeline.make_sample_data import make_sample_data
+    except ImportError as e:
+        raise SystemExit(f"no sample data in {root} and pipeline.make_sample_data is unavailable: {e}") from e
+    print(f"generating sample data in {root} ...", file=sys.stderr)
+    make_sample_data(root, seed=0, size="medium", with_bad_inputs=False)
+
+
+def parse_args(argv: list[str] | None) -> BuildConfig:
+    p = argparse.ArgumentParser(
+        prog="goturn-build-shards",
+        description="Build GOTURN WebDataset shards (format v1) from ImageNet DET 2014 and ALOV300++. "
+        "With no source arguments, builds the embedded sample data into shards/sample/.",
+    )
+    p.add_argument("--imagenet-images", type=Path, help="ILSVRC2014_DET_train (images as <folder>/<name>.JPEG)")
+    p.add_argument("--imagenet-annotations", type=Path, help="ILSVRC2014_DET_bbox_train (<subfolder>/*.xml)")
+    p.add_argument("--alov-frames", type=Path, help="imagedata++ (<category>/<video>/*.jpg)")
+    p.add_argument("--alov-annotations", type=Path, help="alov300++_rectangleAnnotation_full (<category>/*.ann)")
+    p.add_argument("--out", type=Path, help="output directory (default for the sample: shards/sample)")
+    p.add_argument(
+        "--shard-size",
+        type=parse_size,
+        default=parse_size(DEFAULT_SHARD_SIZE),
+        help="target bytes per shard, e.g. 512MB (10^6) or 1GiB (2^30); default %(default)s bytes",
+    )
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decode processes (default: all CPUs)")
+    p.add_argument(
+        "--alov-val-fraction",
+        type=float,
+        default=0.2,
+        help="last int(f*n) videos per ALOV category go to val (authors: 0.2; 0 for the release model)",
+    )
+    p.add_argument("--keep-vot-overlap", action="store_true", help="keep the 7 ALOV videos that overlap VOT-2014")
+    p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a = p.parse_args(argv)
+    for x, y in (("imagenet_images", "imagenet_annotations"), ("alov_frames", "alov_annotations")):
+        if (getattr(a, x) is None) != (getattr(a, y) is None):
+            p.error(f"--{x.replace('_', '-')} and --{y.replace('_', '-')} go together")
+    if not 0 <= a.alov_val_fraction < 1:
+        p.error("--alov-val-fraction must be in [0, 1)")
+    if a.workers < 1:
+        p.error("--workers must be >= 1")
+    sources = [a.imagenet_images, a.imagenet_annotations, a.alov_frames, a.alov_annotations]
+    if all(s is None for s in sources):
+        ensure_sample_data(SAMPLE_DATA)
+        a.imagenet_images = SAMPLE_DATA / "imagenet" / "ILSVRC2014_DET_train"
+        a.imagenet_annotations = SAMPLE_DATA / "imagenet" / "ILSVRC2014_DET_bbox_train"
+        a.alov_frames = SAMPLE_DATA / "alov" / "imagedata++"
+        a.alov_annotations = SAMPLE_DATA / "alov" / "alov300++_rectangleAnnotation_full"
+        a.out = a.out or SAMPLE_OUT
+    elif a.out is None:
+        p.error("--out is required when sources are given")
+    for s in (a.imagenet_images, a.imagenet_annotations, a.alov_frames, a.alov_annotations):
+        if s is not None and not s.is_dir():
+            p.error(f"not a directory: {s}")
+    return BuildConfig(
+        out=a.out,
+        imagenet_images=a.imagenet_images,
+        imagenet_annotations=a.imagenet_annotations,
+        alov_frames=a.alov_frames,
+        alov_annotations=a.alov_annotations,
+        shard_size=a.shard_size,
+        workers=a.workers,
+        alov_val_fraction=a.alov_val_fraction,
+        keep_vot_overlap=a.keep_vot_overlap,
+        seed=a.seed,
+        progress=not a.no_progress,
+    )
+
+
+def summary_text(report: BuildReport) -> str:
+    """Human-readable summary: counts per source/split, skipped inputs by reason, shards, timings."""
+    m = report.manifest
+    lines = []
+    for source, splits in m["counts"].items():
+        for split, c in splits.items():
+            lines.append(f"{source:9s} {split:5s} " + " ".join(f"{k}={v}" for k, v in c.items()))
+    for source, acc in m["accounting"].items():
+        for qty, q in acc.items():
+            if isinstance(q, dict) and "total" in q:
+                skipped = ", ".join(f"{k} {v}" for k, v in q["skipped"].items()) or "none"
+                lines.append(f"{source:9s} {qty}: {q['total']} = {q['written']} written + skipped ({skipped})")
+    n_bytes = sum(s["bytes"] for s in m["shards"])
+    lines.append(
+        f"shards: {len(m['shards'])} ({n_bytes / 1e6:.1f} MB; written {report.shards_written}, "
+        f"reused {report.shards_reused}); skipped entries: {len(m['skipped'])}; "
+        f"re-encoded: {len(m['reencoded'])}"
+    )
+    t = report.timings
+    lines.append(
+        f"time: total {t['total']:.2f}s, parse {t['parse']:.2f}s, validate {t['validate']:.2f} worker-s, "
+        f"encode {t['encode']:.2f} worker-s, write {t['write']:.2f}s"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (``goturn-build-shards``)."""
+    cfg = parse_args(argv)
+    try:
+        report = build(cfg)
+    except BuildLocked as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary_text(report))
+    print(f"manifest: {cfg.out / MANIFEST_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Full-decode validation of one input image, and the rule for when its bytes may be copied into a shard.
+
+A shard JPEG must decode to the same RGB pixels in every reader (PIL, DALI's CPU decoder, nvJPEG). So an input
+is copied byte for byte only when it is a JPEG (baseline, extended-sequential or progressive, 8-bit) that
+decodes completely to 3-channel RGB. PNG-named-JPEG, CMYK, grayscale and other modes are converted to RGB and
+re-encoded (baseline JPEG, quality 95). A JPEG with an EXIF orientation tag other than 1 has its EXIF segment
+removed (pixels untouched), because DALI applies EXIF orientation by default while the boxes refer to the
+stored pixels. Anything that does not decode completely is rejected with a reason; nothing here raises for bad
+data except `ImageRejected`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+MAX_IMAGE_BYTES = 64 << 20  # refuse to read larger files (largest real ImageNet/ALOV frames are a few MB)
+MAX_PIXELS = 128_000_000  # refuse to decode larger images (decompression bombs)
+REENCODE_QUALITY = 95
+
+JPEG_MAGIC = b"\xff\xd8\xff"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+COPYABLE_SOF = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive"}
+ALL_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+EXIF_ORIENTATION = 0x0112
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+class ImageRejected(Exception):
+    """The image cannot be used; ``code`` is the short reason recorded in the manifest."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class CheckedImage:
+    """Bytes to store (original or converted), decoded size, and why the bytes changed (None = unchanged)."""
+
+    data: bytes
+    width: int
+    height: int
+    converted: str | None
+
+
+def read_image_file(path: str) -> bytes:
+    """Read an image file with a size bound; missing or unreadable files become `ImageRejected`."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_IMAGE_BYTES:
+                raise ImageRejected("image_too_large", f"{size} bytes > {MAX_IMAGE_BYTES}")
+            return f.read(MAX_IMAGE_BYTES + 1)
+    except FileNotFoundError as e:
+        raise ImageRejected("missing_image", "file not found") from e
+    except OSError as e:
+        raise ImageRejected("unreadable_image", f"{type(e).__name__}: {e.strerror or e}") from e
+
+
+def jpeg_header(data: bytes) -> tuple[int | None, tuple[int, int] | None, int]:
+    """(SOF marker, byte range of an APP1 Exif segment, sample precision) from the segments before SOS."""
+    i, n = 2, len(data)
+    sof: int | None = None
+    exif: tuple[int, int] | None = None
+    precision = 8
+    while i + 4 <= n:
+        if data[i] != 0xFF:  # stray bytes between segments: libjpeg skips them with a warning, so do we
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers
+            i += 2
+            continue
+        if marker == 0xD9:
+            break
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if length < 2 or marker == 0xDA:  # broken length (the decoder will judge) or start of scan: header over
+            break
+        if marker in ALL_SOF and sof is None:
+            sof = marker
+            precision = data[i + 4] if i + 4 < n else 8
+        elif marker == 0xE1 and exif is None and data[i + 4 : i + 10] == b"Exif\0\0":
+            exif = (i, i + 2 + length)
+        i += 2 + length
+    return sof, exif, precision
+
+
+def _decode(data: bytes, fmt: str) -> Image.Image:
+    """Open and fully decode (``load``); every failure is an `ImageRejected`, never an exception escaping."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data), formats=(fmt,))
+            w, h = im.size
+            if w < 1 or h < 1 or w * h > MAX_PIXELS:
+                raise ImageRejected("image_too_large", f"{w}x{h} pixels")
+            im.load()
+        return im
+    except ImageRejected:
+        raise
+    except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error... for broken files
+        message = _ADDRESS.sub("<data>", str(e))  # no object addresses: the manifest stays reproducible
+        raise ImageRejected("corrupt_image", f"{type(e).__name__}: {message}") from e
+
+
+def _reencode(im: Image.Image) -> bytes:
+    try:
+        buf = io.BytesIO()
+        im.convert("RGB").save(buf, format="JPEG", quality=REENCODE_QUALITY)
+        return buf.getvalue()
+    except Exception as e:  # an exotic mode PIL cannot convert
+        raise ImageRejected("unsupported_image", f"cannot convert {im.mode} to RGB: {e}") from e
+
+
+def _orientation(im: Image.Image) -> int | None:
+    """EXIF orientation, or None when the EXIF block cannot be parsed (then it is removed too, to be safe)."""
+    try:
+        return int(im.getexif().get(EXIF_ORIENTATION, 1))
+    except Exception:
+        return None
+
+
+def check_image(data: bytes) -> CheckedImage:
+    """Validate by a full decode; return what to store in the shard."""
+    if not data:
+        raise ImageRejected("empty_image", "0 bytes")
+    if data.startswith(PNG_MAGIC):
+        im = _decode(data, "PNG")
+        return CheckedImage(_reencode(im), im.width, im.height, "png")
+    if not data.startswith(JPEG_MAGIC):
+        raise ImageRejected("unsupported_format", f"neither JPEG nor PNG (starts with {data[:8].hex()})")
+    sof, exif, precision = jpeg_header(data)
+    im = _decode(data, "JPEG")
+    if sof not in COPYABLE_SOF or precision != 8:
+        return CheckedImage(_reencode(im), im.width, im.height, f"jpeg_sof{(sof or 0) - 0xC0}_{precision}bit")
+    if im.mode != "RGB":
+        reason = {"L": "grayscale", "CMYK": "cmyk"}.get(im.mode, f"mode_{im.mode}")
+        return CheckedImage(_reencode(im), im.width, im.height, reason)
+    if exif is not None and _orientation(im) != 1:
+        return CheckedImage(data[: exif[0]] + data[exif[1] :], im.width, im.height, "exif_orientation")
+    return CheckedImage(data, im.width, im.height, None)

@@ -1,0 +1,125 @@
+"""Read v1 shards with the ``webdataset`` library: `open_dataset` and the safe per-sample decoder.
+
+Only the four v1 members are decoded, each by an explicit handler (PIL for JPEG,
+``np.load(allow_pickle=False)`` for ``.npy``, ``json`` for ``.json``); unknown members are dropped undecoded,
+so a shard can never make us unpickle anything. Shard lists are always absolute local paths, so no name is
+ever interpreted as a ``pipe:`` URL.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from braceexpand import braceexpand
+from PIL import Image
+
+from shards.format import BOXES, CURR, MANIFEST_NAME, META, PREV, parse_shard_name
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes -> HxWx3 uint8 RGB."""
+    with Image.open(io.BytesIO(data), formats=("JPEG",)) as im:
+        return np.array(im.convert("RGB"))  # writable (torch.as_tensor warns on read-only arrays)
+
+
+def decode_boxes(data: bytes) -> np.ndarray:
+    """``boxes.npy`` -> float32 (n, 4), refusing pickled objects."""
+    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    if arr.dtype != np.float32 or arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"boxes.npy must be float32 (n, 4), got {arr.dtype} {arr.shape}")
+    return arr
+
+
+def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
+    """Raw WebDataset sample (member bytes) -> ``{"__key__", "__url__", "curr", "prev", "boxes", "meta"}``.
+
+    ``prev`` is None for ImageNet stills (their ``boxes`` is (1, 4)); pairs have ``boxes`` (2, 4) = [prev;
+    curr].
+    """
+    missing = [m for m in (CURR, BOXES, META) if m not in sample]
+    if missing:
+        raise ValueError(f"sample {sample.get('__key__')!r} lacks {missing}")
+    meta = json.loads(sample[META])
+    if not isinstance(meta, dict):
+        raise ValueError("meta.json must hold an object")
+    return {
+        "__key__": sample["__key__"],
+        "__url__": sample.get("__url__"),
+        "curr": decode_jpeg(sample[CURR]),
+        "prev": decode_jpeg(sample[PREV]) if PREV in sample else None,
+        "boxes": decode_boxes(sample[BOXES]),
+        "meta": meta,
+    }
+
+
+def shard_paths(dir_or_pattern: str | os.PathLike, source: str | None = None, split: str | None = "train") -> list[str]:
+    """Absolute shard paths: a build directory (its manifest's shard list), or a glob / brace pattern of tars.
+
+    ``source`` / ``split`` filter by the v1 file name (``None`` = all); files named otherwise are kept only
+    when given explicitly by a pattern.
+    """
+    path = Path(dir_or_pattern)
+    if path.is_dir():
+        manifest = path / MANIFEST_NAME
+        if manifest.is_file():
+            names = [entry["file"] for entry in json.loads(manifest.read_text())["shards"]]
+        else:
+            names = sorted(p.name for p in path.iterdir())
+        files = [path / n for n in names if parse_shard_name(n)]
+    else:
+        files = []
+        for pattern in braceexpand(str(dir_or_pattern)):
+            hits = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+            files += [Path(h) for h in hits]
+    out = []
+    for f in files:
+        parsed = parse_shard_name(f.name)
+        if parsed and ((source and parsed[0] != source) or (split and parsed[1] != split)):
+            continue
+        if not f.is_file():
+            raise FileNotFoundError(f"shard not found: {f}")
+        out.append(os.path.abspath(f))
+    return out
+
+
+def open_dataset(
+    dir_or_pattern: str | os.PathLike,
+    source: str | None = None,
+    split: str | None = "train",
+    *,
+    shardshuffle: int | bool = False,
+    resampled: bool = False,
+    seed: int | None = None,
+    handler: Any = None,
+) -> Any:
+    """A ``webdataset.WebDataset`` pipeline of decoded samples (see `decode_sample`).
+
+    Shards are split across ranks with ``wds.split_by_node`` and across DataLoader workers with
+    ``wds.split_by_worker`` (both split per shard, so give it at least ranks x workers shards).
+    ``shardshuffle``: a shard-shuffle buffer size (False = file order, True = 100); ``handler``: a webdataset
+    error handler (default: raise), e.g. ``wds.warn_and_continue`` to skip bad samples.
+    """
+    import webdataset as wds
+
+    urls = shard_paths(dir_or_pattern, source, split)
+    if not urls:
+        raise FileNotFoundError(f"no shards for source={source!r} split={split!r} in {dir_or_pattern}")
+    handler = handler or wds.reraise_exception
+    if shardshuffle is True:
+        shardshuffle = 100
+    ds = wds.WebDataset(
+        urls,
+        shardshuffle=int(shardshuffle) if shardshuffle else False,
+        resampled=resampled,
+        nodesplitter=wds.split_by_node,
+        workersplitter=wds.split_by_worker,
+        handler=handler,
+        seed=seed,
+    )
+    return ds.map(decode_sample, handler=handler)

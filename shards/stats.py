@@ -1,0 +1,133 @@
+"""``python -m shards.stats DIR [--plot FILE]``: what is in a shard directory, as text histograms (and a PNG).
+
+Reads only ``boxes.npy`` and ``meta.json`` (JPEGs are skipped, so it is fast). Histograms per source:
+- box size: ``sqrt(w*h / (W*H))``, the box's linear size relative to the image;
+- aspect: ``log2(w / h)``;
+- motion (pairs only): centre displacement between prev and curr in units of the prev box size
+  (``|dc_x / w_prev|, |dc_y / h_prev|`` combined as a norm), the quantity GOTURN's Laplace motion model draws;
+- scale change (pairs only): ``log2(sqrt(area_curr / area_prev))``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from shards.dataset import shard_paths
+from shards.format import BOXES, MANIFEST_NAME, META, parse_shard_name, split_member_name
+
+HISTOGRAMS = {
+    "box size (sqrt area ratio)": np.linspace(0.0, 1.0, 11),
+    "aspect log2(w/h)": np.linspace(-3.0, 3.0, 13),
+    "motion |dcentre|/prev size": np.array([0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, np.inf]),
+    "scale change log2": np.linspace(-1.0, 1.0, 11),
+}
+
+
+def read_boxes(paths: list[str]) -> dict[str, dict[str, list[float]]]:
+    """Per source: the statistics of every sample, from ``boxes.npy`` + ``meta.json`` only."""
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for path in paths:
+        parsed = parse_shard_name(Path(path).name)
+        source = parsed[0] if parsed else "unknown"
+        members: dict[str, dict[str, bytes]] = defaultdict(dict)
+        with tarfile.open(path, "r|") as tf:  # streaming: JPEG members are skipped, never read into memory
+            for info in tf:
+                key, ext = split_member_name(info.name)
+                if ext in (BOXES, META) and info.isreg():
+                    members[key][ext] = tf.extractfile(info).read()
+        for m in members.values():
+            if BOXES not in m or META not in m:
+                continue
+            boxes = np.load(io.BytesIO(m[BOXES]), allow_pickle=False).astype(np.float64)
+            meta = json.loads(m[META])
+            W, H = float(meta["width"]), float(meta["height"])
+            v = values[source]
+            w, h = boxes[-1, 2] - boxes[-1, 0], boxes[-1, 3] - boxes[-1, 1]
+            v["box size (sqrt area ratio)"].append(float(np.sqrt(w * h / (W * H))))
+            v["aspect log2(w/h)"].append(float(np.log2(w / h)))
+            if len(boxes) == 2:
+                pw, ph = boxes[0, 2] - boxes[0, 0], boxes[0, 3] - boxes[0, 1]
+                dx = ((boxes[1, 0] + boxes[1, 2]) - (boxes[0, 0] + boxes[0, 2])) / 2 / pw
+                dy = ((boxes[1, 1] + boxes[1, 3]) - (boxes[0, 1] + boxes[0, 3])) / 2 / ph
+                v["motion |dcentre|/prev size"].append(float(np.hypot(dx, dy)))
+                v["scale change log2"].append(float(0.5 * np.log2(w * h / (pw * ph))))
+    return values
+
+
+def text_histogram(name: str, data: list[float], edges: np.ndarray, width: int = 40) -> str:
+    """One histogram as aligned text rows ``[lo, hi)  count  ####``; out-of-range values go to end bins."""
+    arr = np.clip(np.asarray(data, dtype=np.float64), edges[0], np.nextafter(edges[-1], -np.inf))
+    counts, _ = np.histogram(arr, bins=edges)
+    peak = max(int(counts.max()), 1)
+    rows = [f"  {name} (n={len(data)}, median {np.median(data):.3f})"]
+    for lo, hi, c in zip(edges[:-1], edges[1:], counts, strict=True):
+        rows.append(f"    [{lo:6.2f}, {hi:6.2f})  {int(c):7d}  {'#' * round(width * c / peak)}")
+    return "\n".join(rows)
+
+
+def report(directory: Path, values: dict[str, dict[str, list[float]]]) -> str:
+    """Counts from the manifest, then the histograms per source."""
+    lines = []
+    manifest = directory / MANIFEST_NAME
+    if manifest.is_file():
+        m = json.loads(manifest.read_text())
+        lines.append(f"{directory}: {len(m['shards'])} shards, {sum(s['bytes'] for s in m['shards']) / 1e6:.1f} MB")
+        for source, splits in m["counts"].items():
+            for split, c in splits.items():
+                lines.append(f"  {source:9s} {split:5s} " + "  ".join(f"{k} {v}" for k, v in c.items()))
+        lines.append(f"  skipped inputs: {len(m['skipped'])}, re-encoded images: {len(m['reencoded'])}")
+    for source, v in sorted(values.items()):
+        lines.append(f"{source}:")
+        for name, edges in HISTOGRAMS.items():
+            if v.get(name):
+                lines.append(text_histogram(name, v[name], edges))
+    return "\n".join(lines)
+
+
+def plot(values: dict[str, dict[str, list[float]]], out: Path) -> None:
+    """2x2 PNG of the same histograms (matplotlib, Agg backend: no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, (name, edges) in zip(axes.flat, HISTOGRAMS.items(), strict=True):
+        finite = edges[np.isfinite(edges)]
+        for source, v in sorted(values.items()):
+            if v.get(name):
+                data = np.clip(v[name], finite[0], finite[-1])
+                ax.hist(data, bins=np.linspace(finite[0], finite[-1], 21), alpha=0.6, label=source)
+        ax.set_title(name)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point."""
+    p = argparse.ArgumentParser(prog="python -m shards.stats", description=__doc__.splitlines()[0])
+    p.add_argument("directory", type=Path, help="build output directory")
+    p.add_argument("--split", default=None, help="only this split (default: all)")
+    p.add_argument("--plot", type=Path, help="also write the histograms to this PNG")
+    a = p.parse_args(argv)
+    values = read_boxes(shard_paths(a.directory, None, a.split))
+    print(report(a.directory, values))
+    if a.plot:
+        plot(values, a.plot)
+        print(f"plot: {a.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

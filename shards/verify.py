@@ -1,0 +1,251 @@
+"""``python -m shards.verify DIR``: prove a shard directory is exactly what its manifest says, or say why not.
+
+Per shard: size and sha256 against the manifest, the ``.idx`` against the tar's real offsets, every member
+name and sample layout, every JPEG fully decoded as RGB, ``boxes.npy`` (float32, (1,4) still / (2,4) pair, no
+pickle) with every box inside its image (``0 <= x1 < x2 <= W``, same for y), ``meta.json`` consistent with the
+sample. Globally: sample totals against ``counts``, keys unique, the accounting adds up (total = written +
+skipped), and no shard file on disk that the manifest does not list. Exit status 1 with a readable report on
+any mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import sys
+import tarfile
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from shards.format import (
+    BOXES,
+    CURR,
+    KEY_RE,
+    MANIFEST_NAME,
+    MEMBERS,
+    META,
+    PREV,
+    REQUIRED_MEMBERS,
+    SCHEMA_VERSION,
+    index_name,
+    parse_shard_name,
+    split_member_name,
+)
+from shards.tarwriter import format_index
+
+# accounting quantity -> the counts field its "written" must equal (summed over splits)
+ACCOUNTED = {"xml_files": "images", "objects": "objects", "annotations": "objects", "pairs": "pairs"}
+MAX_PROBLEMS_PER_SHARD = 20
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _image(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data), formats=("JPEG",)) as im:
+        if im.mode != "RGB":
+            raise ValueError(f"mode {im.mode}, expected RGB")
+        im.load()
+        return im.size
+
+
+def check_sample(key: str, members: dict[str, bytes], source: str, split: str) -> list[str]:
+    """Problems of one sample (empty when it is valid v1)."""
+    problems = []
+    missing = REQUIRED_MEMBERS - members.keys()
+    if missing:
+        return [f"{key}: missing {sorted(missing)}"]
+    sizes = {}
+    for m in (PREV, CURR):
+        if m in members:
+            try:
+                sizes[m] = _image(members[m])
+            except Exception as e:  # any decoder failure is a finding, not a crash
+                problems.append(f"{key}: {m} does not decode: {type(e).__name__}: {e}")
+    try:
+        boxes = np.load(io.BytesIO(members[BOXES]), allow_pickle=False)
+    except Exception as e:
+        return problems + [f"{key}: boxes.npy unreadable: {type(e).__name__}: {e}"]
+    want = (2, 4) if PREV in members else (1, 4)
+    if boxes.dtype != np.float32 or boxes.shape != want:
+        problems.append(f"{key}: boxes.npy is {boxes.dtype} {boxes.shape}, expected float32 {want}")
+    elif len(sizes) == want[0]:  # every image decoded: check the boxes against them
+        roles = [PREV, CURR] if PREV in members else [CURR]
+        for box, role in zip(boxes, roles, strict=True):
+            w, h = sizes[role]
+            x1, y1, x2, y2 = (float(v) for v in box)
+            if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+                problems.append(f"{key}: {role} box {[x1, y1, x2, y2]} not inside its {w}x{h} image")
+    try:
+        meta = json.loads(members[META])
+        if not isinstance(meta, dict):
+            raise ValueError("not an object")
+    except Exception as e:
+        return problems + [f"{key}: meta.json unreadable: {e}"]
+    for field, want_value in (("key", key), ("source", source), ("split", split)):
+        if meta.get(field) != want_value:
+            problems.append(f"{key}: meta {field}={meta.get(field)!r}, expected {want_value!r}")
+    if CURR in sizes and (meta.get("width"), meta.get("height")) != sizes[CURR]:
+        problems.append(f"{key}: meta size {meta.get('width')}x{meta.get('height')} != image {sizes[CURR]}")
+    return problems
+
+
+def verify_shard(directory: str, entry: dict[str, Any]) -> tuple[str, list[str], list[str]]:
+    """(file, problems, keys) for one manifest shard entry."""
+    name = entry.get("file", "")
+    parsed = parse_shard_name(name)
+    if not parsed:
+        return name, [f"manifest lists a file that is not a v1 shard name: {name!r}"], []
+    source, split, _ = parsed
+    path = Path(directory) / name
+    problems: list[str] = []
+    if not path.is_file():
+        return name, ["file missing"], []
+    size = path.stat().st_size
+    if size != entry.get("bytes"):
+        problems.append(f"size {size} != manifest {entry.get('bytes')}")
+    digest = _sha256(path)
+    if digest != entry.get("sha256"):
+        problems.append(f"sha256 {digest} != manifest {entry.get('sha256')}")
+    keys: list[str] = []
+    index: list[list[tuple[str, int, int, str]]] = []
+    seen: set[str] = set()
+    current: str | None = None
+    members: dict[str, bytes] = {}
+
+    def finish() -> None:
+        if current is not None:
+            problems.extend(check_sample(current, members, source, split))
+
+    try:
+        with tarfile.open(path, "r:") as tf:
+            for info in tf:
+                if not info.isreg():
+                    problems.append(f"non-file member {info.name!r}")
+                    continue
+                key, ext = split_member_name(info.name)
+                if not KEY_RE.match(key) or ext not in MEMBERS:
+                    problems.append(f"unexpected member {info.name!r}")
+                    continue
+                if key != current:
+                    finish()
+                    if key in seen:
+                        problems.append(f"{key}: members not adjacent or key repeated")
+                    seen.add(key)
+                    keys.append(key)
+                    index.append([])
+                    current, members = key, {}
+                if ext in members:
+                    problems.append(f"{key}: duplicate {ext}")
+                f = tf.extractfile(info)
+                members[ext] = f.read() if f is not None else b""
+                index[-1].append((ext, info.offset_data, info.size, info.name))
+            finish()
+    except (tarfile.TarError, OSError, EOFError) as e:
+        problems.append(f"tar unreadable: {type(e).__name__}: {e}")
+    if len(keys) != entry.get("samples"):
+        problems.append(f"{len(keys)} samples != manifest {entry.get('samples')}")
+    idx = path.with_name(index_name(name))
+    if not idx.is_file():
+        problems.append(f"index {idx.name} missing")
+    elif idx.read_text() != format_index(index):
+        problems.append(f"index {idx.name} does not match the tar's offsets")
+    if len(problems) > MAX_PROBLEMS_PER_SHARD:
+        problems = problems[:MAX_PROBLEMS_PER_SHARD] + [f"... and {len(problems) - MAX_PROBLEMS_PER_SHARD} more"]
+    return name, problems, keys
+
+
+def check_manifest(manifest: dict[str, Any], directory: Path) -> list[str]:
+    """Global checks: schema, sample totals per source/split, accounting arithmetic, unlisted shard files."""
+    problems = []
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"schema_version {manifest.get('schema_version')!r} != {SCHEMA_VERSION}")
+    counts = manifest.get("counts", {})
+    per_group: Counter = Counter()
+    for entry in manifest.get("shards", []):
+        parsed = parse_shard_name(entry.get("file", ""))
+        if parsed:
+            per_group[parsed[:2]] += entry.get("samples", 0)
+    groups = {(s, sp) for s, splits in counts.items() for sp in splits} | set(per_group)
+    for source, split in sorted(groups):
+        want = counts.get(source, {}).get(split, {}).get("samples", 0)
+        if per_group[(source, split)] != want:
+            problems.append(f"counts[{source}][{split}].samples = {want}, shards hold {per_group[(source, split)]}")
+    for source, acc in manifest.get("accounting", {}).items():
+        for qty, q in acc.items():
+            if not (isinstance(q, dict) and "total" in q):
+                continue
+            skipped = sum(q.get("skipped", {}).values())
+            if q["total"] != q["written"] + skipped:
+                problems.append(f"accounting {source}.{qty}: total {q['total']} != {q['written']} + {skipped}")
+            if qty in ACCOUNTED:
+                field = ACCOUNTED[qty]
+                have = sum(c.get(field, 0) for c in counts.get(source, {}).values())
+                if have != q["written"]:
+                    problems.append(f"accounting {source}.{qty}.written {q['written']} != counts {field} {have}")
+    listed = {e.get("file") for e in manifest.get("shards", [])}
+    for p in sorted(directory.iterdir()):
+        stem = p.name[: -len(".idx")] + ".tar" if p.name.endswith(".idx") else p.name
+        if parse_shard_name(stem) and stem not in listed:
+            problems.append(f"{p.name} is on disk but not in the manifest")
+    return problems
+
+
+def verify(directory: Path, workers: int = 1) -> tuple[list[str], int, int]:
+    """(problems, shards checked, samples checked) for a build directory."""
+    try:
+        manifest = json.loads((directory / MANIFEST_NAME).read_text())
+    except (OSError, ValueError) as e:
+        return [f"{MANIFEST_NAME}: cannot read ({e}); an interrupted build has no manifest"], 0, 0
+    problems = check_manifest(manifest, directory)
+    entries = manifest.get("shards", [])
+    names = [e.get("file") for e in entries]
+    for name, n in Counter(names).items():
+        if n > 1:
+            problems.append(f"{name} listed {n} times")
+    all_keys: Counter = Counter()
+    samples = 0
+    args = [(str(directory), e) for e in entries]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as ex:
+            results = list(ex.map(verify_shard, *zip(*args, strict=True))) if args else []
+    else:
+        results = [verify_shard(*a) for a in args]
+    for name, shard_problems, keys in results:
+        problems += [f"{name}: {p}" for p in shard_problems]
+        all_keys.update(keys)
+        samples += len(keys)
+    problems += [f"key {k} appears in {n} samples" for k, n in all_keys.items() if n > 1]
+    return problems, len(entries), samples
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: exit 0 when everything checks out, 1 with a list of problems otherwise."""
+    p = argparse.ArgumentParser(prog="python -m shards.verify", description=__doc__.splitlines()[0])
+    p.add_argument("directory", type=Path, help="build output directory (holds manifest.json)")
+    p.add_argument("--workers", type=int, default=1, help="verify this many shards in parallel")
+    a = p.parse_args(argv)
+    problems, n_shards, n_samples = verify(a.directory, a.workers)
+    if problems:
+        print(f"FAILED: {a.directory}: {len(problems)} problem(s) in {n_shards} shards / {n_samples} samples")
+        for line in problems:
+            print(f"  - {line}")
+        return 1
+    print(f"OK: {a.directory}: {n_shards} shards, {n_samples} samples, every image decoded, every box inside")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,544 @@
+"""The shard builder: the authors' parsing rules on real and generated data, bad inputs, determinism, resuming.
+
+Expected counts and boxes are derived here from the input files with the standard library (ElementTree,
+str.split), independently of `pipeline.imagenet_det` / `pipeline.alov`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from shards_testdata import (
+    ALOV_REAL_VIDEOS,
+    cached_build,
+    edge_tree,
+    jpeg,
+    read_shards,
+    real_tree,
+    sample_args,
+    sample_config,
+    sample_tree,
+)
+
+from pipeline import alov, imagenet_det
+from pipeline.build_shards import BuildConfig, build, parse_size
+from pipeline.image_check import ImageRejected, check_image
+from shards.format import make_key
+
+pytestmark = pytest.mark.xdist_group("shards")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def real_build(shared_data, tmp_path_factory):
+    return cached_build("real", tmp_path_factory.mktemp, lambda root: real_tree(root, shared_data))
+
+
+@pytest.fixture(scope="session")
+def sample_build(tmp_path_factory):
+    return cached_build("sample", tmp_path_factory.mktemp, sample_tree)
+
+
+@pytest.fixture(scope="session")
+def edge_build(tmp_path_factory):
+    return cached_build("edge", tmp_path_factory.mktemp, edge_tree)
+
+
+def skipped_map(manifest: dict) -> dict[str, str]:
+    return {s["path"]: s["reason"] for s in manifest["skipped"]}
+
+
+def expected_det(ann_root: Path) -> dict[str, list[tuple[int, tuple[int, int, int, int]]]]:
+    """xml rel path -> kept (object index, box) by the authors' rules; malformed XML: not in the dict."""
+    out = {}
+    for sub in sorted(p for p in ann_root.iterdir() if p.is_dir() and "extra" not in p.name):
+        for f in sorted(sub.glob("*.xml")):
+            try:
+                root = ET.parse(f).getroot()
+            except ET.ParseError:
+                continue
+            W, H = int(root.find("size/width").text), int(root.find("size/height").text)
+            kept = []
+            for i, obj in enumerate(root.findall("object")):
+                b = tuple(int(obj.find(f"bndbox/{t}").text) for t in ("xmin", "ymin", "xmax", "ymax"))
+                if b[2] - b[0] > 0.66 * W or b[3] - b[1] > 0.66 * H:
+                    continue
+                if b[0] < 0 or b[1] < 0 or b[2] <= b[0] or b[3] <= b[1]:
+                    continue
+                kept.append((i, b))
+            out[f"{sub.name}/{f.name}"] = kept
+    return out
+
+
+def ann_boxes(text: str) -> list[tuple[int, tuple[float, float, float, float] | None]]:
+    """(frame, 0-based box) per non-blank line: min/max of the corners minus 1; None for a malformed line."""
+    rows = []
+    for line in text.splitlines():
+        f = line.split()
+        if not f:
+            continue
+        if len(f) != 9:
+            rows.append((-1, None))
+            continue
+        xs, ys = [float(v) for v in f[1::2]], [float(v) for v in f[2::2]]
+        rows.append((int(f[0]), (min(xs) - 1, min(ys) - 1, max(xs) - 1, max(ys) - 1)))
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Real data (../shared/data)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_real_imagenet_counts_boxes_and_bytes(real_build, shared_data):
+    root, report = real_build
+    m = report.manifest
+    kept = expected_det(shared_data / "imagenet_xml" / "annotations")
+    n_obj = sum(len(v) for v in kept.values())
+    n_img = sum(1 for v in kept.values() if v)
+    assert m["counts"]["imagenet"]["train"] == {"samples": n_obj, "images": n_img, "objects": n_obj}
+    assert m["accounting"]["imagenet"]["xml_files"]["total"] == len(kept) == 15
+    samples = read_shards(root / "out")
+    for rel, objs in kept.items():
+        stem = rel.split("/")[1][: -len(".xml")]
+        src = (shared_data / "imagenet_xml" / "images" / rel.split("/")[0] / f"{stem}.JPEG").read_bytes()
+        for index, box in objs:
+            s = samples[make_key("imagenet", "val", stem, f"obj{index:02d}")]
+            assert s["curr.jpg"] == src  # baseline RGB JPEG: bytes copied unchanged
+            assert set(s) == {"curr.jpg", "boxes.npy", "meta.json"}
+            boxes = np.load(io.BytesIO(s["boxes.npy"]), allow_pickle=False)
+            assert boxes.dtype == np.float32 and boxes.shape == (1, 4)
+            np.testing.assert_array_equal(boxes[0], np.asarray(box, np.float32))
+            meta = json.loads(s["meta.json"])
+            assert meta["object_index"] == index and meta["image"].endswith(f"val/{stem}.JPEG")
+            assert (meta["width"], meta["height"]) == Image.open(io.BytesIO(src)).size
+    n_dropped = sum(1 for v in kept.values() if not v)
+    assert m["accounting"]["imagenet"]["xml_files"]["skipped"] == ({"no_kept_object": n_dropped} if n_dropped else {})
+
+
+def test_real_alov_pairs_splits_and_boxes(real_build, shared_data):
+    root, report = real_build
+    m = report.manifest
+    rows = ann_boxes((shared_data / "alov" / "01-Light_video00001.ann").read_text())
+    assert len(rows) == 19
+    # 6 .ann files, 01-Light_video00016 overlaps VOT-2014 -> 5 kept, int(0.2 * 5) = 1 val video (the last)
+    assert m["counts"]["alov"]["train"] == {"samples": 72, "images": 76, "objects": 76, "pairs": 72}
+    assert m["counts"]["alov"]["val"] == {"samples": 18, "images": 19, "objects": 19, "pairs": 18}
+    assert skipped_map(m)["alov_ann/01-Light/01-Light_video00016.ann"].startswith("vot2014_overlap")
+    samples = read_shards(root / "out")
+    frame = (root / "alov_frames" / "01-Light" / ALOV_REAL_VIDEOS[0] / "00000001.jpg").read_bytes()
+    for video in ALOV_REAL_VIDEOS[:5]:
+        for (f0, b0), (f1, b1) in zip(rows, rows[1:], strict=False):
+            s = samples[f"alov/{video}/{f0:08d}_{f1:08d}"]
+            assert s["prev.jpg"] == frame and s["curr.jpg"] == frame
+            boxes = np.load(io.BytesIO(s["boxes.npy"]), allow_pickle=False)
+            np.testing.assert_array_equal(boxes, np.asarray([b0, b1], np.float32))
+            meta = json.loads(s["meta.json"])
+            assert meta["split"] == ("val" if video.endswith("00005") else "train")
+            assert (meta["prev_frame"], meta["curr_frame"]) == (f0, f1)
+    assert not any(k.startswith("alov/01-Light_video00016/") for k in samples)
+
+
+def test_builds_are_deterministic_across_worker_counts(real_build, tmp_path):
+    root, report = real_build
+    args = report.manifest["arguments"]
+    assert args["workers"] == 2
+    again = build(
+        BuildConfig(
+            out=tmp_path / "out",
+            imagenet_images=Path(args["imagenet_images"]),
+            imagenet_annotations=Path(args["imagenet_annotations"]),
+            alov_frames=Path(args["alov_frames"]),
+            alov_annotations=Path(args["alov_annotations"]),
+            workers=1,
+            progress=False,
+        )
+    )
+    assert again.manifest["shards"] == report.manifest["shards"]
+    for entry in report.manifest["shards"]:
+        assert (tmp_path / "out" / entry["file"]).read_bytes() == (root / "out" / entry["file"]).read_bytes()
+        assert (tmp_path / "out" / entry["index"]).read_bytes() == (root / "out" / entry["index"]).read_bytes()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Generated sample data with bad inputs (pipeline.make_sample_data)
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_sample_counts_follow_the_rules(sample_build):
+    root, report = sample_build
+    m = report.manifest
+    data = root / "data"
+    sm = json.loads((data / "sample_manifest.json").read_text())
+    truncated = {e["xml"].split("/", 2)[2] for e in sm["bad_inputs"] if e["kind"] == "truncated_jpeg"}
+    kept = expected_det(data / "imagenet" / "ILSVRC2014_DET_bbox_train")
+    written = {rel: objs for rel, objs in kept.items() if rel not in truncated}
+    n_obj = sum(len(v) for v in written.values())
+    assert m["counts"]["imagenet"]["train"] == {
+        "samples": n_obj,
+        "images": sum(1 for v in written.values() if v),
+        "objects": n_obj,
+    }
+    xml_files = m["accounting"]["imagenet"]["xml_files"]
+    assert xml_files["total"] == len(kept) + 1  # + the malformed XML
+    assert xml_files["skipped"]["xml_error"] == 1 and xml_files["skipped"]["corrupt_image"] == 1
+    # ALOV: consecutive lines whose frame file exists; the last int(0.2 n) videos per category are val
+    expect: Counter = Counter()
+    ann_root = data / "alov" / "alov300++_rectangleAnnotation_full"
+    for cat in sorted(ann_root.iterdir()):
+        anns = sorted(cat.glob("*.ann"))
+        n_val = int(0.2 * len(anns))
+        for i, ann in enumerate(anns):
+            split = "val" if i >= len(anns) - n_val else "train"
+            frames = data / "alov" / "imagedata++" / cat.name / ann.stem
+            ok = [b is not None and (frames / f"{f:08d}.jpg").exists() for f, b in ann_boxes(ann.read_text())]
+            expect[split] += sum(a and b for a, b in zip(ok, ok[1:], strict=False))
+    assert {s: c["pairs"] for s, c in m["counts"]["alov"].items()} == dict(expect)
+    # the clean videos' pairs, plus the two bad videos' pairs minus the 2 each loses (one unusable middle
+    # line)
+    bad = [e for e in sm["bad_inputs"] if e["kind"] in ("ann_malformed_line", "alov_missing_frame")]
+    assert sum(expect.values()) == sm["alov"]["pairs"] + sum(e["annotated_frames"] - 1 - 2 for e in bad)
+
+
+def test_sample_bad_inputs_are_reported(sample_build):
+    root, report = sample_build
+    m = report.manifest
+    sm = json.loads((root / "data" / "sample_manifest.json").read_text())
+    skipped = skipped_map(m)
+    reencoded = {e["path"]: e["reason"] for e in m["reencoded"]}
+    samples = read_shards(root / "out")
+
+    def find(table: dict[str, str], path: str) -> str:
+        hits = [reason for p, reason in table.items() if path.endswith(p)]
+        assert len(hits) == 1, (path, table)
+        return hits[0]
+
+    kinds = {e["kind"]: e for e in sm["bad_inputs"]}
+    assert set(kinds) == {
+        "truncated_jpeg", "png_as_jpeg", "cmyk_jpeg", "malformed_xml", "vid_order_xml",
+        "ann_malformed_line", "alov_missing_frame",
+    }  # fmt: skip
+    assert find(skipped, kinds["truncated_jpeg"]["image"]).startswith("corrupt_image")
+    assert find(skipped, kinds["malformed_xml"]["xml"]).startswith("xml_error: malformed XML")
+    assert find(reencoded, kinds["png_as_jpeg"]["image"]) == "png"
+    assert find(reencoded, kinds["cmyk_jpeg"]["image"]) == "cmyk"
+    line = kinds["ann_malformed_line"]
+    assert find(skipped, f"{line['ann']}:{line['line']}").startswith("malformed_line")
+    assert find(skipped, kinds["alov_missing_frame"]["path"]).startswith("missing_frame")
+    # the VID-ordered XML is valid: its kept objects are written with the right boxes
+    vid = kinds["vid_order_xml"]
+    root_el = ET.parse(root / "data" / vid["xml"]).getroot()
+    name = root_el.find("filename").text
+    written = [k for k in samples if k.startswith(f"imagenet/{root_el.find('folder').text}/{name}/")]
+    assert len(written) == vid["objects_kept"] > 0
+    for kind in ("png_as_jpeg", "cmyk_jpeg"):  # re-encoded: RGB JPEGs in the shard
+        stem = kinds[kind]["image"].rsplit("/", 1)[1][: -len(".JPEG")]
+        members = [s for k, s in samples.items() if k.split("/")[2] == stem]
+        assert members
+        for s in members:
+            im = Image.open(io.BytesIO(s["curr.jpg"]))
+            assert (im.format, im.mode) == ("JPEG", "RGB")
+
+
+def test_sample_boxes_equal_rule_derived_boxes(sample_build):
+    root, report = sample_build
+    data = root / "data"
+    samples = read_shards(root / "out")
+    checked = Counter()
+    for key, s in samples.items():
+        meta = json.loads(s["meta.json"])
+        boxes = np.load(io.BytesIO(s["boxes.npy"]), allow_pickle=False)
+        W, H = Image.open(io.BytesIO(s["curr.jpg"])).size
+        if meta["source"] == "imagenet":
+            obj = ET.parse(data / "imagenet" / meta["annotation"]).getroot().findall("object")[meta["object_index"]]
+            b = [float(obj.find(f"bndbox/{t}").text) for t in ("xmin", "ymin", "xmax", "ymax")]
+            want = [np.clip(b, 0, [W, H, W, H])]
+        else:
+            rows = dict(ann_boxes((data / "alov" / meta["annotation"]).read_text()))
+            want = [np.clip(rows[f], 0, [W, H, W, H]) for f in (meta["prev_frame"], meta["curr_frame"])]
+        np.testing.assert_array_equal(boxes, np.asarray(want, np.float32), err_msg=key)
+        checked[meta["source"]] += 1
+    assert checked["imagenet"] > 20 and checked["alov"] > 40
+
+
+def test_accounting_adds_up(sample_build, edge_build):
+    for _, report in (sample_build, edge_build):
+        for acc in report.manifest["accounting"].values():
+            for q in acc.values():
+                if isinstance(q, dict) and "total" in q:
+                    assert q["total"] == q["written"] + sum(q["skipped"].values())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hand-made edge cases
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_edge_imagenet(edge_build):
+    root, report = edge_build
+    acc = report.manifest["accounting"]["imagenet"]
+    assert acc["xml_files"] == {
+        "total": 17,
+        "written": 8,
+        "skipped": {
+            "corrupt_image": 1,
+            "duplicate_image": 1,
+            "empty_image": 1,
+            "missing_image": 1,
+            "unsupported_format": 1,
+            "xml_error": 4,
+        },
+    }
+    assert acc["objects"] == {
+        "total": 15,
+        "written": 8,
+        "skipped": {"bad_coordinates": 1, "box_outside_image": 1, "image_skipped": 5},
+    }
+    assert acc["notes"] == {
+        "images_rescaled": 1,
+        "boxes_clipped": 1,
+        "images_converted": {"exif_orientation": 1, "grayscale": 1},
+    }
+    assert acc["extra_folders"] == [{"path": "ann/ILSVRC2013_train_extra0", "xml_files": 1}]
+    s = read_shards(root / "out")
+    box = {k.split("/")[2]: np.load(io.BytesIO(v["boxes.npy"]))[0].tolist() for k, v in s.items()}
+    assert box["rescale"] == [20, 20, 60, 50]  # XML 400x300, image 200x150: x rows/display_height = 0.5
+    assert box["clip"] == [150, 20, 200, 60]  # xmax 230 > W: kept by the authors, clipped to the image
+    assert box["badcoord"] == [12, 10, 40, 40]  # atoi(" 12.7") = 12
+    assert "outside" in box and box["outside"] == [10, 10, 50, 50]  # object 0 had no area in the image
+    prog = (root / "img" / "n01" / "progressive.JPEG").read_bytes()
+    assert s["imagenet/n01/progressive/obj00"]["curr.jpg"] == prog
+    rotated = s["imagenet/n01/rotated/obj00"]["curr.jpg"]
+    src = (root / "img" / "n01" / "rotated.JPEG").read_bytes()
+    assert len(rotated) < len(src) and Image.open(io.BytesIO(rotated)).getexif().get(0x0112) is None
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(rotated))), np.asarray(Image.open(io.BytesIO(src))))
+    skipped = skipped_map(report.manifest)
+    assert skipped["ann/n01/xxe.xml"].startswith("xml_error: missing or unsafe <folder>")
+    assert "TOPSECRET" not in json.dumps(report.manifest)
+    assert skipped["ann/n01/escape.xml"].startswith("xml_error")
+    assert skipped["ann/n01/huge.xml"].startswith("xml_error: file larger")
+    assert skipped["ann/n01/outside.xml#object0"].startswith("box_outside_image")
+    assert skipped["ann/n01/badcoord.xml#object0"] == "bad_coordinates"
+    assert skipped["img/n01/gif.JPEG"].startswith("unsupported_format")
+    assert skipped["img/n01/garbage.JPEG"].startswith("corrupt_image") and " at 0x" not in json.dumps(skipped)
+
+
+def test_edge_alov(edge_build):
+    root, report = edge_build
+    acc = report.manifest["accounting"]["alov"]
+    assert acc["videos"] == {
+        "total": 5,
+        "written": 2,
+        "skipped": {"missing_frames_dir": 1, "no_pair_written": 1, "too_few_annotations": 1},
+    }
+    assert acc["annotations"] == {
+        "total": 16,
+        "written": 4,
+        "skipped": {
+            "box_outside_image": 1,
+            "corrupt_image": 1,
+            "duplicate_frame": 1,
+            "frame_size_mismatch": 1,
+            "missing_frame": 1,
+            "missing_frames_dir": 2,
+            "no_pair_written": 4,
+            "too_few_annotations": 1,
+        },
+    }
+    assert acc["pairs"] == {
+        "total": 11,
+        "written": 2,
+        "skipped": {
+            "box_outside_image": 2,
+            "corrupt_image": 2,
+            "duplicate_frame": 2,
+            "frame_size_mismatch": 1,
+            "missing_frame": 1,
+            "missing_frames_dir": 1,
+        },
+    }
+    s = {k: v for k, v in read_shards(root / "out").items() if k.startswith("alov/")}
+    assert sorted(s) == [
+        "alov/01-Light_video00001/00000001_00000002",
+        "alov/01-Light_video00002/00000005_00000006",
+    ]
+    b = np.load(io.BytesIO(s["alov/01-Light_video00001/00000001_00000002"]["boxes.npy"]))
+    assert b.tolist() == [[10, 10, 30, 30], [90, 10, 100, 30]]  # curr box clipped to the 100 px wide frame
+    v2 = json.loads(s["alov/01-Light_video00002/00000005_00000006"]["meta.json"])
+    assert v2["prev_image"].endswith("00000005.jpg")  # looked up by number across the gap at frame 4
+    assert report.manifest["warnings"] == [
+        {
+            "path": "frames/01-Light/01-Light_video00002/00000004.jpg",
+            "reason": "missing_frame: not annotated, no pair affected",
+        }
+    ]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Resuming after kill -9, index files
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_resume_after_sigkill_ends_identical(sample_build, tmp_path):
+    root, report = sample_build
+    cfg = sample_config(root / "data", tmp_path / "out", workers=1)
+    cmd = [sys.executable, "-m", "pipeline.build_shards", *sample_args(cfg), "--workers", "1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    records = cfg.out / ".build"  # a shard is finished once its resume record exists
+    while not list(records.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)  # the builder and any worker it started
+    proc.wait()
+    assert not (cfg.out / "manifest.json").exists(), "build finished before it could be killed"
+    n_done = len(list(cfg.out.glob("*.tar")))
+    assert 1 <= n_done < len(report.manifest["shards"])
+    cmd[cmd.index("--workers") + 1] = "2"
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    reused = int(re.search(r"reused (\d+)", done.stdout).group(1))
+    assert reused >= 1 and reused <= n_done
+    resumed = json.loads((cfg.out / "manifest.json").read_text())
+    assert resumed["shards"] == report.manifest["shards"]
+    assert not list(cfg.out.glob("*.partial"))
+
+
+def test_index_files_equal_wds2idx(sample_build, tmp_path):
+    from wds2idx import IndexCreator
+
+    root, report = sample_build
+    for entry in report.manifest["shards"]:
+        idx = tmp_path / entry["index"]
+        with IndexCreator(str(root / "out" / entry["file"]), str(idx), verbose=False) as ic:
+            ic.create_index()
+        assert idx.read_bytes() == (root / "out" / entry["index"]).read_bytes(), entry["file"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Units
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_parse_size():
+    assert parse_size("512MB") == 512_000_000
+    assert parse_size("1GiB") == 2**30
+    assert parse_size("60000") == 60000
+    assert parse_size("1.5k") == 1500
+
+
+def test_keys_have_no_dots_and_stay_unique():
+    a, b = make_key("alov", "Jogging.1", "x"), make_key("alov", "Jogging_1", "x")
+    assert "." not in a and a != b and b == "alov/Jogging_1/x"
+    long = make_key("imagenet", "n" * 200)
+    assert len(long) <= 90 and long != make_key("imagenet", "n" * 199)
+
+
+def test_imagenet_parsing_units():
+    assert imagenet_det.atoi(" 12.7") == 12 and imagenet_det.atoi("-3") == -3 and imagenet_det.atoi("x") is None
+    vid = b"<annotation><folder>f</folder><filename>a</filename>"
+    vid += b"<size><width>100</width><height>100</height></size>"
+    vid += b"<object><bndbox><xmax>30</xmax><xmin>10</xmin><ymax>40</ymax><ymin>5</ymin></bndbox></object>"
+    vid += b"<object><bndbox><xmax>80</xmax><xmin>10</xmin><ymax>20</ymax><ymin>5</ymin></bndbox></object>"
+    vid += b"<object><bndbox><xmax>10</xmax><xmin>10</xmin><ymax>20</ymax><ymin>5</ymin></bndbox></object>"
+    ann = imagenet_det.parse_annotation(vid + b"</annotation>")
+    assert [(o.box, o.drop) for o in ann.objects] == [
+        ((10, 5, 30, 40), None),
+        ((10, 5, 80, 20), "too_large"),  # 70 > 0.66 * 100
+        ((10, 5, 10, 20), "invalid_box"),
+    ]
+    bomb = b'<!DOCTYPE a [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;&x;&x;&x;&x;&x;&x;&x;">]>'
+    with pytest.raises(imagenet_det.XmlError):
+        imagenet_det.parse_annotation(bomb + b"<annotation><folder>&y;</folder></annotation>")
+
+
+def test_alov_units(tmp_path):
+    line = alov.parse_line(1, "1 1080.2 187.84 1012.9 187.84 1012.9 269.56 1080.2 269.56")
+    assert line.box == pytest.approx((1011.9, 186.84, 1079.2, 268.56))
+    assert alov.parse_line(2, "1 2 3").error.startswith("malformed_line")
+    assert alov.parse_line(3, "1 2 3 4 5 6 7 8 nan").error.startswith("malformed_line")
+    for cat, n in (("01-Light", 25), ("02-SurfaceCover", 15)):
+        (tmp_path / cat).mkdir()
+        for i in range(1, n + 1):
+            (tmp_path / cat / f"{cat}_video{i:05d}.ann").write_text("")
+    split = Counter(v.split for v in alov.list_videos(tmp_path, tmp_path, 0.2, False))
+    # 25 - 3 VOT videos = 22 -> int(4.4) = 4 val; 15 - 1 = 14 -> int(2.8) = 2 val
+    assert split == {"train": 18 + 12, "val": 4 + 2, None: 3 + 1}
+    keep = Counter(v.split for v in alov.list_videos(tmp_path, tmp_path, 0.2, True))
+    assert keep == {"train": 20 + 12, "val": 5 + 3}  # int(0.2 * 15) = int(3.0000000000000004) = 3
+
+
+@pytest.mark.parametrize(
+    ("make", "converted"),
+    [
+        (lambda: jpeg(40, 30), None),
+        (lambda: jpeg(40, 30, progressive=True), None),
+        (lambda: jpeg(40, 30, mode="L"), "grayscale"),
+        (lambda: jpeg(40, 30, mode="CMYK"), "cmyk"),
+        (lambda: jpeg(40, 30, format="PNG"), "png"),
+        (lambda: jpeg(40, 30, mode="RGBA", format="PNG"), "png"),
+    ],
+)
+def test_check_image_kinds(make, converted):
+    data = make()
+    c = check_image(data)
+    assert (c.width, c.height, c.converted) == (40, 30, converted)
+    assert (c.data == data) == (converted is None)
+    assert Image.open(io.BytesIO(c.data)).mode == "RGB"
+
+
+def test_check_image_rejects():
+    good = jpeg(64, 48)
+    for bad, code in (
+        (good[: len(good) // 2], "corrupt_image"),
+        (b"", "empty_image"),
+        (b"BM...", "unsupported_format"),
+    ):
+        with pytest.raises(ImageRejected) as e:
+            check_image(bad)
+        assert e.value.code == code
+
+
+def test_rebuild_with_other_arguments_replaces_stale_shards_and_respects_the_lock(edge_build, tmp_path):
+    import fcntl
+    from dataclasses import replace
+
+    from pipeline.build_shards import BuildLocked
+    from shards.verify import verify
+
+    root, report = edge_build
+    a = report.manifest["arguments"]
+    cfg = BuildConfig(
+        out=tmp_path / "out",
+        imagenet_images=Path(a["imagenet_images"]),
+        imagenet_annotations=Path(a["imagenet_annotations"]),
+        alov_frames=Path(a["alov_frames"]),
+        alov_annotations=Path(a["alov_annotations"]),
+        alov_val_fraction=0.0,
+        shard_size=1,  # one sample per shard
+        progress=False,
+    )
+    many = build(cfg).manifest["shards"]
+    assert len(many) == 10 and {e["samples"] for e in many} == {1}
+    few = build(replace(cfg, shard_size=10**9)).manifest["shards"]
+    assert [e["file"] for e in few] == ["alov-train-000000.tar", "imagenet-train-000000.tar"]
+    assert sorted(p.name for p in cfg.out.glob("*-*-*.*")) == sorted(
+        [e["file"] for e in few] + [e["index"] for e in few]
+    )
+    assert verify(cfg.out)[0] == []
+    with open(cfg.out / ".build" / "lock") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with pytest.raises(BuildLocked):
+            build(cfg)

@@ -1,0 +1,241 @@
+"""evaluate.otb / evaluate.track end to end (random weights, few frames), lockstep batching against one-by-one
+tracking, the grouped stepper against `model.tracker.track_step`, and scoring of other trackers' results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from evaluate import otb as O
+from evaluate.lockstep import TrackJob, track_lockstep
+from evaluate.otb_data import find_sequences, parse_gt_text
+from evaluate.results import read_result, write_result
+from evaluate.steppers import GroupedGoturnStepper
+from model.geometry import corners_to_xywh, xywh_to_corners
+
+pytestmark = pytest.mark.xdist_group("evaluate")
+
+OVERALL_KEYS = {"success_auc", "precision_20", "norm_precision", "frames", "fps", "device"}
+SEQ_KEYS = {"success_auc", "precision_20", "frames"}
+
+
+@pytest.fixture(scope="module")
+def random_net():
+    """Caffe-filler random weights, with fc8 scaled towards the "no motion" output (2.5, 2.5, 7.5, 7.5): boxes
+    then stay well-formed for several frames instead of collapsing to 1 px at once, where float rounding of
+    different batch sizes is amplified by the crop windows' integer truncations."""
+    from model.net import GoturnNet
+
+    torch.manual_seed(0)
+    net = GoturnNet().eval()
+    with torch.no_grad():
+        net.fc8.weight.mul_(0.02)
+        net.fc8.bias.copy_(torch.tensor([2.5, 2.5, 7.5, 7.5]))
+    return net
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(random_net, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One random-weight checkpoint for the module (the net is 113M parameters: build and save it once)."""
+    from model.checkpoint import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.pt", random_net)
+
+
+def _frames(n: int, h: int, w: int, seed: int) -> list[np.ndarray]:
+    """Noise with a bright square moving right: content the crops can tell apart."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for t in range(n):
+        f = rng.integers(0, 80, (h, w, 3), dtype=np.uint8)
+        x = 10 + 2 * t
+        f[12:28, x : x + 14] = (230, 200, 60)
+        out.append(f)
+    return out
+
+
+def _otb_folder(root: Path, name: str, frames: list[np.ndarray], gt: np.ndarray, gt_file: str = "") -> None:
+    (root / name / "img").mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames, 1):
+        Image.fromarray(f).save(root / name / "img" / f"{i:04d}.jpg", quality=95)
+    text = "\n".join(",".join(str(int(v)) for v in r) for r in gt) + "\n"
+    (root / name / (gt_file or "groundtruth_rect.txt")).write_text(text)
+
+
+class _ShiftStepper:
+    """Fake tracker: each step moves the box by the value stored in the current frame (cheap, exact)."""
+
+    def prepare(self, frame):
+        return frame
+
+    def step(self, prev, boxes, curr):
+        return np.asarray(boxes) + np.array([float(np.asarray(c).flat[0]) for c in curr])[:, None]
+
+    def sync(self) -> None:
+        pass
+
+
+def test_lockstep_dropout_and_refill_match_batch_one() -> None:
+    lengths = [5, 1, 3, 7, 2, 4]
+    jobs = [
+        TrackJob(
+            f"s{k}",
+            [np.full((2, 2), k * 10 + t, dtype=np.float64) for t in range(n)],
+            np.array([k, 0, 5, 5.0]),
+        )
+        for k, n in enumerate(lengths)
+    ]
+    ref = track_lockstep(_ShiftStepper(), jobs, batch_size=1, workers=1)
+    for out, job, n in zip(ref, jobs, lengths, strict=True):
+        expect = job.init_box + np.concatenate([[0], np.cumsum([f[0, 0] for f in job.frames[1:]])])[:, None]
+        np.testing.assert_array_equal(out.boxes, expect)
+        assert out.times.shape == (n,) and (out.times >= 0).all()
+    for b in (2, 3, 4, 6, 10):
+        outs = track_lockstep(_ShiftStepper(), jobs, batch_size=b)
+        for o, r in zip(outs, ref, strict=True):
+            assert o.name == r.name
+            np.testing.assert_array_equal(o.boxes, r.boxes)
+
+
+def test_result_conversion_and_protocol_init(tmp_path: Path) -> None:
+    """A tracker that never moves writes the 1-based GT back exactly (got10k) or GT + 0.5 (pysot's init)."""
+
+    class Still(_ShiftStepper):
+        def step(self, prev, boxes, curr):
+            return np.asarray(boxes, dtype=np.float64)
+
+    gt = np.array([[11, 21, 15, 9]] * 3 + [[13, 20, 15, 9]])
+    _otb_folder(tmp_path / "otb", "Still", _frames(4, 40, 60, 0), gt)
+    seqs = find_sequences(tmp_path / "otb").sequences
+    for protocol, shift in (("got10k", 0.0), ("pysot", 0.5)):
+        tdir = tmp_path / protocol / "T"
+        facts = O.run_tracker(Still(), seqs, tdir, protocol, 2, "cpu:test", show_progress=False)
+        res = read_result(tdir / "Still.txt")
+        np.testing.assert_allclose(res, np.tile(gt[0] + [shift, shift, 0, 0], (4, 1)), atol=1e-9)
+        assert len(np.loadtxt(tdir / "times" / "Still_time.txt")) == 4
+        assert facts["frames"] == 4 and facts["device"] == "cpu:test"
+    # the tracker saw the 0-based corners of the 1-based GT (GOTURN's -1)
+    np.testing.assert_array_equal(xywh_to_corners(gt[0], one_based=True), [10, 20, 25, 29])
+
+
+def test_grouped_stepper_bit_identical_to_track_step(random_net) -> None:
+    from model.tracker import track_step
+
+    rng = np.random.default_rng(1)
+    shapes = [(48, 64), (48, 64), (40, 56), (48, 64), (40, 56)]
+    prev = [torch.from_numpy(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).permute(2, 0, 1) for h, w in shapes]
+    curr = [torch.from_numpy(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).permute(2, 0, 1) for h, w in shapes]
+    curr[4] = torch.from_numpy(rng.integers(0, 255, (44, 56, 3), dtype=np.uint8)).permute(2, 0, 1)  # size change
+    boxes = np.array([[5.5, 6.25, 30, 20], [0, 0, 10, 8], [40.2, 30.7, 55.9, 39.9], [-3, 20, 12, 60], [8, 8, 20, 30]])
+    stepper = GroupedGoturnStepper(random_net)
+    np.testing.assert_array_equal(stepper.step(prev, boxes, curr), track_step(random_net, prev, boxes, curr))
+    one_size = [0, 1, 3]  # the single-group fast path
+    sub = ([prev[i] for i in one_size], boxes[one_size], [curr[i] for i in one_size])
+    np.testing.assert_array_equal(stepper.step(*sub), track_step(random_net, *sub))
+
+
+def test_batched_equals_one_by_one(random_net) -> None:
+    """Lockstep batches (with drop-out and refill) vs a GoturnTracker per sequence."""
+    from model.tracker import GoturnTracker
+
+    specs = [
+        (4, 48, 64, [9.0, 11.0, 16.0, 18.0]),
+        (3, 40, 72, [8.0, 10.0, 17.0, 19.0]),
+        (5, 48, 64, [11, 13, 12, 14]),
+    ]
+    jobs = []
+    for k, (n, h, w, box) in enumerate(specs):
+        jobs.append(TrackJob(f"s{k}", _frames(n, h, w, 10 + k), xywh_to_corners(np.array(box, dtype=float))))
+    batched = track_lockstep(GroupedGoturnStepper(random_net), jobs, batch_size=2)
+    for job, out in zip(jobs, batched, strict=True):
+        t = GoturnTracker(random_net, "cpu")
+        single = t.track_sequence(job.frames, corners_to_xywh(job.init_box))
+        np.testing.assert_allclose(corners_to_xywh(out.boxes), single, rtol=0, atol=1e-3)
+
+
+def test_man_end_to_end(shared_data: Path, random_checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    argv = ["--weights", str(random_checkpoint), "--otb-root", str(shared_data / "otb"), "--sequences", "Man"]
+    argv += ["--out", str(out), "--device", "cpu", "--max-frames", "6", "--batch-sequences", "2", "--quiet"]
+    assert O.main(argv) == 0
+    res = read_result(out / "GOTURN" / "Man.txt")
+    gt = parse_gt_text((shared_data / "otb" / "Man" / "groundtruth_rect.txt").read_text())
+    assert res.shape == (6, 4) and np.isfinite(res).all() and (res[:, 2:] >= 1).all()
+    np.testing.assert_array_equal(res[0], gt[0])
+    times = np.loadtxt(out / "GOTURN" / "times" / "Man_time.txt")
+    assert times.shape == (6,) and (times > 0).all()
+    rep = json.loads((out / "report.json").read_text())
+    assert set(rep) == {"trackers"} and set(rep["trackers"]) == {"GOTURN"}
+    t = rep["trackers"]["GOTURN"]
+    assert set(t) == {"overall", "sequences"} and set(t["overall"]) == OVERALL_KEYS
+    assert set(t["sequences"]) == {"Man"} and set(t["sequences"]["Man"]) == SEQ_KEYS
+    assert t["overall"]["frames"] == 6 and t["overall"]["fps"] > 0 and t["overall"]["device"].startswith("cpu")
+    assert 0 <= t["overall"]["success_auc"] <= 20 / 21 and 0 <= t["overall"]["precision_20"] <= 1
+    assert "| GOTURN |" in (out / "report.md").read_text()
+    for png in ("success_plot.png", "precision_plot.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Re-scoring the written files (--results) reproduces the report.
+    again = tmp_path / "again"
+    argv = ["--results", str(out), "--otb-root", str(shared_data / "otb"), "--sequences", "Man"]
+    assert O.main([*argv, "--out", str(again), "--max-frames", "6", "--quiet"]) == 0
+    rep2 = json.loads((again / "report.json").read_text())["trackers"]["GOTURN"]
+    assert rep2["overall"] == t["overall"] and rep2["sequences"] == t["sequences"]
+
+
+def test_results_mode_several_trackers(tmp_path: Path) -> None:
+    root = tmp_path / "otb"
+    rng = np.random.default_rng(3)
+    gts = {}
+    for name, n in (("Jogging", 5), ("Walker", 6)):
+        frames = _frames(n, 40, 60, 4)
+        for k in (1, 2) if name == "Jogging" else (0,):
+            gt = np.column_stack([rng.integers(1, 30, (n, 2)), rng.integers(5, 20, (n, 2))])
+            _otb_folder(root, name, frames, gt, f"groundtruth_rect.{k}.txt" if k else "")
+            gts[f"{name}-{k}" if k else name] = gt
+    res = tmp_path / "results"
+    for canon, gt in gts.items():
+        write_result(res / "Perfect", canon.replace("-", "."), gt)  # got10k names: Jogging.1
+        if canon != "Walker":
+            write_result(res / "Shifted", canon, gt + [3, 0, 0, 0])  # pysot names: Jogging-1; Walker missing
+    O.write_first_box_baseline(find_sequences(root).sequences, res / "FirstBox")
+    out = tmp_path / "out"
+    assert O.main(["--results", str(res), "--otb-root", str(root), "--out", str(out), "--quiet"]) == 0
+    rep = json.loads((out / "report.json").read_text())["trackers"]
+    assert set(rep) == {"Perfect", "Shifted", "FirstBox"}
+    assert 0 < rep["FirstBox"]["overall"]["success_auc"] < 20 / 21
+    assert rep["Perfect"]["overall"]["success_auc"] == pytest.approx(20 / 21)
+    assert rep["Perfect"]["overall"]["precision_20"] == 1.0 and rep["Perfect"]["overall"]["fps"] == -1
+    assert set(rep["Perfect"]["sequences"]) == {"Jogging-1", "Jogging-2", "Walker"}
+    assert set(rep["Shifted"]["sequences"]) == {"Jogging-1", "Jogging-2"}
+    assert "Shifted: no result for Walker" in (out / "report.md").read_text()
+    assert (out / "success_plot.png").is_file() and (out / "precision_plot.png").is_file()
+
+
+def test_no_arguments_without_sample_run_explains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="make demo"):
+        O.main([])
+
+
+def test_track_cli_draws_frames_and_gif(shared_data: Path, random_checkpoint: Path, tmp_path: Path) -> None:
+    from evaluate import track
+
+    out = tmp_path / "vis"
+    argv = [
+        "--weights",
+        str(random_checkpoint),
+        "--sequence",
+        str(shared_data / "otb" / "Man"),
+        "--out",
+        str(out),
+    ]
+    assert track.main([*argv, "--gif", "--max-frames", "3", "--device", "cpu"]) == 0
+    assert sorted(p.name for p in (out / "frames").iterdir()) == ["0001.jpg", "0002.jpg", "0003.jpg"]
+    with Image.open(out / "Man.gif") as gif:
+        assert gif.n_frames == 3
+    assert read_result(out / "Man.txt").shape == (3, 4)

@@ -1,0 +1,232 @@
+"""The ``shards`` package on builder output: webdataset and DALI readers, verify, stats, reader safety."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from shards_testdata import cached_build, jpeg, read_shards, sample_tree
+
+from shards import open_dataset
+from shards.dataset import shard_paths
+from shards.tarwriter import TarShardWriter
+from shards.verify import verify
+
+pytestmark = pytest.mark.xdist_group("shards")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def sample_build(tmp_path_factory):
+    return cached_build("sample", tmp_path_factory.mktemp, sample_tree)
+
+
+def test_open_dataset_decodes_every_sample(sample_build):
+    root, report = sample_build
+    out = root / "out"
+    raw = read_shards(out)
+    counts = report.manifest["counts"]
+    seen = {}
+    for source, split in (("imagenet", "train"), ("alov", "train"), ("alov", "val")):
+        items = list(open_dataset(out, source=source, split=split))
+        assert len(items) == counts[source][split]["samples"]
+        for s in items:
+            key = s["__key__"]
+            assert s["meta"]["key"] == key and s["meta"]["split"] == split
+            assert s["curr"].dtype == np.uint8 and s["curr"].shape == (
+                s["meta"]["height"],
+                s["meta"]["width"],
+                3,
+            )
+            n = 1 if s["prev"] is None else 2
+            assert (s["prev"] is None) == (source == "imagenet")
+            assert s["boxes"].dtype == np.float32 and s["boxes"].shape == (n, 4)
+            np.testing.assert_array_equal(s["boxes"], np.load(io.BytesIO(raw[key]["boxes.npy"])))
+            seen[key] = s
+    assert set(seen) == set(raw)
+    assert len(list(open_dataset(out, source=None, split=None))) == len(raw)
+
+
+def test_split_by_node_and_worker(sample_build, monkeypatch):
+    root, _ = sample_build
+    urls = shard_paths(root / "out", "alov", "train")
+    assert len(urls) >= 4
+    everything = sorted(s["__key__"] for s in open_dataset(root / "out", "alov", "train"))
+    parts = []
+    for rank in range(2):
+        for worker in range(2):
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", "2")
+            monkeypatch.setenv("WORKER", str(worker))
+            monkeypatch.setenv("NUM_WORKERS", "2")
+            parts.append([s["__key__"] for s in open_dataset(root / "out", "alov", "train")])
+    assert all(parts) and sorted(k for p in parts for k in p) == everything
+
+
+def test_dali_reads_the_shards(sample_build):
+    from nvidia.dali import fn, pipeline_def, types
+
+    root, report = sample_build
+    out = root / "out"
+    entries = [e for e in report.manifest["shards"] if e["source"] == "alov"]
+    tars = [str(out / e["file"]) for e in entries]
+    idxs = [str(out / e["index"]) for e in entries]
+    total = sum(e["samples"] for e in entries)
+
+    @pipeline_def(batch_size=total, num_threads=1, device_id=None)
+    def pipe():
+        prev, curr, boxes, meta = fn.readers.webdataset(
+            paths=tars,
+            index_paths=idxs,
+            ext=["prev.jpg", "curr.jpg", "boxes.npy", "meta.json"],
+            missing_component_behavior="error",
+            name="reader",
+        )
+        return fn.decoders.image(curr, device="cpu", output_type=types.RGB), fn.decoders.numpy(boxes), meta
+
+    p = pipe()
+    p.build()
+    assert p.epoch_size("reader") == total
+    images, boxes, metas = p.run()
+    raw = read_shards(out)
+    for i in range(total):
+        meta = json.loads(bytes(np.asarray(metas[i])))
+        assert np.asarray(images[i]).shape == (meta["height"], meta["width"], 3)
+        want = np.load(io.BytesIO(raw[meta["key"]]["boxes.npy"]))
+        np.testing.assert_array_equal(np.asarray(boxes[i]), want)
+
+    # every shard at once (stills have no prev.jpg): the indexes give DALI the global sample count
+    everything = report.manifest["shards"]
+
+    @pipeline_def(batch_size=8, num_threads=1, device_id=None)
+    def pipe_all():
+        curr, boxes = fn.readers.webdataset(
+            paths=[str(out / e["file"]) for e in everything],
+            index_paths=[str(out / e["index"]) for e in everything],
+            ext=["curr.jpg", "boxes.npy"],
+            missing_component_behavior="error",
+            name="reader",
+        )
+        return fn.decoders.image(curr, device="cpu"), fn.decoders.numpy(boxes)
+
+    p = pipe_all()
+    p.build()
+    assert p.epoch_size("reader") == len(raw)
+    _, boxes = p.run()
+    assert {np.asarray(b).shape for b in boxes} <= {(1, 4), (2, 4)}
+
+
+def test_verify_passes_then_catches_one_flipped_byte(sample_build, tmp_path):
+    root, report = sample_build
+    problems, n_shards, n_samples = verify(root / "out")
+    assert problems == [] and n_shards == len(report.manifest["shards"])
+    assert n_samples == sum(e["samples"] for e in report.manifest["shards"])
+    copy = tmp_path / "out"
+    shutil.copytree(root / "out", copy, ignore=shutil.ignore_patterns(".build"))
+    victim = report.manifest["shards"][0]["file"]
+    with tarfile.open(copy / victim) as tf:
+        jpg = next(m for m in tf if m.name.endswith("curr.jpg"))
+    data = bytearray((copy / victim).read_bytes())
+    data[jpg.offset_data + jpg.size // 2] ^= 0x01
+    (copy / victim).write_bytes(bytes(data))
+    done = subprocess.run([sys.executable, "-m", "shards.verify", str(copy)], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert f"{victim}: sha256" in done.stdout and "FAILED" in done.stdout
+
+
+def test_verify_reports_structural_problems(sample_build, tmp_path):
+    root, report = sample_build
+    copy = tmp_path / "out"
+    shutil.copytree(root / "out", copy, ignore=shutil.ignore_patterns(".build"))
+    first = report.manifest["shards"][0]
+    (copy / first["index"]).write_text("v1.2 0\n")
+    shutil.copy(copy / first["file"], copy / "alov-val-000099.tar")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["counts"]["alov"]["val"]["samples"] += 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    problems, _, _ = verify(copy)
+    text = "\n".join(problems)
+    assert "does not match the tar's offsets" in text
+    assert "alov-val-000099.tar is on disk but not in the manifest" in text
+    assert "counts[alov][val].samples" in text
+
+
+def test_verify_checks_boxes_inside_images(tmp_path):
+    from pipeline.sample_build import meta_bytes, npy_bytes
+
+    out = tmp_path / "out"
+    out.mkdir()
+    members = {
+        "curr.jpg": jpeg(40, 30),
+        "boxes.npy": npy_bytes(np.array([[1, 2, 41, 20]], np.float32)),  # x2 > W
+        "meta.json": meta_bytes({"key": "imagenet/a/b", "source": "imagenet", "split": "train", "width": 40,
+                                 "height": 30}),
+    }  # fmt: skip
+    with open(out / "imagenet-train-000000.tar", "wb") as f:
+        summary = TarShardWriter(f)
+        summary.add_sample("imagenet/a/b", members)
+        s = summary.close()
+    (out / "imagenet-train-000000.idx").write_text(s.index)
+    entry = {"file": "imagenet-train-000000.tar", "samples": 1, "bytes": s.bytes, "sha256": s.sha256}
+    manifest = {"schema_version": 1, "counts": {"imagenet": {"train": {"samples": 1}}}, "shards": [entry]}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    problems, _, _ = verify(out)
+    assert len(problems) == 1 and "not inside its 40x30 image" in problems[0]
+
+
+def test_reader_never_unpickles(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            return (Path(tmp_path / "pwned").touch, ())
+
+    path = tmp_path / "alov-train-000000.tar"
+    with tarfile.open(path, "w") as tf:
+        for name, data in (
+            ("k.boxes.npy", io.BytesIO()),
+            ("k.curr.jpg", jpeg(20, 20)),
+            ("k.meta.json", json.dumps({"key": "k"}).encode()),
+            ("k.pickle", pickle.dumps(Boom())),
+            ("k.pyd", pickle.dumps(Boom())),
+        ):
+            if isinstance(data, io.BytesIO):
+                np.save(data, np.zeros((1, 4), np.float32))
+                data = data.getvalue()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    (s,) = list(open_dataset(str(tmp_path / "alov-train-*.tar"), source="alov"))
+    assert set(s) == {"__key__", "__url__", "curr", "prev", "boxes", "meta"}
+    assert not (tmp_path / "pwned").exists()
+    boxes = io.BytesIO()
+    np.save(boxes, np.array([Boom()], dtype=object), allow_pickle=True)
+    with tarfile.open(path, "w") as tf:
+        for name, data in (
+            ("k.boxes.npy", boxes.getvalue()),
+            ("k.curr.jpg", jpeg(20, 20)),
+            ("k.meta.json", b"{}"),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match="pickle"):
+        list(open_dataset(str(path), source="alov"))
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_stats_cli_prints_histograms_and_plots(sample_build, tmp_path):
+    root, _ = sample_build
+    png = tmp_path / "stats.png"
+    cmd = [sys.executable, "-m", "shards.stats", str(root / "out"), "--plot", str(png)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    for text in ("imagenet  train", "box size", "aspect", "motion", "scale change"):
+        assert text in done.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
