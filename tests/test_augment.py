@@ -1,0 +1,431 @@
+"""The DALI training-data pipeline (pipeline.augment) against the geometry module, on DALI's CPU backend.
+
+Shards are written with tests/shardkit.py (format v1). Real JPEGs (ImageNet val, OTB Man) come from
+../shared/data via the `shared_data` fixture and skip when absent.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from shardkit import Sample, jpeg_bytes, synthetic_samples, textured_image, write_shards
+
+from model import geometry as G
+from pipeline.augment import GoturnLoader, SampleDecodeError, find_shards
+
+pytestmark = pytest.mark.xdist_group("augment")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class Replay:
+    """A numpy-Generator stand-in returning given arrays in order (feeds DALI's draws to geometry.shift_boxes)."""
+
+    def __init__(self, arrays):
+        self.q = [np.asarray(a, dtype=np.float64) for a in arrays]
+
+    def random(self, shape):
+        a = self.q.pop(0)
+        assert a.shape == tuple(shape), (a.shape, shape)
+        return a
+
+
+def replay_rng(b: dict, p: int, s: int) -> Replay:
+    """geometry's draw order (x: scale u, v, shift u, v; then y) from pair ``p`` of source ``s`` of a batch."""
+    arrs = []
+    for ax in (0, 1):
+        arrs += [b["u_scale"][p, s, ax], b["v_scale"][p, s, ax]]
+        arrs += [b["u_shift"][p, s, :, ax].T, b["v_shift"][p, s, :, ax].T]
+    return Replay([a.numpy() for a in arrs])
+
+
+def member(key: str, ext: str) -> bytes:
+    """Raw bytes of ``<key>.<ext>`` where key is the loader's audit key '<tar>:<sample key>'."""
+    tar, k = key.rsplit(":", 1)
+    with tarfile.open(tar) as tf:
+        return tf.extractfile(f"{k}.{ext}").read()
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def dali_decode(data: bytes) -> np.ndarray:
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
+    def p():
+        return fn.decoders.image(fn.external_source(name="j", dtype=types.UINT8, ndim=1), output_type=types.RGB)
+
+    pipe = p()
+    pipe.build()
+    pipe.feed_input("j", [np.frombuffer(data, np.uint8)])
+    return np.asarray(pipe.run()[0][0])
+
+
+def geometry_crops(img: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    t = torch.from_numpy(np.array(img)).permute(2, 0, 1)
+    return G.to_uint8(G.crop_and_resize(t, windows)).numpy()
+
+
+def boxes_of(key: str) -> np.ndarray:
+    return np.load(io.BytesIO(member(key, "boxes.npy"))).astype(np.float64)
+
+
+def first_batches(loader: GoturnLoader, n: int) -> list[dict]:
+    out = []
+    for i, b in enumerate(loader):
+        out.append(b)
+        if i + 1 == n:
+            break
+    return out
+
+
+def loader(d, **kw) -> GoturnLoader:
+    kw.setdefault("num_threads", 2)
+    kw.setdefault("pairs_per_batch", 4)
+    return GoturnLoader(d, **kw)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shard fixtures
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """30 ImageNet-like stills and 14 ALOV-like pairs (small images, random boxes, some at the borders)."""
+    d = tmp_path_factory.mktemp("synth")
+    write_shards(d, "imagenet", synthetic_samples(30, "imagenet", seed=1, w=160, h=120), per_tar=8)
+    write_shards(d, "alov", synthetic_samples(14, "alov", seed=2, w=160, h=120), per_tar=5)
+    return d
+
+
+@pytest.fixture(scope="module")
+def real(tmp_path_factory, shared_data) -> Path:
+    """Real JPEG bytes: ImageNet val stills (XML boxes + boxes in the corners) and OTB Man frame pairs."""
+    d = tmp_path_factory.mktemp("real")
+    stills = []
+    for xml in sorted((shared_data / "imagenet_xml" / "annotations" / "val").glob("*.xml")):
+        root = ET.parse(xml).getroot()
+        jpg = shared_data / "imagenet_xml" / "images" / "val" / f"{root.findtext('filename')}.JPEG"
+        data = jpg.read_bytes()
+        W, H = Image.open(io.BytesIO(data)).size
+        boxes = [
+            [float(o.findtext(f"bndbox/{t}")) for t in ("xmin", "ymin", "xmax", "ymax")] for o in root.iter("object")
+        ]
+        boxes += [[0.0, 0.0, 61.5, 40.25], [W - 90.0, H - 33.0, W - 0.5, H]]  # windows leaving the image
+        for i, b in enumerate(boxes):
+            stills.append(Sample(f"{jpg.stem}_{i}", data, np.array([b], np.float32)))
+    man = shared_data / "otb" / "Man"
+    gt = G.xywh_to_corners(np.loadtxt(man / "groundtruth_rect.txt", delimiter=","), one_based=True)
+    frames = sorted((man / "img").glob("*.jpg"))
+    pairs = [
+        Sample(
+            f"man_{i:04d}",
+            frames[i + 5].read_bytes(),
+            np.stack([gt[i], gt[i + 5]]).astype(np.float32),
+            prev=frames[i].read_bytes(),
+        )
+        for i in range(0, 120, 4)
+    ]
+    write_shards(d, "imagenet", stills, per_tar=16)
+    write_shards(d, "alov", pairs, per_tar=16)
+    return d
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# geometry
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("box", [(100.0, 50.0, 140.0, 90.0), (10.0, 10.0, 50.0, 30.0)])
+def test_no_motion_true_example_is_exact(tmp_path, box):
+    """Interior box (and the spec's left/top edge example), no motion: the true target is exactly (2.5, ..)."""
+    img = np.full((480, 640, 3), 90, np.uint8)
+    b = np.array([box, box], np.float32)
+    write_shards(tmp_path, "alov", [Sample(f"s{i}", jpeg_bytes(img), b, prev=jpeg_bytes(img)) for i in range(2)])
+    (batch,) = first_batches(loader(tmp_path, pairs_per_batch=2, k=3), 1)
+    assert batch["bbox"].shape == (8, 4)
+    true = batch["bbox"][0::4]
+    assert torch.equal(true, torch.tensor([[2.5, 2.5, 7.5, 7.5]] * 2))
+
+
+@pytest.mark.parametrize("lambda_shift", [5.0, 0.2])
+def test_windows_boxes_targets_equal_geometry(synth, lambda_shift):
+    """Feeding DALI's own random draws to geometry.shift_boxes / example_windows reproduces everything exactly.
+
+    lambda_shift=0.2 makes |d| > 1 common, so the 10-try rejection loop (incl. exhaustion) is exercised.
+    """
+    motion = G.MotionParams(lambda_shift=lambda_shift)
+    ld = loader(synth, pairs_per_batch=8, debug_draws=True, motion=motion)
+    tries, n = [], 0
+    for b in first_batches(ld, 2):
+        e = 11
+        for p in range(4):
+            for s in range(2):
+                j = (p * 2 + s) * e
+                key = b["keys"][j]
+                bx = boxes_of(key)
+                W, H = b["image_size"][j].numpy()
+                assert (W, H) == (160, 120)
+                ms = G.shift_boxes(bx[-1], W, H, replay_rng(b, p, s), 10, motion)
+                ew = G.example_windows(bx[0], bx[-1], W, H, replay_rng(b, p, s), 10, motion)
+                tries += [ms.tries_x, ms.tries_y]
+                np.testing.assert_array_equal(b["search_boxes"][j + 1 : j + e].numpy(), ms.boxes)
+                np.testing.assert_array_equal(b["search_boxes"][j].numpy(), bx[0])
+                np.testing.assert_array_equal(b["search_windows"][j : j + e].numpy(), ew.search_windows)
+                np.testing.assert_array_equal(b["target_windows"][j : j + e].numpy(), np.tile(ew.target_window, (e, 1)))
+                np.testing.assert_array_equal(b["bbox"][j : j + e].numpy(), ew.targets.astype(np.float32))
+                n += 1
+    assert n == 16
+    tries = np.concatenate(tries)
+    if lambda_shift == 0.2:
+        assert (tries > 1).mean() > 0.3 and (tries == 10).any(), ((tries > 1).mean(), (tries == 10).mean())
+
+
+def test_motion_statistics_match_geometry_sampler(tmp_path):
+    """dx, dy (box widths), scale x/y of 3200 DALI shifts vs 20000 geometry.shift_boxes draws.
+
+    Tolerances: two-sample KS distance < 0.04 (critical value ~0.037 at alpha 0.001 for these n; the fixed seeds
+    make the outcome deterministic), means within 0.01 box widths, 5/25/50/75/95% quantiles within 0.02.
+    """
+    W, H, box = 200, 150, np.array([70.0, 55.0, 110.0, 85.0])
+    img = jpeg_bytes(np.full((H, W, 3), 128, np.uint8))
+    write_shards(tmp_path, "alov", [Sample(f"m{i}", img, np.stack([box, box]), prev=img) for i in range(64)], 64)
+    ld = loader(tmp_path, pairs_per_batch=64, audit=True)
+    assert len(ld) == 1
+    batches = [b for _ in range(5) for b in ld]  # 5 epochs of one batch, each epoch freshly seeded
+    sb = np.concatenate([b["search_boxes"].numpy().reshape(64, 11, 4)[:, 1:] for b in batches])
+    dali = sb.reshape(-1, 4)
+    ref = G.shift_boxes(box, W, H, np.random.default_rng(123), 20000).boxes
+    w, h = box[2] - box[0], box[3] - box[1]
+
+    def feats(bb):
+        cx, cy = (bb[:, 0] + bb[:, 2]) / 2, (bb[:, 1] + bb[:, 3]) / 2
+        return {
+            "dx": (cx - (box[0] + box[2]) / 2) / w,
+            "dy": (cy - (box[1] + box[3]) / 2) / h,
+            "sx": (bb[:, 2] - bb[:, 0]) / w,
+            "sy": (bb[:, 3] - bb[:, 1]) / h,
+        }
+
+    fd, fr = feats(dali), feats(ref)
+    for name in fd:
+        a, r = np.sort(fd[name]), np.sort(fr[name])
+        grid = np.concatenate([a, r])
+        ks = np.abs(np.searchsorted(a, grid, "right") / len(a) - np.searchsorted(r, grid, "right") / len(r)).max()
+        assert ks < 0.04, (name, ks)
+        assert abs(a.mean() - r.mean()) < 0.01, name
+        q = [0.05, 0.25, 0.5, 0.75, 0.95]
+        np.testing.assert_allclose(np.quantile(a, q), np.quantile(r, q), atol=0.02, err_msg=name)
+    assert np.abs(fd["sx"] - 1).max() <= 0.4 + 1e-12  # the +-0.4 scale clamp
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pixels
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_crops_equal_geometry_on_real_images(real):
+    """Target and search crops = geometry.crop_and_resize of the decoded frames within 1 grey level."""
+    ld = loader(real, pairs_per_batch=10, audit=True)
+    left, n = 0, 0
+    for b in first_batches(ld, 2):
+        e = 11
+        for p0 in range(0, len(b["keys"]), e):
+            key = b["keys"][p0]
+            curr_bytes = member(key, "curr.jpg")
+            curr = dali_decode(curr_bytes)
+            np.testing.assert_array_equal(curr, decode(curr_bytes))  # DALI = PIL (both libjpeg-turbo)
+            is_pair = b["source"][p0] == "alov"
+            prev = decode(member(key, "prev.jpg")) if is_pair else curr
+            sw = b["search_windows"][p0 : p0 + e].numpy()
+            tw = b["target_windows"][p0 : p0 + 1].numpy()
+            H, W = curr.shape[:2]
+            left += int(((sw[:, :2] < 0) | (sw[:, 2:] > [W, H])).any(1).sum())
+            ref_s = geometry_crops(curr, sw).astype(int)
+            ref_t = geometry_crops(prev, tw).astype(int)
+            assert np.abs(b["search"][p0 : p0 + e].numpy().astype(int) - ref_s).max() <= 1
+            assert np.abs(b["target"][p0 : p0 + e].numpy().astype(int) - ref_t).max() <= 1
+            n += 1
+    assert n == 20 and left > 10  # both sources, and many windows reach past the image
+
+
+def test_grayscale_origin_jpeg(tmp_path):
+    """A grayscale JPEG decodes to 3 equal channels and crops like geometry on the replicated image."""
+    rng = np.random.default_rng(5)
+    g = textured_image(rng, 120, 90, gray=True)
+    data = jpeg_bytes(g)
+    assert Image.open(io.BytesIO(data)).mode == "L"
+    box = np.array([[5.0, 10.0, 60.0, 70.0]], np.float32)
+    write_shards(tmp_path, "imagenet", [Sample("g0", data, box), Sample("g1", data, box)])
+    (b,) = first_batches(loader(tmp_path, pairs_per_batch=2, audit=True), 1)
+    s = b["search"][:11].numpy()
+    assert (s[:, 0] == s[:, 1]).all() and (s[:, 1] == s[:, 2]).all()
+    ref = geometry_crops(np.repeat(decode(data)[..., :1], 3, -1), b["search_windows"][:11].numpy())
+    assert np.abs(s.astype(int) - ref).max() <= 1
+
+
+def test_stills_and_pairs_in_one_source_and_interleaving(tmp_path):
+    """Mixed still/pair tars (per-sample conditional decode) plus the source interleaving and example order."""
+    st = synthetic_samples(6, "imagenet", seed=3, w=96, h=72, prefix="still")
+    pr = synthetic_samples(6, "alov", seed=4, w=96, h=72, prefix="pair")
+    write_shards(tmp_path, "alov", [x for ab in zip(st, pr, strict=True) for x in ab], per_tar=4)
+    write_shards(tmp_path, "imagenet", synthetic_samples(12, "imagenet", seed=6, w=96, h=72), per_tar=6)
+    (s_alov, s_img) = sorted(find_shards(tmp_path), key=lambda s: s.source)
+    assert s_alov.has_pairs and s_alov.has_stills and not s_img.has_pairs
+    ld = loader(tmp_path, pairs_per_batch=12, audit=True, shuffle_buffer=0)
+    (b,) = first_batches(ld, 1)
+    assert b["source"][::11] == ["imagenet", "alov"] * 6  # authors' alternation
+    assert torch.equal(b["example_index"][:22], torch.arange(11).repeat(2))
+    kinds = set()
+    for p0 in range(11, 132, 22):  # the alov pairs
+        key = b["keys"][p0]
+        curr = decode(member(key, "curr.jpg"))
+        prev_b = member(key, "prev.jpg") if key.rsplit(":", 1)[1].startswith("pair") else None
+        prev = decode(prev_b) if prev_b else curr
+        kinds.add("pair" if prev_b else "still")
+        tw = b["target_windows"][p0 : p0 + 1].numpy()
+        assert np.abs(b["target"][p0].numpy().astype(int) - geometry_crops(prev, tw)[0]).max() <= 1
+        # the true example's search window is the target window (search at the previous box)
+        assert torch.equal(b["search_windows"][p0], b["target_windows"][p0])
+        assert torch.equal(b["target"][p0], b["target"][p0 + 10])  # the target crop is repeated per example
+    assert kinds == {"pair", "still"}
+
+
+def test_float_output_equals_trainer_normalisation(synth):
+    """output='float' emits exactly what model.preprocess.normalize makes of the uint8 crops."""
+    from model.preprocess import normalize
+
+    (u8,) = first_batches(loader(synth, seed=3), 1)
+    for mode in ("caffe", "imagenet", "opencv"):
+        (fl,) = first_batches(loader(synth, seed=3, output="float", normalization=mode), 1)
+        assert fl["search"].dtype == torch.float32
+        for name in ("target", "search"):
+            torch.testing.assert_close(fl[name], normalize(u8[name], mode), atol=1e-4, rtol=0)
+        assert torch.equal(fl["bbox"], u8["bbox"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# epochs, ranks, determinism, resume, errors
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def epoch_keys(ld: GoturnLoader) -> list[str]:
+    return [k for b in ld for k in b["keys"][:: 1 + ld.k]]
+
+
+def test_two_ranks_disjoint_and_cover_the_epoch(synth):
+    r0, r1 = (loader(synth, audit=True, shard_id=r, num_shards=2, k=0) for r in (0, 1))
+    assert len(r0) == len(r1) == (30 // 2) // 2
+    for epoch in (0, 1):
+        k0, k1 = epoch_keys(r0), epoch_keys(r1)
+        assert len(k0) == len(k1) == 2 * 2 * 7
+        i0 = {k for k in k0 if "imagenet" in k}
+        i1 = {k for k in k1 if "imagenet" in k}
+        assert len(i0) == len(i1) == 14 and not i0 & i1  # disjoint, no repeats within an epoch
+        assert len(i0 | i1) == 28  # all 30 but each rank's last sample of its 15
+        a0 = {k for k in k0 if "alov" in k}
+        a1 = {k for k in k1 if "alov" in k}
+        assert len(a0) == len(a1) == 7 and not a0 & a1  # the smaller source: each rank cycles its own half
+        if epoch == 0:
+            first = i0
+    assert r0.epoch == 2 and first != i0  # ranks move to the other half in the next epoch
+
+
+def test_same_seed_same_batches(synth):
+    a = first_batches(loader(synth, seed=7, audit=True), 2)
+    b = first_batches(loader(synth, seed=7, audit=True, num_threads=1), 2)
+    c = first_batches(loader(synth, seed=8, audit=True), 1)
+    for x, y in zip(a, b, strict=True):
+        for name in ("target", "search", "bbox", "search_windows"):
+            assert torch.equal(x[name], y[name]), name
+        assert x["keys"] == y["keys"]
+    assert not torch.equal(a[0]["bbox"], c[0]["bbox"])
+
+
+@pytest.mark.parametrize("with_checkpoint", [True, False])
+def test_resume_mid_epoch(synth, with_checkpoint):
+    ref = loader(synth, seed=4, audit=True)
+    it = iter(ref)
+    next(it), next(it)
+    state = ref.state_dict()
+    assert (state["epoch"], state["batch"]) == (0, 2) and state["dali_checkpoint"]
+    want = next(it)
+    if not with_checkpoint:
+        state = {**state, "dali_checkpoint": None}
+    other = loader(synth, seed=4, audit=True)
+    other.load_state_dict(state)
+    assert other.state_dict()["dali_checkpoint"] == state["dali_checkpoint"]  # pending restore is passed on
+    got = next(iter(other))
+    assert got["keys"] == want["keys"]
+    for name in ("target", "search", "bbox"):
+        assert torch.equal(got[name], want[name]), name
+    assert (other.epoch, other.batch) == (0, 3)
+
+
+def test_corrupt_sample_names_shard_and_key(tmp_path):
+    ss = synthetic_samples(8, "alov", seed=3, w=96, h=72)
+    ss[5].curr = bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8))
+    write_shards(tmp_path, "alov", ss, per_tar=4)
+    ld = loader(tmp_path, pairs_per_batch=2, shuffle_buffer=0, num_threads=1)
+    with pytest.raises(SampleDecodeError) as ei:
+        list(ld)
+    msg = str(ei.value)
+    assert "alov_000005" in msg and "alov-train-000001.tar" in msg and "curr.jpg" in msg
+    assert (ld.epoch, ld.batch) == (0, 3)
+    assert len(list(ld)) == 1  # iteration continues after the lost batch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLIs
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_dump_and_show_batch_clis(synth, tmp_path):
+    from pipeline import augment, show_batch
+
+    out = tmp_path / "d.npz"
+    assert augment.main(["--shards", str(synth), "--batches", "2", "--pairs-per-batch", "2", "--dump", str(out)]) == 0
+    z = np.load(out)
+    assert z["target"].shape == (44, 3, 227, 227) and z["target"].dtype == np.uint8
+    assert z["search_windows"].shape == z["target_windows"].shape == (44, 4) and z["keys"].shape == (44,)
+    key = str(z["keys"][0])
+    img = decode(member(key, "curr.jpg"))
+    ref = geometry_crops(img, z["search_windows"][:11])
+    assert np.abs(z["search"][:11].astype(int) - ref).max() <= 1  # recomputable from the shard alone
+    png = tmp_path / "grid.png"
+    assert show_batch.main(["--shards", str(synth), "--out", str(png), "--pairs", "2"]) == 0
+    assert Image.open(png).size[0] >= 227 * 12
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with DALI's GPU backend")
+def test_gpu_graph_matches_cpu_graph(synth):
+    """Same seed: identical windows and targets on both devices; crops differ only by decoder/warp rounding."""
+    c = first_batches(loader(synth, seed=2, audit=True), 2)
+    g = first_batches(loader(synth, seed=2, audit=True, device="gpu"), 2)
+    for x, y in zip(c, g, strict=True):
+        assert y["search"].is_cuda and x["keys"] == y["keys"]
+        assert torch.equal(x["search_windows"], y["search_windows"]) and torch.equal(x["bbox"], y["bbox"].cpu())
+        d = (x["search"].int() - y["search"].cpu().int()).abs().float()
+        assert d.mean() < 1.0 and torch.quantile(d.flatten()[::97], 0.999) <= 8, (d.mean(), d.max())
+
+
+def test_channels_last_and_unexpanded_target_are_the_same_data(synth):
+    """channels_last=True is a free NHWC view with the same values; expand_target=False keeps one target per pair."""
+    (a,) = first_batches(loader(synth, seed=9), 1)
+    (b,) = first_batches(loader(synth, seed=9, channels_last=True, expand_target=False), 1)
+    assert b["search"].shape == a["search"].shape and b["search"].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(a["search"], b["search"]) and torch.equal(a["bbox"], b["bbox"])
+    assert b["target"].shape == (4, 3, 227, 227) and torch.equal(a["target"][::11], b["target"])
