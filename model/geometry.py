@@ -489,57 +489,36 @@ def opencv_crop_resize(image: torch.Tensor, window: np.ndarray, size: int = OPEN
 # ============================================================================================================
 
 
-def crop_step_geometry_torch(boxes: torch.Tensor, image_w: float, image_h: float) -> tuple[torch.Tensor, ...]:
-    """``(window (..., 4), ox, oy, canvas_w, canvas_h)`` of `crop_geometry` for float64 corner boxes on any
-    device.
+def crop_step_geometry_torch(
+    boxes: torch.Tensor, image_w: float, image_h: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`crop_geometry` of float64 corner boxes ``(..., 4)`` on any device, both axes at once (few kernels).
 
-    ``ox = loc.x1 - edge_x`` and ``oy`` are the offsets `unscale_uncenter` adds back.
+    Returns ``(window (..., 4), offset (..., 2), canvas (..., 2), size (2,))``: ``offset = loc.x1/y1 -
+    edge_x/y`` and ``canvas = (canvas_w, canvas_h)`` are what `unscale_uncenter_torch` needs, ``size = (W, H)``.
+    Builds no tensor from host data, so it can be captured in a CUDA graph.
     """
     b = boxes.to(torch.float64)
-    W = float(image_w)
-    H = float(image_h)
-    x1, y1, x2, y2 = b.unbind(-1)
-    cx = (x1 + x2) / 2
-    cy = (y1 + y2) / 2
-    ow = torch.clamp(CONTEXT_FACTOR * (x2 - x1), min=1.0)
-    oh = torch.clamp(CONTEXT_FACTOR * (y2 - y1), min=1.0)
-    loc_left = torch.clamp(cx - ow / 2, min=0.0)
-    loc_top = torch.clamp(cy - oh / 2, min=0.0)
-    loc_w = torch.clamp(torch.minimum(ow / 2, cx) + torch.minimum(ow / 2, W - cx), min=1.0)
-    loc_h = torch.clamp(torch.minimum(oh / 2, cy) + torch.minimum(oh / 2, H - cy), min=1.0)
-    left = torch.floor(torch.clamp(loc_left, max=W - 1))
-    top = torch.floor(torch.clamp(loc_top, max=H - 1))
-    roi_w = torch.clamp(torch.clamp(torch.ceil((loc_left + loc_w) - loc_left), min=1.0), max=W)
-    roi_h = torch.clamp(torch.clamp(torch.ceil((loc_top + loc_h) - loc_top), min=1.0), max=H)
-    canvas_w = torch.maximum(torch.ceil(ow), roi_w)
-    canvas_h = torch.maximum(torch.ceil(oh), roi_h)
-    edge_x = torch.minimum(torch.clamp(ow / 2 - cx, min=0.0), canvas_w - 1)
-    edge_y = torch.minimum(torch.clamp(oh / 2 - cy, min=0.0), canvas_h - 1)
-    x0 = left - torch.floor(edge_x)
-    y0 = top - torch.floor(edge_y)
-    window = torch.stack([x0, y0, x0 + canvas_w, y0 + canvas_h], dim=-1)
-    return window, loc_left - edge_x, loc_top - edge_y, canvas_w, canvas_h
+    axis = torch.arange(2, device=b.device)
+    size = torch.where(axis == 0, float(image_w), float(image_h)).to(torch.float64)
+    lo, hi = b[..., :2], b[..., 2:]
+    c = (lo + hi) / 2
+    out = torch.clamp(CONTEXT_FACTOR * (hi - lo), min=1.0)  # _output_size
+    loc_lo = torch.clamp(c - out / 2, min=0.0)  # crop_location
+    loc_ext = torch.clamp(torch.minimum(out / 2, c) + torch.minimum(out / 2, size - c), min=1.0)
+    start = torch.floor(torch.minimum(loc_lo, size - 1))  # crop_geometry
+    roi = torch.minimum(size, torch.clamp(torch.ceil((loc_lo + loc_ext) - loc_lo), min=1.0))
+    canvas = torch.maximum(torch.ceil(out), roi)
+    edge = torch.minimum(torch.clamp(out / 2 - c, min=0.0), canvas - 1)
+    x0 = start - torch.floor(edge)
+    return torch.cat([x0, x0 + canvas], dim=-1), loc_lo - edge, canvas, size
 
 
 def unscale_uncenter_torch(
-    pred: torch.Tensor,
-    ox: torch.Tensor,
-    oy: torch.Tensor,
-    canvas_w: torch.Tensor,
-    canvas_h: torch.Tensor,
-    image_w: float,
-    image_h: float,
+    pred: torch.Tensor, offset: torch.Tensor, canvas: torch.Tensor, size: torch.Tensor
 ) -> torch.Tensor:
-    """`unscale_uncenter` on device tensors (float64), from `crop_step_geometry_torch`'s offsets and sizes."""
+    """`unscale_uncenter` on device tensors (float64), from `crop_step_geometry_torch`'s outputs."""
     p = pred.to(torch.float64)
-    sx = canvas_w / SCALE_FACTOR
-    sy = canvas_h / SCALE_FACTOR
-    return torch.stack(
-        [
-            torch.clamp(p[..., 0] * sx + ox, min=0.0),
-            torch.clamp(p[..., 1] * sy + oy, min=0.0),
-            torch.clamp(p[..., 2] * sx + ox, max=float(image_w)),
-            torch.clamp(p[..., 3] * sy + oy, max=float(image_h)),
-        ],
-        dim=-1,
-    )
+    scale = canvas / SCALE_FACTOR
+    x = p * torch.cat([scale, scale], dim=-1) + torch.cat([offset, offset], dim=-1)
+    return torch.cat([torch.clamp(x[..., :2], min=0.0), torch.minimum(x[..., 2:], size)], dim=-1)

@@ -1,0 +1,131 @@
+"""Checkpoints (docs/CONTRACTS.md): a dict saved with ``torch.save`` and always read with
+``weights_only=True``.
+
+``{"format": "goturn-checkpoint-v1", "variant": str, "normalization": str, "model": state_dict, ...}``; the
+trainer adds optimizer / scheduler / step / rng / data-position keys to the same dict, which `load_model`
+ignores.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.net import DEFAULT_NORMALIZATION, VARIANTS, GoturnNet
+from model.preprocess import MODES
+
+FORMAT = "goturn-checkpoint-v1"
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / torch.compile wrappers
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable GOTURN checkpoint; the message says why."""
+
+
+def make_checkpoint(model: GoturnNet, **extra: Any) -> dict[str, Any]:
+    """The contract's dict for ``model`` (its variant and normalization) plus any ``extra`` keys."""
+    return {
+        "format": FORMAT,
+        "variant": model.variant,
+        "normalization": model.normalization,
+        "model": model.state_dict(),
+        **extra,
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any] | GoturnNet, **extra: Any) -> Path:
+    """Write atomically (temp file in the same folder, fsync, rename): a crash never leaves a half-written
+    file.
+
+    ``checkpoint`` is either a ready dict (must hold the contract's keys) or a `GoturnNet` (wrapped with
+    `make_checkpoint`). Returns the final path.
+    """
+    ckpt = make_checkpoint(checkpoint, **extra) if isinstance(checkpoint, GoturnNet) else {**checkpoint, **extra}
+    _validate(ckpt, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _validate(ckpt: Mapping[str, Any], where: str) -> None:
+    if not isinstance(ckpt, Mapping) or ckpt.get("format") != FORMAT:
+        fmt = ckpt.get("format") if isinstance(ckpt, Mapping) else type(ckpt).__name__
+        raise CheckpointError(f"{where}: not a {FORMAT} checkpoint (format={fmt!r})")
+    if ckpt.get("variant") not in VARIANTS:
+        raise CheckpointError(f"{where}: unknown variant {ckpt.get('variant')!r}; expected one of {VARIANTS}")
+    if ckpt.get("normalization") not in MODES:
+        raise CheckpointError(f"{where}: unknown normalization {ckpt.get('normalization')!r}; expected {MODES}")
+    if not isinstance(ckpt.get("model"), Mapping):
+        raise CheckpointError(f"{where}: no 'model' state dict")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint dict (``torch.load(weights_only=True)``: no arbitrary pickles)."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for non-zip / unpickling failures
+        raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({e})") from None
+    _validate(ckpt, str(path))
+    return ckpt
+
+
+def _strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, v in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _WRAPPER_PREFIXES:
+                if k.startswith(p):
+                    k, changed = k[len(p) :], True
+        out[k] = v
+    return out
+
+
+def model_from_checkpoint(ckpt: Mapping[str, Any], device: str | torch.device = "cpu") -> GoturnNet:
+    """Build the checkpoint's `GoturnNet` on ``device`` (eval mode) from an already loaded dict."""
+    _validate(ckpt, "checkpoint")
+    net = GoturnNet(ckpt["variant"], init="none", normalization=ckpt["normalization"], device=device)
+    try:
+        net.load_state_dict(_strip_wrappers(ckpt["model"]), strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint does not fit GoturnNet({ckpt['variant']!r}): {e}") from None
+    return net.eval()
+
+
+def _is_torch_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> GoturnNet:
+    """A `GoturnNet` in eval mode from a checkpoint (ours or a trainer's) or directly from a ``.caffemodel``.
+
+    The variant and normalization come from the file; a ``.caffemodel`` goes through `model.import_caffe`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file")
+    if not _is_torch_zip(path):
+        from model.import_caffe import load_caffemodel
+
+        result = load_caffemodel(path)
+        net = GoturnNet(result.variant, init="none", normalization=DEFAULT_NORMALIZATION[result.variant])
+        net.load_state_dict(result.state_dict, strict=True)
+        return net.to(device).eval()
+    return model_from_checkpoint(load_checkpoint(path, map_location="cpu"), device=device)

@@ -1,0 +1,258 @@
+"""The GOTURN network (spec section 1): two CaffeNet conv towers, a fully connected regression head.
+
+Two variants share the towers and differ only in the head:
+
+- ``authors``: the authors' ``nets/tracker.prototxt``: fc6 / fc7 / fc7b (4096, ReLU, dropout 0.5) and fc8 (4);
+  the output is fc8 = box corners in the search crop, x10 of the crop's size (spec 1.4).
+- ``opencv``: OpenCV's ``goturn.prototxt`` (spec 5.1): fc6 / fc7 (4096) and fc8 (4), then a Power layer that
+  multiplies by 10; the output is in 227-pixel patch units.
+
+Each tower keeps its own parameters (``target.*`` and ``search.*``): the authors' towers hold identical
+CaffeNet weights, but the caffemodels store both copies and OpenCV's trained model has different ones. The
+towers are frozen by default (``requires_grad=False``), as the authors' ``lr_mult: 0``. Layers follow Caffe
+exactly: max pooling before LRN, ``LRN(5, alpha=1e-4, beta=0.75, k=1)`` across channels with alpha divided by
+the window size (which is what ``torch.nn.functional.local_response_norm`` computes), conv2/4/5 in 2 groups,
+target features first in the concatenation, C-H-W flattening (Caffe's InnerProduct layout, weights ``(out,
+in)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+VARIANTS = ("authors", "opencv")
+DEFAULT_NORMALIZATION = {"authors": "caffe", "opencv": "opencv"}
+
+# CaffeNet conv layers: (name, in, out, kernel, stride, pad, groups, bias filler value) -- spec 1.2.
+CONV_SPECS = (
+    ("conv1", 3, 96, 11, 4, 0, 1, 0.0),
+    ("conv2", 96, 256, 5, 1, 2, 2, 1.0),
+    ("conv3", 256, 384, 3, 1, 1, 1, 0.0),
+    ("conv4", 384, 384, 3, 1, 1, 2, 1.0),
+    ("conv5", 384, 256, 3, 1, 1, 2, 1.0),
+)
+POOL5_FEATURES = 256 * 6 * 6  # one tower's pool5, flattened C-H-W
+FC_HIDDEN = 4096
+# Head layers per variant: (our name, fan-in, fan-out, weight std, bias value) -- Caffe fillers of each
+# prototxt.
+HEAD_SPECS = {
+    "authors": (
+        ("fc6", 2 * POOL5_FEATURES, FC_HIDDEN, 0.005, 1.0),
+        ("fc7", FC_HIDDEN, FC_HIDDEN, 0.005, 1.0),
+        ("fc7b", FC_HIDDEN, FC_HIDDEN, 0.005, 1.0),
+        ("fc8", FC_HIDDEN, 4, 0.01, 0.0),
+    ),
+    "opencv": (
+        ("fc6", 2 * POOL5_FEATURES, FC_HIDDEN, 0.005, 1.0),
+        ("fc7", FC_HIDDEN, FC_HIDDEN, 0.005, 1.0),
+        ("fc8", FC_HIDDEN, 4, 0.01, 0.0),
+    ),
+}
+OUTPUT_SCALE = {"authors": 1.0, "opencv": 10.0}  # OpenCV's `scale` Power layer
+# Caffe's per-parameter learning-rate / weight-decay multipliers (prototxt `param {}` blocks).
+CAFFE_MULTIPLIERS = {
+    # group: (lr_mult, decay_mult)
+    "authors": {
+        "conv_weight": (0.0, 1.0),
+        "conv_bias": (0.0, 0.0),
+        "fc_weight": (10.0, 1.0),
+        "fc_bias": (20.0, 0.0),
+    },
+    "opencv": {
+        "conv_weight": (1.0, 1.0),
+        "conv_bias": (2.0, 0.0),
+        "fc_weight": (1.0, 1.0),
+        "fc_bias": (2.0, 0.0),
+    },
+}
+
+
+_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}  # per device, shared (kept off the module: deepcopy)
+
+
+def _lrn(x: torch.Tensor) -> torch.Tensor:
+    """Caffe's LRN(5, 1e-4, 0.75, k=1) across channels (torch's avg_pool3d lacks CPU half kernels: upcast)."""
+    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+        return F.local_response_norm(x.float(), 5, alpha=1e-4, beta=0.75, k=1.0).to(x.dtype)
+    return F.local_response_norm(x, 5, alpha=1e-4, beta=0.75, k=1.0)
+
+
+class CaffeNetTower(nn.Module):
+    """conv1..pool5 of CaffeNet: 3x227x227 -> 256x6x6."""
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        for name, cin, cout, k, s, p, g, _ in CONV_SPECS:
+            self.add_module(name, nn.Conv2d(cin, cout, k, stride=s, padding=p, groups=g, device=device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 3, 2, ceil_mode=True)
+        x = _lrn(x)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 3, 2, ceil_mode=True)
+        x = _lrn(x)
+        x = F.relu(self.conv3(x))
+        x = F.relu(self.conv4(x))
+        return F.max_pool2d(F.relu(self.conv5(x)), 3, 2, ceil_mode=True)
+
+
+class GoturnNet(nn.Module):
+    """GOTURN: ``forward(target, search)`` on normalised ``(N, 3, 227, 227)`` float crops -> ``(N, 4)`` boxes.
+
+    ``init="caffe"`` draws every parameter from the prototxt's fillers (seed with ``torch.manual_seed``);
+    ``init="none"`` leaves memory uninitialised, for loaders that overwrite every tensor anyway (saves ~1 s).
+    ``normalization`` names the `model.preprocess.normalize` mode the weights expect (default per variant).
+    """
+
+    def __init__(
+        self,
+        variant: str = "authors",
+        train_backbone: bool = False,
+        init: str = "caffe",
+        normalization: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if init not in ("caffe", "none"):
+            raise ValueError(f"init must be 'caffe' or 'none', got {init!r}")
+        self.variant = variant
+        self.normalization = normalization or DEFAULT_NORMALIZATION[variant]
+        self.output_scale = OUTPUT_SCALE[variant]
+        build_on = "meta" if init == "none" else device
+        self.target = CaffeNetTower(device=build_on)
+        self.search = CaffeNetTower(device=build_on)
+        self.fc_names = tuple(spec[0] for spec in HEAD_SPECS[variant])
+        for name, fin, fout, _, _ in HEAD_SPECS[variant]:
+            self.add_module(name, nn.Linear(fin, fout, device=build_on))
+        self.dropout = nn.Dropout(0.5)
+        # CUDA inference runs the search tower on a side stream, concurrently with the target tower: at batch 1
+        # each tower fills only part of a GPU (H100, fp16, bare net in a CUDA graph: 1933 -> 2712 frames/s).
+        self.parallel_towers = True
+        if init == "none":
+            self.to_empty(device=device if device is not None else "cpu")
+        else:
+            self.reset_parameters()
+        self.set_backbone_trainable(train_backbone)
+
+    # ---- construction helpers
+    # --------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Caffe fillers of the prototxt: gaussian weights, constant biases (spec 1.2 table)."""
+        for tower in (self.target, self.search):
+            for name, *_, bias_value in CONV_SPECS:
+                conv = getattr(tower, name)
+                conv.weight.normal_(0.0, 0.01)
+                conv.bias.fill_(bias_value)
+        for name, _, _, std, bias_value in HEAD_SPECS[self.variant]:
+            fc = getattr(self, name)
+            fc.weight.normal_(0.0, std)
+            fc.bias.fill_(bias_value)
+
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        """Freeze (default, as the authors' lr_mult 0) or unfreeze both conv towers."""
+        for p in self.conv_parameters():
+            p.requires_grad_(trainable)
+
+    # ---- parameter groups for the trainer
+    # ---------------------------------------------------------------------
+
+    def conv_parameters(self) -> Iterator[nn.Parameter]:
+        """Both towers' conv weights and biases."""
+        yield from self.target.parameters()
+        yield from self.search.parameters()
+
+    def conv_weights(self) -> list[nn.Parameter]:
+        return [m.weight for t in (self.target, self.search) for m in t.children()]
+
+    def conv_biases(self) -> list[nn.Parameter]:
+        return [m.bias for t in (self.target, self.search) for m in t.children()]
+
+    def fc_weights(self) -> list[nn.Parameter]:
+        """Head weights (Caffe: lr_mult 10, decay_mult 1 in the authors' prototxt)."""
+        return [getattr(self, n).weight for n in self.fc_names]
+
+    def fc_biases(self) -> list[nn.Parameter]:
+        """Head biases (Caffe: lr_mult 20, decay_mult 0 in the authors' prototxt)."""
+        return [getattr(self, n).bias for n in self.fc_names]
+
+    def caffe_param_groups(self, base_lr: float, weight_decay: float) -> list[dict]:
+        """``torch.optim`` parameter groups with the prototxt's lr / decay multipliers applied.
+
+        Frozen parameters (``requires_grad=False``) are left out, so the groups can go straight to an
+        optimizer. Each group carries ``name``, ``lr_mult`` and ``decay_mult`` so a scheduler can rescale from
+        ``base_lr``.
+        """
+        mult = CAFFE_MULTIPLIERS[self.variant]
+        groups = []
+        for name, params in (
+            ("conv_weight", self.conv_weights()),
+            ("conv_bias", self.conv_biases()),
+            ("fc_weight", self.fc_weights()),
+            ("fc_bias", self.fc_biases()),
+        ):
+            params = [p for p in params if p.requires_grad]
+            if not params:
+                continue
+            lr_mult, decay_mult = mult[name]
+            groups.append(
+                {
+                    "name": name,
+                    "params": params,
+                    "lr": base_lr * lr_mult,
+                    "weight_decay": weight_decay * decay_mult,
+                    "lr_mult": lr_mult,
+                    "decay_mult": decay_mult,
+                }
+            )
+        return groups
+
+    # ---- forward
+    # ----------------------------------------------------------------------------------------------
+
+    def features(self, target: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
+        """pool5 of both towers, concatenated target first and flattened C-H-W: ``(N, 18432)``."""
+        if self.parallel_towers and target.is_cuda and not torch.is_grad_enabled():
+            t, s = self._towers_on_two_streams(target, search)
+        else:
+            t, s = self.target(target), self.search(search)
+        return torch.cat([torch.flatten(t, 1), torch.flatten(s, 1)], dim=1)
+
+    def _towers_on_two_streams(self, target: torch.Tensor, search: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Fork the search tower onto a side stream and join; same kernels, so bit-identical results. Works
+        inside CUDA-graph capture (the fork becomes a parallel branch of the graph)."""
+        dev = target.device
+        side = _SIDE_STREAMS.get(dev)
+        if side is None:
+            side = _SIDE_STREAMS[dev] = torch.cuda.Stream(device=dev)
+        main = torch.cuda.current_stream(dev)
+        side.wait_stream(main)
+        t = self.target(target)
+        with torch.cuda.stream(side):
+            s = self.search(search)
+        main.wait_stream(side)
+        if not torch.cuda.is_current_stream_capturing():  # caching-allocator bookkeeping across streams
+            search.record_stream(side)
+            s.record_stream(main)
+        return t, s
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """FC layers on pool5 features -> ``(N, 4)`` (x10 for the opencv variant, its Power layer)."""
+        for name in self.fc_names[:-1]:
+            x = self.dropout(F.relu(getattr(self, name)(x)))
+        out = getattr(self, self.fc_names[-1])(x)
+        return out * self.output_scale if self.output_scale != 1.0 else out
+
+    def forward(self, target: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(target, search))
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of scalar parameters (113,748,740 for ``authors``; spec 1.2)."""
+    return sum(p.numel() for p in net.parameters())

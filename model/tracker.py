@@ -1,0 +1,493 @@
+"""GOTURN tracking: one network evaluation per frame on (previous-frame crop, current-frame crop).
+
+Two variants, chosen by the weights (``GoturnNet.variant``):
+
+- ``authors`` (spec 4): target = crop of the previous frame at the previous box, search = crop of the current
+  frame at the same box, both from `model.geometry` (``crop_geometry(...).window`` + ``crop_and_resize``,
+  rounded to uint8 like the C++'s 8-bit canvas), normalised, decoded with ``unscale_uncenter``. Boxes stay
+  float64.
+- ``opencv`` (spec 5.2): ``cv2.TrackerGOTURN`` reproduced step by step: integer box state, float32 patch
+  rectangle, edge-replicated padding, cvRound'ed patch, bit-exact ``INTER_LINEAR_EXACT`` resize, BGR minus
+  128, float32 decode with cvRound, intersection with the image (helpers at the end of `model.geometry`).
+
+Never crashes on a lost target (documented deviations, only where the reference would fail or degenerate):
+
+- a non-finite network output keeps the previous box;
+- ``authors``: the decode clamps each corner to the image as the C++ does; a box thinner than ``min_size`` (1
+  px) along an axis (the C++ would keep ``x2 <= x1``) is widened to ``min_size`` around its centre, kept
+  inside the image;
+- ``opencv``: where OpenCV would return an empty ``(0, 0, 0, 0)`` box (and throw on the next ``update``), the
+  previous box is kept.
+
+Boxes in the public API are 0-based ``(x, y, w, h)`` floats (``x + w`` is the right edge); `track_step` works
+on corner arrays ``(x1, y1, x2, y2)``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Union
+
+import numpy as np
+import torch
+
+from model import geometry as G
+from model.net import GoturnNet
+from model.preprocess import normalize
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+FrameLike = Union[np.ndarray, torch.Tensor, "Image.Image"]  # noqa: UP007 - PIL stays a lazy import
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Frames
+# ------------------------------------------------------------------------------------------------------------
+
+
+def frame_to_tensor(frame: FrameLike, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Any supported frame -> ``(3, H, W)`` uint8 RGB tensor on ``device``.
+
+    numpy ``HxWx3`` RGB / ``HxW`` or ``HxWx1`` gray / ``HxWx4`` (alpha dropped) uint8; PIL images (any mode,
+    converted to RGB); torch ``(3|1|4, H, W)`` or ``(H, W)`` tensors (float tensors are read as 0-255 values).
+    A tensor already on ``device`` stays there (no copy for uint8 RGB).
+    """
+    if isinstance(frame, torch.Tensor):
+        t = frame
+        if t.dim() == 2:
+            t = t.unsqueeze(0)
+        if t.dim() != 3 or t.shape[0] not in (1, 3, 4):
+            raise ValueError(f"torch frames must be (C, H, W) with C in 1, 3, 4 or (H, W); got {tuple(t.shape)}")
+        t = t.to(device, non_blocking=True)
+    else:
+        if not isinstance(frame, np.ndarray):
+            try:
+                from PIL import Image
+            except ImportError:  # pragma: no cover - Pillow is a dependency
+                Image = None
+            if Image is not None and isinstance(frame, Image.Image):
+                frame = np.array(frame.convert("RGB"))
+            else:
+                raise TypeError(f"unsupported frame type {type(frame).__name__}")
+        a = frame
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+            raise ValueError(f"numpy frames must be HxW, HxWx1, HxWx3 or HxWx4; got shape {a.shape}")
+        if a.dtype != np.uint8:
+            a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        elif not a.flags.writeable:  # torch.from_numpy warns on read-only memory; one frame copy is cheap
+            a = a.copy()
+        t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).to(device)
+    if t.dtype != torch.uint8:
+        t = t.round().clamp(0, 255).to(torch.uint8)
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    elif t.shape[0] == 4:
+        t = t[:3]
+    return t
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One batched step for N sequences
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _crop_pairs(prev: torch.Tensor, curr: torch.Tensor, crop) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target and search crops with the same window; one sampling pass when the frames have the same size."""
+    if prev.shape == curr.shape:
+        both = crop(torch.cat([prev, curr], dim=0))
+        return both[:3], both[3:]
+    return crop(prev), crop(curr)
+
+
+def _fix_degenerate(new: np.ndarray, prev: np.ndarray, sizes: np.ndarray, min_size: float) -> np.ndarray:
+    """Lost-target guard: a non-finite row keeps the previous box; an axis thinner than ``min_size`` becomes
+    ``min_size`` wide around its centre, shifted inside the image (``sizes``: (N, 2) of W, H)."""
+    out = np.where(np.isfinite(new).all(axis=-1, keepdims=True), new, prev)
+    for lo, hi, size in ((0, 2, sizes[:, 0]), (1, 3, sizes[:, 1])):
+        thin = out[:, hi] - out[:, lo] < min_size
+        if thin.any():
+            m = np.minimum(min_size, size)
+            c = (out[:, lo] + out[:, hi]) / 2
+            a = np.clip(c - m / 2, 0.0, size - m)
+            out[:, lo] = np.where(thin, a, out[:, lo])
+            out[:, hi] = np.where(thin, a + m, out[:, hi])
+    return out
+
+
+@torch.inference_mode()
+def track_step(
+    net: GoturnNet,
+    prev_frames: Sequence[torch.Tensor],
+    prev_boxes: np.ndarray,
+    curr_frames: Sequence[torch.Tensor],
+    normalization: str | None = None,
+    min_size: float = 1.0,
+    raw_outputs: list | None = None,
+) -> np.ndarray:
+    """Advance N independent sequences by one frame with a single batched forward pass.
+
+    ``prev_frames`` / ``curr_frames``: N ``(3, H_i, W_i)`` uint8 RGB tensors on the net's device (see
+    `frame_to_tensor`; sizes may differ between sequences). ``prev_boxes``: ``(N, 4)`` float corners
+    ``(x1, y1, x2, y2)`` of each sequence's previous box (for the ``opencv`` variant they must be integers, as
+    returned by a previous call or `GoturnTracker.init`). Returns the ``(N, 4)`` float64 corners of the new
+    boxes, with the module docstring's guards applied. ``normalization`` defaults to ``net.normalization``. If
+    ``raw_outputs`` is a list, the network's raw ``(N, 4)`` float32 output is appended to it (diagnostics).
+    """
+    boxes = np.asarray(prev_boxes, dtype=np.float64).reshape(-1, 4)
+    n = len(prev_frames)
+    if not (n == len(curr_frames) == len(boxes)):
+        raise ValueError(f"got {n} previous frames, {len(curr_frames)} current frames and {len(boxes)} boxes")
+    if n == 0:
+        return np.zeros((0, 4))
+    mode = normalization or net.normalization
+    sizes = np.array([[f.shape[2], f.shape[1]] for f in curr_frames], dtype=np.float64)  # (W, H)
+    dtype = next(net.parameters()).dtype
+    if net.variant == "authors":
+        geoms = [G.crop_geometry(boxes[i], sizes[i, 0], sizes[i, 1]) for i in range(n)]
+        pairs = [
+            _crop_pairs(prev_frames[i], curr_frames[i], lambda img, w=geoms[i].window: G.crop_and_resize(img, w)[0])
+            for i in range(n)
+        ]
+        target = normalize(G.to_uint8(torch.stack([p[0] for p in pairs])), mode).to(dtype)
+        search = normalize(G.to_uint8(torch.stack([p[1] for p in pairs])), mode).to(dtype)
+        raw = net(target, search).float().cpu().numpy()
+        if raw_outputs is not None:
+            raw_outputs.append(raw)
+        pred = raw.astype(np.float64)
+        new = np.stack([G.unscale_uncenter(pred[i], geoms[i], sizes[i, 0], sizes[i, 1]) for i in range(n)])
+        return _fix_degenerate(new, boxes, sizes, min_size)
+
+    # opencv: integer (x, y, w, h) state
+    rects = np.rint(G.corners_to_xywh(boxes)).astype(np.int64)
+    pairs, patches = [], []
+    for i in range(n):
+        H, W = prev_frames[i].shape[1:]
+        patch = G.opencv_patch(rects[i], W, H)
+        patches.append(patch)
+        pairs.append(
+            _crop_pairs(prev_frames[i], curr_frames[i], lambda img, w=patch.window: G.opencv_crop_resize(img, w))
+        )
+    target = normalize(torch.stack([p[0] for p in pairs]), mode).to(dtype)
+    search = normalize(torch.stack([p[1] for p in pairs]), mode).to(dtype)
+    out = net(target, search).float().cpu().numpy()
+    if raw_outputs is not None:
+        raw_outputs.append(out)
+    new = rects.copy()
+    for i in range(n):
+        raw = G.opencv_decode_raw(out[i], patches[i])
+        if not (np.isfinite(raw).all() and (np.abs(raw) < 2**31).all()):
+            continue
+        r = G.opencv_intersect(G.cv_round(raw), int(sizes[i, 0]), int(sizes[i, 1]))
+        if r[2] > 0 and r[3] > 0:
+            new[i] = r
+    return G.xywh_to_corners(new.astype(np.float64))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Single-sequence tracker
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _load_net(weights: str | os.PathLike | GoturnNet, device: torch.device | str) -> GoturnNet:
+    if isinstance(weights, GoturnNet):
+        return weights.to(device).eval()
+    from model.checkpoint import load_model
+
+    return load_model(weights, device=device)
+
+
+def _prepare_net(
+    weights: str | os.PathLike | GoturnNet, device: torch.device, dtype: torch.dtype, channels_last: bool | None
+) -> GoturnNet:
+    """Load (or take) the net on ``device`` in eval mode with the requested dtype and conv memory format."""
+    net = _load_net(weights, device)
+    if dtype != next(net.parameters()).dtype:
+        net = net.to(dtype)
+    if channels_last is None:
+        channels_last = device.type == "cpu"  # oneDNN: ~25% faster on CPU; cuDNN at batch 1: slower
+    return net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _initial_state(frame: FrameLike, box_xywh, variant: str, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """(frame tensor, corner box) to start tracking from; ``opencv``: the box rounded and clipped as OpenCV does."""
+    b = np.asarray(box_xywh, dtype=np.float64).reshape(-1)
+    if b.shape != (4,) or not np.isfinite(b).all() or b[2] <= 0 or b[3] <= 0:
+        raise ValueError(f"initial box must be 4 finite numbers (x, y, w, h) with w, h > 0; got {box_xywh!r}")
+    prev = frame_to_tensor(frame, device)
+    if variant == "opencv":
+        H, W = prev.shape[1:]
+        r = G.opencv_intersect(np.rint(b).astype(np.int64), W, H)
+        if r[2] <= 0 or r[3] <= 0:
+            raise ValueError(f"initial box {box_xywh!r} does not overlap the {W}x{H} image")
+        b = r.astype(np.float64)
+    return prev, G.xywh_to_corners(b)
+
+
+def _frame_hw(frame: FrameLike) -> tuple[int, int]:
+    """(H, W) of any supported frame without converting it."""
+    if isinstance(frame, np.ndarray):
+        return int(frame.shape[0]), int(frame.shape[1])
+    if isinstance(frame, torch.Tensor):
+        return int(frame.shape[-2]), int(frame.shape[-1])
+    return int(frame.height), int(frame.width)  # PIL
+
+
+class GoturnTracker:
+    """Track one object: ``init(frame, box_xywh)`` then ``update(frame) -> xywh`` per frame.
+
+    ``weights``: a checkpoint / ``.caffemodel`` path or a `GoturnNet` (moved to ``device`` in place). On CUDA
+    the frames are moved to the GPU once and every crop is a GPU op; ``cuda_graph=True`` (``authors`` variant
+    on CUDA only) captures the whole step -- crop geometry, crops, normalisation, network, decode -- in one
+    CUDA graph per frame size (bit-identical results, no per-step host work but the upload and the graph
+    launch). ``dtype`` (e.g. ``torch.float16``) runs the net in reduced precision; the default float32 is what
+    the parity tests check. ``channels_last`` (default: on for CPU, where oneDNN runs it ~25% faster; off on
+    CUDA, where it is slower at batch 1) sets the conv weights' memory format.
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | GoturnNet,
+        device: torch.device | str = "cpu",
+        *,
+        min_size: float = 1.0,
+        cuda_graph: bool = False,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.net = _prepare_net(weights, self.device, dtype, channels_last)
+        self.variant = self.net.variant
+        self.min_size = float(min_size)
+        self.use_graph = bool(cuda_graph) and self.device.type == "cuda" and self.variant == "authors"
+        self._graph: _GraphStep | None = None
+        self._prev: torch.Tensor | None = None
+        self._box: np.ndarray | None = None  # corners
+        self.last_output: np.ndarray | None = None  # raw network output of the last eager update (diagnostics)
+
+    def init(self, frame: FrameLike, box_xywh: Sequence[float] | np.ndarray) -> None:
+        """Start tracking ``box_xywh`` (0-based x, y, w, h) in ``frame``.
+
+        ``opencv`` variant: the box is rounded to integers and intersected with the image, as OpenCV does.
+        """
+        self._prev, self._box = _initial_state(frame, box_xywh, self.variant, self.device)
+        H, W = self._prev.shape[1:]
+        if self._graph is not None:
+            if self._graph.fits((H, W)):
+                self._graph.reset(self._prev, self._box)
+            else:
+                self._graph = None
+
+    @property
+    def box(self) -> np.ndarray:
+        """Current box, 0-based ``(x, y, w, h)``."""
+        if self._box is None:
+            raise RuntimeError("call init() first")
+        return G.corners_to_xywh(self._box)
+
+    def _graph_for(self, frame: FrameLike) -> _GraphStep | None:
+        """The captured step for this frame's size, or None where the eager path must run."""
+        if not self.use_graph:
+            return None
+        hw = _frame_hw(frame)
+        if hw != tuple(self._prev.shape[1:]):
+            return None
+        if self._graph is None or not self._graph.fits(hw):
+            self._graph = _GraphStep(self.net, self._prev, self._box, self.min_size)
+        return self._graph
+
+    def update(self, frame: FrameLike) -> np.ndarray:
+        """Track into ``frame``; returns the new 0-based ``(x, y, w, h)`` box (float64)."""
+        if self._prev is None or self._box is None:
+            raise RuntimeError("call init() before update()")
+        graph = self._graph_for(frame)
+        if graph is not None:
+            self._box = graph.step(frame).cpu().numpy()[0]
+            self._prev = graph.prev  # the graph's buffer: holds this frame until its next step
+        else:
+            self._graph = None
+            curr = frame_to_tensor(frame, self.device)
+            raw: list[np.ndarray] = []
+            self._box = track_step(
+                self.net, [self._prev], self._box[None], [curr], min_size=self.min_size, raw_outputs=raw
+            )[0]
+            self.last_output = raw[0][0]
+            self._prev = curr
+        return G.corners_to_xywh(self._box)
+
+    def track_sequence(self, frames: Iterable[FrameLike], box_xywh: Sequence[float] | np.ndarray) -> np.ndarray:
+        """Track a whole sequence: first frame + initial box in, ``(T, 4)`` xywh out (row 0 = the init box).
+
+        On the CUDA-graph path the boxes stay on the GPU until the end (no synchronisation per frame); a frame
+        of another size falls back to `update`.
+        """
+        it = iter(frames)
+        self.init(next(it), box_xywh)
+        out = [self.box]
+        pending: list[torch.Tensor] = []
+
+        def flush() -> None:
+            if pending:
+                corners = torch.cat(pending).cpu().numpy()
+                self._box = corners[-1]
+                out.extend(G.corners_to_xywh(corners))
+                pending.clear()
+
+        for f in it:
+            graph = self._graph_for(f)
+            if graph is None:
+                flush()
+                out.append(self.update(f))
+            else:
+                pending.append(graph.step(f).clone())
+                self._prev = graph.prev
+        flush()
+        return np.stack(out)
+
+
+class _GraphStep:
+    """The ``authors`` step as one captured CUDA graph; the state (previous frame, box) lives in its buffers.
+
+    Numpy frames are uploaded through a pinned staging buffer without blocking, so `GoturnTracker.track_sequence`
+    keeps the GPU busy while the host prepares the next frame.
+    """
+
+    def __init__(self, net: GoturnNet, prev: torch.Tensor, box: np.ndarray, min_size: float) -> None:
+        self.net = net
+        self.min_size = min_size
+        self.H, self.W = (int(v) for v in prev.shape[1:])
+        dev = prev.device
+        self.prev = torch.empty((3, self.H, self.W), dtype=torch.uint8, device=dev)
+        self.curr_hwc = torch.empty((self.H, self.W, 3), dtype=torch.uint8, device=dev)
+        self.stage = torch.empty((self.H, self.W, 3), dtype=torch.uint8, pin_memory=True)
+        self.stage_np = self.stage.numpy()
+        self.staged = torch.cuda.Event()
+        self.box = torch.empty((1, 4), dtype=torch.float64, device=dev)
+        self.reset(prev, box)
+        self.curr_hwc.copy_(self.prev.permute(1, 2, 0))
+        saved = (self.prev.clone(), self.box.clone())
+        s = torch.cuda.Stream(device=dev)
+        s.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(s), torch.inference_mode():
+            for _ in range(3):  # warm-up: cuDNN autotuning, lazy constants, allocator pools
+                self._body()
+        torch.cuda.current_stream(dev).wait_stream(s)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.inference_mode():
+            self._body()
+        self.prev.copy_(saved[0])
+        self.box.copy_(saved[1])
+
+    def _body(self) -> None:
+        curr = self.curr_hwc.permute(2, 0, 1)
+        window, offset, canvas, size = G.crop_step_geometry_torch(self.box, self.W, self.H)
+        crops = G.to_uint8(G.crop_and_resize(torch.cat([self.prev, curr], dim=0), window))
+        dtype = next(self.net.parameters()).dtype
+        target = normalize(crops[:, :3], self.net.normalization).to(dtype)
+        search = normalize(crops[:, 3:], self.net.normalization).to(dtype)
+        pred = self.net(target, search).float()
+        new = G.unscale_uncenter_torch(pred, offset, canvas, size)
+        self.box.copy_(_fix_degenerate_torch(new, self.box, size, self.min_size))
+        self.prev.copy_(curr)
+
+    def fits(self, hw: tuple[int, int]) -> bool:
+        return tuple(hw) == (self.H, self.W)
+
+    def reset(self, prev: torch.Tensor, box: np.ndarray) -> None:
+        self.prev.copy_(prev)
+        self.box.copy_(torch.as_tensor(np.asarray(box, dtype=np.float64).reshape(1, 4)))
+
+    def load(self, frame: FrameLike) -> None:
+        """Put ``frame`` into the graph's input buffer (stream-ordered; never blocks on a running step)."""
+        if isinstance(frame, np.ndarray) and frame.shape == (self.H, self.W, 3) and frame.dtype == np.uint8:
+            self.staged.synchronize()  # the previous upload from the staging buffer has been read
+            np.copyto(self.stage_np, frame)
+            self.curr_hwc.copy_(self.stage, non_blocking=True)
+            self.staged.record()
+        else:
+            self.curr_hwc.copy_(frame_to_tensor(frame, self.prev.device).permute(1, 2, 0))
+
+    def step(self, frame: FrameLike) -> torch.Tensor:
+        """One step on ``frame``; returns the (1, 4) device box buffer (overwritten by the next step)."""
+        self.load(frame)
+        self.graph.replay()
+        return self.box
+
+
+def _fix_degenerate_torch(new: torch.Tensor, prev: torch.Tensor, size: torch.Tensor, min_size: float) -> torch.Tensor:
+    """`_fix_degenerate` in torch ops (same arithmetic, both axes at once), for the graph-captured step;
+    ``size`` is the ``(W, H)`` tensor of `model.geometry.crop_step_geometry_torch`."""
+    out = torch.where(torch.isfinite(new).all(dim=-1, keepdim=True), new, prev)
+    lo, hi = out[..., :2], out[..., 2:]
+    thin = hi - lo < min_size
+    m = torch.clamp(size, max=min_size)
+    a = torch.minimum(torch.clamp((lo + hi) / 2 - m / 2, min=0.0), size - m)
+    return torch.cat([torch.where(thin, a, lo), torch.where(thin, a + m, hi)], dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Many sequences in lockstep (evaluator API)
+# ------------------------------------------------------------------------------------------------------------
+
+
+class MultiTracker:
+    """Track many independent sequences, one batched forward pass per `step` (up to ``max_batch`` at a time).
+
+    ``start(key, frame, box_xywh)`` registers a sequence; ``step({key: frame, ...})`` advances each listed
+    sequence by one frame and returns ``{key: xywh}``; ``stop(key)`` forgets it. Sequences may have different
+    frame sizes and lengths: pass only the keys that have a next frame. Results equal running a
+    `GoturnTracker` per sequence (the batched forward differs from N=1 forwards only by float rounding).
+    """
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | GoturnNet,
+        device: torch.device | str = "cpu",
+        max_batch: int = 64,
+        *,
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.net = _prepare_net(weights, self.device, dtype, channels_last)
+        self.variant = self.net.variant
+        self.max_batch = int(max_batch)
+        self._state: dict[Hashable, tuple[torch.Tensor, np.ndarray]] = {}
+
+    def start(self, key: Hashable, frame: FrameLike, box_xywh: Sequence[float] | np.ndarray) -> None:
+        """Begin (or restart) sequence ``key`` at ``box_xywh`` in ``frame``."""
+        self._state[key] = _initial_state(frame, box_xywh, self.variant, self.device)
+
+    def stop(self, key: Hashable) -> None:
+        self._state.pop(key, None)
+
+    def keys(self) -> list[Hashable]:
+        return list(self._state)
+
+    def __len__(self) -> int:
+        return len(self._state)
+
+    def box(self, key: Hashable) -> np.ndarray:
+        """Current 0-based ``(x, y, w, h)`` of sequence ``key``."""
+        return G.corners_to_xywh(self._state[key][1])
+
+    def step(self, frames: Mapping[Hashable, FrameLike]) -> dict[Hashable, np.ndarray]:
+        """Advance each sequence in ``frames`` by its next frame; returns ``{key: (x, y, w, h)}``."""
+        missing = [k for k in frames if k not in self._state]
+        if missing:
+            raise KeyError(f"sequences not started: {missing}")
+        keys = list(frames)
+        result: dict[Hashable, np.ndarray] = {}
+        for s in range(0, len(keys), self.max_batch):
+            chunk = keys[s : s + self.max_batch]
+            curr = [frame_to_tensor(frames[k], self.device) for k in chunk]
+            prev = [self._state[k][0] for k in chunk]
+            boxes = np.stack([self._state[k][1] for k in chunk])
+            new = track_step(self.net, prev, boxes, curr)
+            for k, c, b in zip(chunk, curr, new, strict=True):
+                self._state[k] = (c, b)
+                result[k] = G.corners_to_xywh(b)
+        return result

@@ -1,0 +1,178 @@
+"""GoturnTracker / track_step / MultiTracker: input types, lost-target guards, batching, the device-side
+geometry.
+
+Nets with a constant output (all weights zero, fc8's bias chosen) drive boxes deterministically out of the
+frame, to zero size or to NaN; one Caffe-filler net checks that batching and input types do not change
+results.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import geometry as G
+from model.net import GoturnNet
+from model.tracker import GoturnTracker, MultiTracker, _fix_degenerate, _fix_degenerate_torch, track_step
+
+pytestmark = pytest.mark.xdist_group("net")
+
+
+def constant_net(output: list[float], variant: str = "authors") -> GoturnNet:
+    """A net whose output is ``output`` whatever the input (every weight zero, fc8's bias = output)."""
+    net = GoturnNet(variant, init="none")
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.fc8.bias.copy_(torch.tensor(output) / net.output_scale)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def random_net() -> GoturnNet:
+    torch.manual_seed(0)
+    net = GoturnNet("authors").eval()
+    with torch.no_grad():  # He-scaled head so the output depends visibly on the crops
+        for name in net.fc_names:
+            fc = getattr(net, name)
+            fc.weight.normal_(0, (2.0 / fc.in_features) ** 0.5)
+        for conv in list(net.target.children()) + list(net.search.children()):
+            fan_in = conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+            conv.weight.normal_(0, (2.0 / fan_in) ** 0.5)
+    return net
+
+
+def frames(n: int = 4, h: int = 120, w: int = 160, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return [np.roll(base, 2 * i, axis=1) for i in range(n)]
+
+
+def test_static_output_keeps_box_and_input_types_agree(random_net) -> None:
+    still = constant_net([2.5, 2.5, 7.5, 7.5])  # the authors' "no motion" output
+    t = GoturnTracker(still)
+    t.init(frames()[0], (40.0, 30.0, 20.0, 16.0))
+    np.testing.assert_allclose(t.update(frames()[1]), [40, 30, 20, 16], atol=1e-9)
+
+    f = frames(3)
+    results = []
+    for conv in (
+        lambda a: a,
+        lambda a: Image.fromarray(a),
+        lambda a: torch.from_numpy(a).permute(2, 0, 1).contiguous(),
+        lambda a: torch.from_numpy(a).permute(2, 0, 1).float(),
+        lambda a: np.concatenate([a, np.full(a.shape[:2] + (1,), 255, np.uint8)], axis=2),  # RGBA
+    ):
+        t = GoturnTracker(random_net)
+        t.init(conv(f[0]), (40.5, 30.25, 20.0, 16.0))
+        results.append(np.stack([t.update(conv(x)) for x in f[1:]]))
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+    gray = [x[:, :, 0] for x in f]
+    t = GoturnTracker(random_net)
+    t.init(gray[0], (40.5, 30.25, 20.0, 16.0))
+    rgb_from_gray = [np.repeat(x[:, :, None], 3, axis=2) for x in gray]
+    t2 = GoturnTracker(random_net)
+    t2.init(rgb_from_gray[0], (40.5, 30.25, 20.0, 16.0))
+    for a, b in zip(gray[1:], rgb_from_gray[1:], strict=True):
+        np.testing.assert_array_equal(t.update(a), t2.update(b))
+        np.testing.assert_array_equal(t.update(Image.fromarray(a)), t2.update(Image.fromarray(b)))
+
+
+@pytest.mark.parametrize("variant", ["authors", "opencv"])
+def test_never_crashes_when_lost(variant) -> None:
+    H, W = 90, 120
+    f = frames(1, H, W)[0]
+    if variant == "authors":
+        # away: 0.6 box widths to the right per frame; collapse: zero size
+        away, collapse = [8.0, 2.5, 13.0, 7.5], [5.0, 5.0, 5.0, 5.0]
+    else:
+        away, collapse = [150.0, 56.75, 263.5, 170.25], [113.5, 113.5, 113.5, 113.5]
+    for out in (away, collapse, [float("nan")] * 4, [1e30, -1e30, 1e30, 1e30]):
+        t = GoturnTracker(constant_net(out, variant))
+        t.init(f, (50.0, 40.0, 20.0, 10.0))
+        for _ in range(8):
+            b = t.update(f)
+            assert np.isfinite(b).all() and b[2] >= 1 and b[3] >= 1, (out, b)
+            assert b[0] >= -1e-9 and b[0] + b[2] <= W + 1e-9 and b[1] >= -1e-9 and b[1] + b[3] <= H + 1e-9, b
+    lost = GoturnTracker(constant_net([float("nan")] * 4, variant))
+    lost.init(f, (50.0, 40.0, 20.0, 10.0))
+    np.testing.assert_array_equal(lost.update(f), [50, 40, 20, 10])  # non-finite output keeps the box
+    with pytest.raises(ValueError):
+        lost.init(f, (1.0, 2.0, 0.0, 3.0))
+    with pytest.raises(RuntimeError):
+        GoturnTracker(constant_net(away, variant)).update(f)
+
+
+def test_opencv_init_is_rounded_and_clipped() -> None:
+    t = GoturnTracker(constant_net([56.75, 56.75, 170.25, 170.25], "opencv"))
+    f = frames(1)[0]
+    t.init(f, (-20.2, -10.0, 81.0, 61.0))
+    assert t.box.tolist() == [0, 0, 61, 51]  # spec 5.4: (-20, -10, 81, 61) & image = (0, 0, 61, 51)
+    assert t.update(f).tolist() == [0, 0, 61, 51]
+    with pytest.raises(ValueError, match="overlap"):
+        t.init(f, (500.0, 10.0, 5.0, 5.0))
+
+
+def test_batched_step_and_multitracker_match_single(random_net) -> None:
+    seqs = {"a": frames(4, 120, 160, 1), "b": frames(4, 90, 200, 2), "c": frames(3, 64, 64, 3)}
+    inits = {"a": (40.0, 30.0, 20.0, 16.0), "b": (150.0, 50.0, 30.0, 30.0), "c": (2.0, 3.0, 10.0, 8.0)}
+    single = {}
+    for k, fs in seqs.items():
+        t = GoturnTracker(random_net)
+        single[k] = t.track_sequence(fs, inits[k])
+    mt = MultiTracker(random_net, max_batch=2)
+    for k, fs in seqs.items():
+        mt.start(k, fs[0], inits[k])
+    for i in range(1, 4):
+        step = mt.step({k: fs[i] for k, fs in seqs.items() if i < len(fs)})
+        for k, box in step.items():
+            np.testing.assert_allclose(box, single[k][i], rtol=0, atol=1e-3)
+    assert len(mt) == 3 and "c" not in step
+    mt.stop("c")
+    assert mt.keys() == ["a", "b"]
+    with pytest.raises(KeyError):
+        mt.step({"zzz": seqs["a"][0]})
+    assert track_step(random_net, [], np.zeros((0, 4)), []).shape == (0, 4)
+
+
+def test_device_geometry_mirror_equals_numpy() -> None:
+    """The device-side geometry, decode and guard equal the numpy reference bit for bit."""
+    rng = np.random.default_rng(0)
+    W, H = 241.0, 193.0
+    x1 = rng.uniform(-80, 300, 4000)
+    y1 = rng.uniform(-80, 250, 4000)
+    boxes = np.stack([x1, y1, x1 + rng.uniform(-5, 200, 4000), y1 + rng.uniform(-5, 150, 4000)], axis=1)
+    boxes[:50] = np.round(boxes[:50])
+    g = G.crop_geometry(boxes, W, H)
+    win, offset, canvas, size = G.crop_step_geometry_torch(torch.from_numpy(boxes), W, H)
+    np.testing.assert_array_equal(win.numpy(), g.window)
+    np.testing.assert_array_equal(canvas.numpy(), np.stack([g.canvas_w, g.canvas_h], axis=1))
+    assert size.tolist() == [W, H]
+    pred = rng.uniform(-5, 15, (4000, 4)).astype(np.float32)
+    ref = G.unscale_uncenter(pred.astype(np.float64), g, W, H)
+    ours = G.unscale_uncenter_torch(torch.from_numpy(pred), offset, canvas, size)
+    np.testing.assert_array_equal(ours.numpy(), ref)
+    ref[::7] = np.nan
+    fixed = _fix_degenerate(ref, boxes, np.tile([W, H], (len(ref), 1)), 1.0)
+    fixed_torch = _fix_degenerate_torch(torch.from_numpy(ref), torch.from_numpy(boxes), size, 1.0)
+    np.testing.assert_array_equal(fixed_torch.numpy(), fixed)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_path_equals_eager(random_net) -> None:
+    fs = frames(12, 193, 241, 5)
+    eager = GoturnTracker(random_net, "cuda").track_sequence(fs, (100.0, 60.0, 30.0, 40.0))
+    graph = GoturnTracker(random_net, "cuda", cuda_graph=True)
+    seq = graph.track_sequence(fs, (100.0, 60.0, 30.0, 40.0))
+    np.testing.assert_array_equal(seq, eager)
+    graph.init(fs[0], (100.0, 60.0, 30.0, 40.0))
+    steps = np.stack([graph.update(f if i % 2 else Image.fromarray(f)) for i, f in enumerate(fs[1:])])
+    np.testing.assert_array_equal(steps, eager[1:])
+    small = frames(3, 120, 160, 6)  # another frame size: eager fallback, then a new graph
+    mixed = fs[:4] + small
+    eager_mixed = GoturnTracker(random_net, "cuda").track_sequence(mixed, (100.0, 60.0, 30.0, 40.0))
+    np.testing.assert_array_equal(graph.track_sequence(mixed, (100.0, 60.0, 30.0, 40.0)), eager_mixed)
+    random_net.to("cpu")
