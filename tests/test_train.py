@@ -1,0 +1,266 @@
+"""Trainer tests (CPU): Caffe solver semantics, carry-over batching, exact resume, loss decrease, NaN stop,
+argument errors, and two-process gloo DDP under torchrun. The real GoturnNet and DALI loader run throughout,
+on tiny shards (160x120 JPEGs) with small batches to stay fast on 2 cores."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from train import solver
+from train.checkpointing import LATEST, step_checkpoints
+from train.cli import main as train_main
+from train.cli import resolve
+from train.data import ExampleBatcher
+
+pytestmark = pytest.mark.xdist_group("train")
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--loader-threads", "1", "--no-progress", "--loader-pairs", "2", "--k", "10"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 stills + 24 pairs for training, 8 pairs in the ALOV val split (shard format v1, with .idx)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from shardkit import synthetic_samples, write_shards
+
+    out = tmp_path_factory.mktemp("shards")
+    write_shards(out, "imagenet", synthetic_samples(24, "imagenet", seed=1, w=160, h=120), per_tar=12)
+    write_shards(out, "alov", synthetic_samples(24, "alov", seed=2, w=160, h=120), per_tar=12)
+    val = synthetic_samples(8, "alov", seed=3, w=160, h=120, prefix="val")
+    write_shards(out, "alov", val, per_tar=8, split="val")
+    return out
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Solver
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_caffe_sgd_is_caffes_momentum_form_across_an_lr_step():
+    """v = m v + lr (g + wd w); w -= v: lr inside the velocity (unlike torch SGD, visible at an lr step)."""
+    torch.manual_seed(0)
+    w0 = torch.randn(5, dtype=torch.float64)
+    p = torch.nn.Parameter(w0.clone())
+    q = torch.nn.Parameter(w0.clone())
+    opt = solver.CaffeSGD([{"params": [p], "lr_mult": 10.0, "weight_decay": 5e-4}], lr=0.1, momentum=0.9)
+    sched = solver.CaffeStepLR(opt, base_lr=0.1, gamma=0.1, stepsize=2)
+    ref = torch.optim.SGD([q], lr=1.0, momentum=0.9, weight_decay=5e-4)
+    w, v = w0.clone(), torch.zeros(5, dtype=torch.float64)
+    for it in range(5):
+        g = torch.randn(5, dtype=torch.float64)
+        lr = 0.1 * 0.1 ** (it // 2) * 10.0
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr, rel=1e-15)
+        v = 0.9 * v + lr * (g + 5e-4 * w)
+        w = w - v
+        p.grad = g.clone()
+        opt.step()
+        sched.step()
+        ref.param_groups[0]["lr"] = lr
+        q.grad = g.clone()
+        ref.step()
+        torch.testing.assert_close(p.detach(), w, rtol=1e-13, atol=1e-13)
+    assert not torch.allclose(q.detach(), w)  # torch's form rescales the whole velocity at an lr step
+
+
+def test_param_groups_follow_the_prototxt():
+    from model.net import GoturnNet
+
+    net = GoturnNet("authors", init="none")
+    groups = {g["name"]: g for g in solver.param_groups(net, train_backbone=False)}
+    assert set(groups) == {"fc_weight", "fc_bias"}
+    assert (groups["fc_weight"]["lr_mult"], groups["fc_weight"]["weight_decay"]) == (10.0, 5e-4)
+    assert (groups["fc_bias"]["lr_mult"], groups["fc_bias"]["weight_decay"]) == (20.0, 0.0)
+    assert not any(p.requires_grad for p in net.conv_parameters())
+    groups = {g["name"]: g for g in solver.param_groups(net, train_backbone=True)}
+    assert (groups["conv_weight"]["lr_mult"], groups["conv_bias"]["lr_mult"]) == (1.0, 2.0)
+    assert groups["conv_bias"]["weight_decay"] == 0.0 and groups["conv_weight"]["weight_decay"] == 5e-4
+    assert all(p.requires_grad for p in net.conv_parameters())
+
+
+def test_step_lr_is_caffes_step_policy():
+    opt = solver.CaffeSGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr_mult": 20.0}], lr=1e-6)
+    s = solver.CaffeStepLR(opt, 1e-6)
+    assert [s.rate(i) for i in (0, 99_999, 100_000, 250_000)] == pytest.approx([1e-6, 1e-6, 1e-7, 1e-8], rel=1e-12)
+    s.load_state_dict({"iteration": 100_000})
+    assert opt.param_groups[0]["lr"] == pytest.approx(2e-6, rel=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Batching with carry-over
+# ------------------------------------------------------------------------------------------------------------
+
+
+class _ListLoader:
+    """Loader stand-in: items of 22 examples numbered consecutively in bbox[:, 0]; resumable by index."""
+
+    def __init__(self, n_items: int = 6, per_item: int = 22):
+        self.n, self.per, self.i = n_items, per_item, 0
+
+    def state_dict(self) -> dict:
+        return {"i": self.i}
+
+    def load_state_dict(self, s: dict) -> None:
+        self.i = s["i"]
+
+    def __iter__(self):
+        while self.i < self.n:
+            ids = torch.arange(self.i * self.per, (self.i + 1) * self.per, dtype=torch.float32)
+            self.i += 1
+            u8 = (ids % 256).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 2, 2).contiguous()
+            yield {"target": u8, "search": u8.clone(), "bbox": ids[:, None].repeat(1, 4)}
+        self.i = 0  # next epoch
+
+
+def test_batches_of_50_carry_leftovers_and_resume_exactly():
+    it = iter(ExampleBatcher(_ListLoader(), 50))
+    batches = [next(it) for _ in range(5)]
+    ids = torch.cat([b.bbox[:, 0] for b in batches])
+    epoch = torch.arange(132, dtype=torch.float32)  # 6 items x 22: batches straddle the epoch end, no gap
+    assert torch.equal(ids, torch.cat([epoch, epoch[:118]]))
+    assert all(b.bbox.shape[0] == 50 for b in batches)
+    # Position after batch 2 (100 examples = 5 items pulled, 10 carried) resumes to the same batches 3..5.
+    pos = batches[1].position
+    assert pos["carry"]["bbox"].shape[0] == 10 and pos["loader"] == {"i": 5}
+    from train.data import position_to_cpu
+
+    resumed = iter(ExampleBatcher(_ListLoader(), 50, position_to_cpu(pos)))
+    again = [next(resumed) for _ in range(3)]
+    for a, b in zip(batches[2:], again, strict=True):
+        assert torch.equal(a.bbox, b.bbox) and torch.equal(a.search, b.search)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Arguments
+# ------------------------------------------------------------------------------------------------------------
+
+
+def test_bad_arguments_give_clear_errors(shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    def error(argv: list[str]) -> str:
+        with pytest.raises(SystemExit) as e:
+            resolve(argv)
+        assert e.value.code == 2
+        return capsys.readouterr().err
+
+    assert "does not exist" in error(["--shards", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert "no training shards" in error(["--shards", str(empty), "--out", str(tmp_path / "r")])
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in error(["--shards", str(shards), "--out", str(tmp_path / "r"), "--device", "cuda"])
+    assert "nothing to resume" in error(["--shards", str(shards), "--out", str(tmp_path / "r"), "--resume"])
+    assert "--out is required" in error(["--shards", str(shards)])
+    assert "must be positive" in error(["--shards", str(shards), "--out", str(tmp_path / "r"), "--steps", "0"])
+    cfg = resolve(["--shards", str(shards), "--out", str(tmp_path / "r")])
+    assert (cfg.preset, cfg.steps, cfg.batch_examples, cfg.lr, cfg.lr_step) == (
+        "authors",
+        450_000,
+        50,
+        1e-6,
+        100_000,
+    )
+    assert cfg.val_shards == str(shards) and not cfg.train_backbone
+    sample = resolve(["--shards", str(shards), "--out", str(tmp_path / "r"), "--preset", "sample", "--steps", "7"])
+    assert sample.steps == 7 and sample.preset == "sample"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Runs
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _argv(shards: Path, out: Path, steps: int, batch: int, lr: str, *extra: str) -> list[str]:
+    argv = ["--shards", str(shards), "--out", str(out), "--steps", str(steps), "--batch-examples", str(batch)]
+    return argv + ["--lr", lr, *FAST, *extra]
+
+
+def test_resume_continues_the_same_loss_curve_bit_for_bit(shards: Path, tmp_path: Path):
+    """4 steps == 2 steps + resume + 2 steps: identical losses, weights, momentum (CPU, same thread count).
+
+    Batches of 30 from loader items of 22 examples, so the checkpoint at step 2 carries 6 examples over; the
+    head's dropout makes the RNG restore matter."""
+    extra = ("--no-val", "--log-every", "1", "--ckpt-every", "0")
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert train_main(_argv(shards, full, 4, 30, "1e-5", *extra)) == 0
+    assert train_main(_argv(shards, split, 2, 30, "1e-5", *extra)) == 0
+    mid = _load(split / LATEST)
+    assert mid["step"] == 2 and mid["ranks"][0]["data"]["carry"]["bbox"].shape[0] == 6
+    assert train_main(_argv(shards, split, 4, 30, "1e-5", *extra, "--resume")) == 0
+
+    a, b = _rows(full), _rows(split)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    ca, cb = _load(full / LATEST), _load(split / LATEST)
+    assert ca["step"] == cb["step"] == 4
+    for k in ca["model"]:
+        assert torch.equal(ca["model"][k], cb["model"][k]), k
+    for i, s in ca["optimizer"]["state"].items():
+        assert torch.equal(s["momentum_buffer"], cb["optimizer"]["state"][i]["momentum_buffer"])
+    assert ca["format"] == "goturn-checkpoint-v1" and ca["variant"] == "authors"
+    from model.checkpoint import load_model
+
+    net = load_model(full / LATEST)
+    assert torch.equal(net.fc8.bias, ca["model"]["fc8.bias"])
+    assert [s for s, _ in step_checkpoints(split)] == [2, 4]  # keep_last 3 of the authors preset
+
+
+def test_loss_decreases_and_validation_is_logged(shards: Path, tmp_path: Path):
+    """The authors' rate on batches of one pair (11 examples). The untrained net outputs ~0, so the first loss
+    is about the summed |targets| (~20 per example); learning the boxes' layout must take it well below."""
+    run = tmp_path / "run"
+    extra = ("--log-every", "1", "--ckpt-every", "0", "--val-every", "12", "--val-batches", "1")
+    assert train_main(_argv(shards, run, 12, 11, "1e-6", *extra)) == 0
+    rows = _rows(run)
+    losses = [r["loss"] for r in rows]
+    first, last = losses[0], sum(losses[-4:]) / 4
+    print(f"loss: step 1 {first:.1f}, mean of the last 4 steps {last:.1f}: {[round(v) for v in losses]}")
+    assert last < 0.6 * first
+    assert {"step", "loss", "lr", "examples_per_s"} <= set(rows[0])
+    assert rows[-1]["val_loss"] > 0 and 0 <= rows[-1]["val_mean_iou"] <= 1
+    assert list(run.glob("events.out.tfevents.*"))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shards: Path, tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    assert train_main(_argv(shards, run, 5, 11, "1e10", "--log-every", "1", "--ckpt-every", "1", "--no-val")) == 1
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "last good checkpoint" in err
+    ckpt = _load(run / LATEST)
+    bad_step = len(_rows(run)) + 1
+    assert ckpt["step"] == bad_step - 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+
+
+def test_two_process_gloo_ddp(shards: Path, tmp_path: Path):
+    """torchrun -m train with 2 CPU processes: ranks read different samples, weights stay identical."""
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "train"]
+    cmd += _argv(shards, run, 3, 11, "1e-5", "--no-val", "--log-every", "1")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = _load(run / LATEST)
+    r0, r1 = ckpt["ranks"]
+    assert ckpt["world_size"] == 2 and ckpt["step"] == 3
+    assert torch.equal(r0["param_sums"], r1["param_sums"])  # identical replicas after the steps
+    assert r0["data"]["loader"]["config"]["shard_id"] == 0 and r1["data"]["loader"]["config"]["shard_id"] == 1
+    c0, c1 = r0["data"]["carry"], r1["data"]["carry"]  # each rank's 2nd item of 22 examples, 11 used
+    assert c0["bbox"].shape[0] == c1["bbox"].shape[0] == 11
+    assert not torch.equal(c0["search"], c1["search"]) and not torch.equal(c0["bbox"], c1["bbox"])
+    rows = _rows(run)
+    assert [r["examples"] for r in rows] == [22, 44, 66]  # global batch = 2 ranks x 11

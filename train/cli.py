@@ -1,0 +1,208 @@
+"""``python -m train``: argument parsing, preset resolution and early, readable errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from train import DDP_SEMANTICS
+from train.config import FIELD_NAMES, PRESETS, TrainConfig
+
+_S = PRESETS["sample"]
+_CONVS = "trained" if _S["train_backbone"] else "frozen"
+_VAL = f"validation every {_S['val_every']} steps"
+EPILOG = f"""presets:
+  sample   (default without --shards) the embedded demo: shards/sample -> runs/sample on the CPU, at most
+           {_S["steps"]} steps or {_S["time_limit"]:g} minutes, lr {_S["lr"]:g}, convs {_CONVS}, {_VAL}
+  authors  (default with --shards) the paper: 450k steps of 50 examples, base lr 1e-6 (FC x10/x20), momentum
+           0.9, weight decay 5e-4 on weights, lr x0.1 every 100k steps, convs frozen
+  explicit options override the preset's values.
+
+multi-GPU / multi-process:
+{DDP_SEMANTICS}
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m train",
+        description="Train GOTURN with the authors' recipe (Caffe SGD, summed L1, 50-example batches).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a = p.add_argument
+    a("--preset", choices=sorted(PRESETS), help="named defaults (see below)")
+    a("--shards", help="training shard folder (shard format v1, from python -m pipeline.build_shards)")
+    a(
+        "--val-shards",
+        help="shard folder holding the ALOV val split (default: --shards when it has val shards)",
+    )
+    a("--no-val", action="store_true", help="never validate")
+    a("--out", help="run directory: checkpoints, log.jsonl, TensorBoard events")
+    a("--init", help="initial weights: a .caffemodel (via model.import_caffe) or a goturn checkpoint")
+    a(
+        "--variant",
+        choices=["authors", "opencv"],
+        help="network variant (default authors; opencv to fine-tune its model)",
+    )
+    a(
+        "--resume",
+        action="store_true",
+        help="continue from OUT/checkpoint-latest.pt (model, solver, RNG, data)",
+    )
+    a("--overwrite", action="store_true", default=None, help="start afresh even if OUT holds a run")
+    a("--steps", type=int, help="total solver steps (authors: 450000)")
+    a("--batch-examples", type=int, help="examples per step and per process (authors: 50)")
+    a(
+        "--device",
+        choices=["auto", "cuda", "cpu"],
+        default="auto",
+        help="training device (default: cuda if any)",
+    )
+    a(
+        "--loader-device",
+        choices=["auto", "gpu", "cpu"],
+        default="auto",
+        help="DALI backend (default: as --device)",
+    )
+    a("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast for the forward pass")
+    a(
+        "--train-backbone",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="train the conv towers too",
+    )
+    a("--seed", type=int, help="seed of weights, dropout and augmentation (default 0)")
+    a("--lr", type=float, help="Caffe base_lr (authors: 1e-6; FC weights x10, biases x20)")
+    a("--lr-step", type=int, help="steps between lr x gamma (authors: 100000)")
+    a("--gamma", type=float, help="lr decay factor at each --lr-step (authors: 0.1)")
+    a("--momentum", type=float, help="(authors: 0.9)")
+    a("--weight-decay", type=float, help="on weights only (authors: 5e-4)")
+    a("--log-every", type=int, help="steps between log.jsonl rows / TensorBoard points")
+    a("--ckpt-every", type=int, help="steps between checkpoints (always one at the end)")
+    a("--keep-last", type=int, help="step-numbered checkpoints to keep (0 = all)")
+    a("--val-every", type=int, help="steps between validations (0 = only at the end)")
+    a("--val-batches", type=int, help="loader batches per validation and process (0 = whole val split)")
+    a("--time-limit", type=float, help="stop (with a checkpoint) after this many minutes (0 = none)")
+    a("--loader-pairs", type=int, help="pairs per loader batch (each gives 1 + k examples)")
+    a("--k", type=int, help="shifted examples per pair (authors: 10)")
+    a("--loader-threads", type=int, help="DALI CPU threads (default: the loader's)")
+    a("--prefetch", type=int, help="batches prepared ahead of the step (default 2)")
+    a("--compile", action="store_true", default=None, help="torch.compile the network")
+    a("--no-progress", action="store_true", help="no tqdm bar")
+    return p
+
+
+def _has_split(shards: Path, split: str) -> bool:
+    return any(shards.glob(f"*-{split}-*.tar"))
+
+
+def resolve(argv: list[str] | None = None) -> TrainConfig:
+    """Parse ``argv`` into a checked `TrainConfig`; any problem exits via ``parser.error`` (no traceback)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    preset = args.preset or ("authors" if args.shards else "sample")
+    values = dict(PRESETS[preset])
+    values["preset"] = preset
+    for name, v in vars(args).items():
+        if name in FIELD_NAMES and v is not None and name not in ("device",):
+            values[name] = v
+    values["progress"] = not args.no_progress
+    if args.resume:
+        values["overwrite"] = False
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k in FIELD_NAMES})
+
+    import torch
+
+    # ---- device -------------------------------------------------------------------------------------------
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
+    cfg.device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.loader_device == "gpu" and cfg.device != "cuda":
+        parser.error("--loader-device gpu needs --device cuda")
+    cfg.loader_device = (
+        args.loader_device if args.loader_device != "auto" else ("gpu" if cfg.device == "cuda" else "cpu")
+    )
+    if cfg.amp == "bf16" and cfg.device == "cuda" and not torch.cuda.is_bf16_supported():
+        parser.error("--amp bf16: this GPU does not support bfloat16")
+
+    # ---- data ---------------------------------------------------------------------------------------------
+    if not cfg.shards:
+        parser.error("--shards is required")
+    shards = Path(cfg.shards)
+    if not shards.is_dir():
+        hint = " (build it with: python -m pipeline.build_shards)" if preset == "sample" else ""
+        parser.error(f"shard folder {shards} does not exist{hint}")
+    if not _has_split(shards, "train"):
+        parser.error(f"{shards} holds no training shards (*-train-*.tar)")
+    if args.no_val:
+        cfg.val_shards = None
+    elif args.val_shards:
+        if not Path(args.val_shards).is_dir() or not _has_split(Path(args.val_shards), "val"):
+            parser.error(f"--val-shards {args.val_shards}: no *-val-*.tar shards there")
+    elif _has_split(shards, "val"):
+        cfg.val_shards = str(shards)
+
+    # ---- numbers ------------------------------------------------------------------------------------------
+    for name in ("steps", "batch_examples", "log_every", "loader_pairs", "lr_step", "prefetch"):
+        if getattr(cfg, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    for name in ("ckpt_every", "keep_last", "val_every", "val_batches", "k", "seed", "loader_threads"):
+        if getattr(cfg, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    if cfg.lr <= 0 or cfg.momentum < 0 or cfg.weight_decay < 0 or not 0 < cfg.gamma <= 1 or cfg.time_limit < 0:
+        parser.error("--lr must be > 0, --momentum/--weight-decay/--time-limit >= 0, 0 < --gamma <= 1")
+
+    # ---- run directory ------------------------------------------------------------------------------------
+    if not cfg.out:
+        parser.error("--out is required with --shards (the run directory)")
+    out = Path(cfg.out)
+    latest = out / "checkpoint-latest.pt"
+    if cfg.init and not Path(cfg.init).is_file():
+        parser.error(f"--init {cfg.init}: no such file")
+    if cfg.resume and not latest.is_file():
+        parser.error(f"--resume: {latest} does not exist (nothing to resume; drop --resume to start)")
+    if not cfg.resume and latest.exists() and not cfg.overwrite:
+        parser.error(f"{out} already holds a run: pass --resume to continue it or --overwrite to start afresh")
+    return cfg
+
+
+def clear_run_dir(out: Path) -> None:
+    """--overwrite: remove what a previous run wrote (only the trainer's own files)."""
+    if not out.is_dir():
+        return
+    for pattern in ("checkpoint-*.pt", ".checkpoint-*", "log.jsonl", "events.out.tfevents.*", "config.json"):
+        for f in out.glob(pattern):
+            f.unlink()
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = resolve(argv)
+    from train.loop import TrainingError, run
+
+    out = Path(cfg.out)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:
+        if cfg.overwrite and not cfg.resume:
+            clear_run_dir(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    try:
+        summary = run(cfg)
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if is_main:
+        first = summary["first_loss"]
+        last = summary["last_loss"]
+        losses = f"loss {first:.3f} -> {last:.3f}" if first is not None and last is not None else "no step run"
+        print(
+            f"[train] {summary['stop_reason']}: step {summary['step']} ({losses}) "
+            f"in {summary['elapsed_s']:.0f} s; "
+            f"checkpoint {summary['checkpoint']}",
+            file=sys.stderr,
+        )
+    return 0

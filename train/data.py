@@ -1,0 +1,244 @@
+"""Training batches from the augmentation loader: the authors' 50-example batches with carry-over, an exact
+data position for resuming, and a background prefetcher that overlaps data work with the training step.
+
+The loader yields ``pairs x (1 + k)`` examples per item; the authors append every pair's 11 examples to a
+buffer and step whenever it holds 50, the leftovers starting the next batch (`goturn_spec.md` 3.5).
+`ExampleBatcher` does exactly that. Its *position* after a batch is ``(loader state after the last item
+pulled, leftover examples)``; both go into the checkpoint so that a resumed run sees the very same batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+KEYS = ("target", "search", "bbox")
+MAX_BAD_ITEMS = 100  # consecutive undecodable loader batches before the run gives up
+
+
+@dataclass
+class Batch:
+    """One training batch plus the data position right after it (what a checkpoint taken after it stores)."""
+
+    target: torch.Tensor  # uint8 (B, 3, 227, 227)
+    search: torch.Tensor  # uint8 (B, 3, 227, 227)
+    bbox: torch.Tensor  # float32 (B, 4)
+    position: dict
+
+
+def _loader_state(loader: Any) -> Any:
+    return loader.state_dict() if hasattr(loader, "state_dict") else None
+
+
+class ExampleBatcher:
+    """Re-chunks loader items into batches of exactly ``batch_examples`` examples, carrying leftovers over.
+
+    ``position`` (from a checkpoint) restores the loader state and the carried-over examples. Loaders without
+    ``state_dict``/``load_state_dict`` are fast-forwarded by re-reading the consumed items (exact for a seeded
+    loader, but slow; a warning says so). With a CUDA ``device`` every item is first copied into memory of
+    torch's caching allocator on the current stream (host items pinned and copied without blocking; GPU items of
+    DALI's backend cloned, then the stream synchronised before the loader's buffer is released): the batches
+    then live in memory whose reuse torch orders against the training stream (``record_stream``), which the
+    loader's own buffers would not be.
+    """
+
+    def __init__(
+        self, loader: Any, batch_examples: int, position: dict | None = None, device: torch.device | None = None
+    ):
+        if batch_examples <= 0:
+            raise ValueError(f"batch_examples must be positive, got {batch_examples}")
+        self.loader = loader
+        self.batch_examples = int(batch_examples)
+        self.device = torch.device(device) if device is not None else None
+        self.skipped_items = 0
+        self.items = 0  # loader items pulled so far (fast-forward when the loader has no state)
+        self.carry: dict[str, torch.Tensor] | None = None
+        self._skip = 0
+        if position is not None:
+            self.items = int(position.get("items", 0))
+            carry = position.get("carry")
+            if carry is not None and int(carry["bbox"].shape[0]) > 0:
+                self.carry = {k: carry[k] for k in KEYS}
+            state = position.get("loader")
+            if state is not None and hasattr(loader, "load_state_dict"):
+                loader.load_state_dict(state)
+            elif self.items:
+                warnings.warn(
+                    f"loader has no state_dict: fast-forwarding {self.items} loader batches to resume",
+                    stacklevel=2,
+                )
+                self._skip = self.items
+        self._state = _loader_state(loader)
+
+    def _items(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Loader items forever, epoch after epoch (a finished epoch restarts the loader's iterator).
+
+        A batch the loader cannot decode (``SampleDecodeError``: a corrupt sample, named in the message) is
+        reported and skipped, as the loader allows, instead of ending a days-long run; only a loader that fails
+        ``MAX_BAD_ITEMS`` times in a row stops it.
+        """
+        empty = bad = 0
+        while True:
+            n = 0
+            it = iter(self.loader)
+            while True:
+                try:
+                    item = next(it)
+                except StopIteration:
+                    break
+                except Exception as e:
+                    if type(e).__name__ != "SampleDecodeError" or bad + 1 >= MAX_BAD_ITEMS:
+                        raise
+                    bad += 1
+                    self.skipped_items += 1
+                    print(f"[train] warning: skipped a loader batch: {e}", file=sys.stderr)
+                    it = iter(self.loader)  # the loader continues with the next batch
+                    continue
+                n += 1
+                bad = 0
+                if self._skip:
+                    self._skip -= 1
+                    continue
+                yield item
+            empty = 0 if n else empty + 1
+            if empty >= 2:  # one empty pass is a loader restored exactly at an epoch's end
+                raise RuntimeError("the training loader produced no batch in a whole epoch (empty split?)")
+
+    def __iter__(self) -> Iterator[Batch]:
+        B = self.batch_examples
+        for item in self._items():
+            self.items += 1
+            self._state = _loader_state(self.loader)
+            parts = self._adopt({k: item[k] for k in KEYS})
+            del item
+            if self.carry is not None:
+                dev = parts["bbox"].device
+                parts = {k: torch.cat([self.carry[k].to(dev), parts[k]]) for k in KEYS}
+            n = int(parts["bbox"].shape[0])
+            start = 0
+            while n - start >= B:
+                chunk = {k: parts[k][start : start + B] for k in KEYS}
+                start += B
+                rest = {k: parts[k][start:] for k in KEYS} if start < n else None
+                self.carry = rest
+                yield Batch(chunk["target"], chunk["search"], chunk["bbox"], self._position_view(rest))
+            self.carry = {k: parts[k][start:] for k in KEYS} if start < n else None
+
+    def _adopt(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        dev = self.device
+        if dev is None or dev.type != "cuda":
+            return parts
+        out, foreign = {}, False
+        for k, v in parts.items():
+            if v.device.type == "cpu":
+                out[k] = v.pin_memory().to(dev, non_blocking=True)
+            else:
+                out[k] = v.clone()
+                foreign = True
+        if foreign:
+            torch.cuda.current_stream(dev).synchronize()
+        return out
+
+    def _position_view(self, rest: dict[str, torch.Tensor] | None) -> dict:
+        """Position after the batch just cut, holding references (copied to the CPU only when saved)."""
+        return {"items": self.items, "loader": self._state, "carry": rest}
+
+
+def position_to_cpu(position: dict) -> dict:
+    """A saveable copy of a `Batch.position` (carry on the CPU, contiguous)."""
+    carry = position.get("carry")
+    if carry is not None:
+        carry = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in carry.items()}
+    return {"items": position["items"], "loader": position["loader"], "carry": carry}
+
+
+class Prefetcher:
+    """Runs the batcher in a background thread, ``depth`` batches ahead, moving each batch to ``device``.
+
+    On CUDA, host batches are pinned and copied with ``non_blocking`` on a side stream; batches already on the
+    GPU (DALI's GPU backend) are re-chunked on that stream too. The consumer waits on the batch's event, so
+    the copy overlaps the previous training step and never races it. No random numbers are drawn in the
+    thread, so the training RNG stream is the same with or without prefetching.
+    """
+
+    def __init__(self, batches: Iterator[Batch] | Callable[[], Iterator[Batch]], device: torch.device, depth: int = 2):
+        self.device = torch.device(device)
+        self.depth = max(1, int(depth))
+        self._source = batches
+        self._queue: queue.Queue = queue.Queue(maxsize=self.depth)
+        self._stop = threading.Event()
+        self._cuda = self.device.type == "cuda"
+        self._stream = torch.cuda.Stream(device=self.device) if self._cuda else None
+        self._thread = threading.Thread(target=self._run, name="train-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, obj: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(obj, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            if self._cuda:
+                torch.cuda.set_device(self.device)
+            ctx = torch.cuda.stream(self._stream) if self._cuda else contextlib.nullcontext()
+            with ctx:
+                it = self._source() if callable(self._source) else iter(self._source)
+                for b in it:
+                    event = None
+                    if self._cuda:
+                        b = Batch(*(self._to_device(t) for t in (b.target, b.search, b.bbox)), b.position)
+                        event = torch.cuda.Event()
+                        event.record(self._stream)
+                    if not self._put((b, event)):
+                        return
+        except BaseException as e:  # forwarded to the consumer, which re-raises it with its traceback
+            self._put(e)
+            return
+        self._put(StopIteration())
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if t.device == self.device:
+            return t
+        if t.device.type == "cpu":
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self) -> Batch:
+        obj = self._queue.get()
+        if isinstance(obj, StopIteration):
+            raise StopIteration
+        if isinstance(obj, BaseException):
+            raise obj
+        b, event = obj
+        if event is not None:
+            cur = torch.cuda.current_stream(self.device)
+            cur.wait_event(event)
+            for t in (b.target, b.search, b.bbox):
+                t.record_stream(cur)
+        return b
+
+    def close(self) -> None:
+        """Stop the thread (if it is blocked in the loader: a daemon thread never keeps the process up)."""
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._thread.join(timeout=5)

@@ -1,0 +1,484 @@
+"""The training loop: one process per device, DDP when launched by torchrun, exact resume.
+
+Per step: a prefetched uint8 batch (already on the device), `model.preprocess.normalize` on the device,
+forward (optionally under bf16 autocast), the authors' summed L1 loss in fp32, backward (DDP all-reduces the
+FC gradients), `CaffeSGD`, then the step LR. The loss stays on the device; it is read back only at log /
+checkpoint / validation steps (one all-reduce of the pending losses), so the host never waits for the GPU
+between steps. A non-finite loss found there stops the run before any checkpoint of the bad state is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from train import checkpointing, distributed, solver
+from train.config import TrainConfig
+from train.data import ExampleBatcher, Prefetcher, position_to_cpu
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot continue (bad loss, bad resume); the CLI prints the message, no traceback."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Building blocks
+# ------------------------------------------------------------------------------------------------------------
+
+
+def build_loader(shards: str, split: str, cfg: TrainConfig, ctx: distributed.DistContext, seed: int):
+    """`pipeline.augment.GoturnLoader` for this rank's shard of ``split``."""
+    from pipeline.augment import GoturnLoader
+
+    kwargs = {
+        "split": split,
+        "device": cfg.loader_device,
+        "pairs_per_batch": cfg.loader_pairs,
+        "k": cfg.k,
+        "seed": seed,
+        "shard_id": ctx.rank,
+        "num_shards": ctx.world_size,
+    }
+    if cfg.loader_threads:
+        kwargs["num_threads"] = cfg.loader_threads
+    if cfg.loader_device == "gpu":
+        kwargs["device_id"] = ctx.device.index if ctx.device.type == "cuda" else ctx.local_rank
+    return GoturnLoader(shards, **kwargs)
+
+
+def init_state(path: str) -> tuple[str, dict[str, torch.Tensor], bool]:
+    """(variant, state dict, backbone_only) of an ``--init`` file: a caffemodel or a goturn checkpoint."""
+    from model.checkpoint import CheckpointError, load_checkpoint
+
+    p = Path(path)
+    if p.suffix == ".caffemodel":
+        from model.caffe_proto import CaffeModelError
+        from model.import_caffe import load_caffemodel
+
+        try:
+            r = load_caffemodel(p)
+        except CaffeModelError as e:
+            raise TrainingError(f"--init {p}: {e}") from None
+        return r.variant, r.state_dict, r.kind == "backbone"
+    try:
+        ckpt = load_checkpoint(p)
+    except CheckpointError as e:
+        raise TrainingError(f"--init {str(e).splitlines()[0]}") from None
+    return ckpt["variant"], ckpt["model"], bool(ckpt.get("backbone_only", False))
+
+
+def load_init(model: torch.nn.Module, path: str) -> str:
+    """Copy ``--init`` weights into ``model``; a backbone-only file (CaffeNet / tracker_init) sets the convs
+    only, so the head keeps this run's seeded Caffe fillers. Returns a one-line summary."""
+    variant, state, backbone_only = init_state(path)
+    if variant != model.variant and not backbone_only:
+        raise TrainingError(f"--init {path} holds a {variant!r} network; train it with --variant {variant}")
+    prefixes = ("module.", "_orig_mod.")
+    state = {next((k[len(q) :] for q in prefixes if k.startswith(q)), k): v for k, v in state.items()}
+    if backbone_only:
+        state = {k: v for k, v in state.items() if k.startswith(("target.", "search."))}
+    try:
+        model.load_state_dict(state, strict=not backbone_only)
+    except RuntimeError as e:
+        raise TrainingError(f"--init {path} does not fit GoturnNet({model.variant!r}): {e}") from None
+    what = "conv towers (head from Caffe fillers)" if backbone_only else "all layers"
+    return f"initialised {what} from {path}"
+
+
+def sum_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The authors' loss: |pred - target| summed over batch and coordinates (Caffe ASUM), in fp32."""
+    return (pred.float() - target.float()).abs().sum()
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of corner boxes ``(N, 4)`` row by row; degenerate predictions (x2 < x1) count as empty.
+
+    Computed in the x10 crop frame: a per-axis scaling leaves IoU unchanged, so it equals the image-frame IoU.
+    """
+    ix = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp(min=0)
+    iy = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp(min=0)
+    inter = ix * iy
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    return inter / (area_a + area_b - inter).clamp(min=1e-12)
+
+
+class RunLog:
+    """``log.jsonl`` + TensorBoard scalars, written by rank 0 only."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None):
+        self.enabled = enabled
+        self.path = run_dir / "log.jsonl"
+        self.writer = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():
+            # Rows after the checkpoint belong to the interrupted tail that is about to be recomputed.
+            keep = [
+                ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step
+            ]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(ln + "\n" for ln in keep))
+            tmp.replace(self.path)
+        self.file = open(self.path, "a", buffering=1)  # noqa: SIM115 - open for the whole run, closed in close()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir), purge_step=None if resume_step is None else resume_step + 1)
+
+    def row(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        step = row["step"]
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                prefix = "val" if key.startswith("val_") else "train"
+                self.writer.add_scalar(f"{prefix}/{key.removeprefix('val_')}", value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            self.writer.close()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Trainer
+# ------------------------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Holds model, solver, data and logs for one process; `fit` runs to ``cfg.steps`` or a stop condition."""
+
+    def __init__(self, cfg: TrainConfig, ctx: distributed.DistContext):
+        from model.net import GoturnNet
+
+        self.cfg = cfg
+        self.ctx = ctx
+        self.run_dir = Path(cfg.out)
+        self.device = ctx.device
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        ckpt = None
+        if cfg.resume:
+            latest = self.run_dir / checkpointing.LATEST
+            if not latest.is_file():
+                raise TrainingError(f"--resume: no {latest} to resume from")
+            try:
+                ckpt = checkpointing.load(latest)
+            except Exception as e:  # unreadable / foreign file: say which and why, no traceback
+                raise TrainingError(f"--resume: cannot load {latest}: {e}") from None
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+        self.model = GoturnNet(variant=cfg.variant, device=self.device)
+        self.messages: list[str] = []
+        self._fresh_epoch = 0
+        if cfg.init and ckpt is None:
+            self.messages.append(load_init(self.model, cfg.init))
+        elif cfg.init:
+            self.messages.append(f"--init {cfg.init} ignored: resuming from {self.run_dir / checkpointing.LATEST}")
+        groups = solver.param_groups(self.model, cfg.train_backbone, cfg.weight_decay)
+        self.optimizer = solver.CaffeSGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        self.scheduler = solver.CaffeStepLR(self.optimizer, cfg.lr, cfg.gamma, cfg.lr_step)
+        self.step = 0
+        position = None
+        self._seed_rngs(cfg.seed + 7919 * ctx.rank)  # dropout masks differ across ranks, reproducibly
+        if ckpt is not None:
+            position = self._restore(ckpt)
+        self.module = self.model
+        if ctx.enabled:
+            self.module = DDP(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
+            )
+        self.forward = torch.compile(self.module) if cfg.compile else self.module
+        self.norm_mode = self.model.normalization
+        try:
+            self.loader = build_loader(cfg.shards, "train", cfg, ctx, seed=cfg.seed)
+        except (ValueError, FileNotFoundError) as e:  # too few samples for the ranks / batch, missing split
+            raise TrainingError(f"training data in {cfg.shards}: {e}") from None
+        if position is None and self._fresh_epoch and hasattr(self.loader, "set_epoch"):
+            self.loader.set_epoch(self._fresh_epoch)  # not the epochs already seen, after an inexact resume
+        if cfg.val_shards:  # fail now, not at the first validation hours later
+            try:
+                build_loader(cfg.val_shards, "val", cfg, ctx, seed=cfg.seed + 1)
+            except (ValueError, FileNotFoundError) as e:
+                raise TrainingError(
+                    f"validation data in {cfg.val_shards}: {e} (use --no-val or --val-shards)"
+                ) from None
+        self.batcher = ExampleBatcher(self.loader, cfg.batch_examples, position, device=self.device)
+        self.last_position = position
+        self.autocast = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
+        )
+        self.last_ckpt: Path | None = self.run_dir / checkpointing.LATEST if ckpt is not None else None
+        self._interrupted = False
+
+    # ---- state --------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _seed_rngs(seed: int) -> None:
+        import random
+
+        import numpy as np
+
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+    def _restore(self, ckpt: dict) -> dict | None:
+        cfg, ctx = self.cfg, self.ctx
+        if ckpt.get("variant", cfg.variant) != cfg.variant:
+            raise TrainingError(f"--resume: checkpoint variant {ckpt.get('variant')!r} != {cfg.variant!r}")
+        self.model.load_state_dict(ckpt["model"])
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:
+            raise TrainingError(
+                f"--resume: the optimizer state does not fit this run's parameter groups ({e}); "
+                "was the run started with a different --train-backbone?"
+            ) from None
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.step = int(ckpt["step"])
+        ranks = ckpt.get("ranks") or []
+        saved = ckpt.get("config", {})
+        changed = [
+            k
+            for k in ("seed", "batch_examples", "loader_pairs", "k", "shards")
+            if k in saved and saved[k] != getattr(cfg, k)
+        ]
+        if len(ranks) != ctx.world_size or changed:
+            why = f"world size {len(ranks)} -> {ctx.world_size}" if len(ranks) != ctx.world_size else ""
+            why += (", " if why else "") + (f"changed {', '.join(changed)}" if changed else "")
+            epochs = [r["data"]["loader"].get("epoch", -1) for r in ranks if (r.get("data") or {}).get("loader")]
+            self._fresh_epoch = max(epochs, default=-1) + 1
+            self.messages.append(
+                f"resume is not exact ({why}): weights and solver resume, the data restarts at epoch "
+                f"{self._fresh_epoch} with reseeded RNGs"
+            )
+            self._seed_rngs(cfg.seed + 7919 * ctx.rank + 104729 * self.step)
+            return None
+        mine = ranks[ctx.rank]
+        checkpointing.set_rng_state(mine["rng"], self.device)
+        return mine["data"]
+
+    def checkpoint_dict(self) -> dict:
+        """This run's state, gathered from every rank (a collective: all ranks must call it)."""
+        with torch.no_grad():
+            sums = torch.stack([p.detach().float().sum() for p in self.model.parameters()]).cpu()
+        mine = {
+            "rng": checkpointing.rng_state(self.device),
+            "data": position_to_cpu(self.last_position) if self.last_position is not None else None,
+            "param_sums": sums,  # per-parameter sums: equal on every rank unless DDP replicas diverged
+        }
+        ranks = distributed.all_gather_objects(mine, self.ctx)
+        if not self.ctx.is_main:
+            return {}
+        if any(not torch.equal(r["param_sums"], ranks[0]["param_sums"]) for r in ranks[1:]):
+            print(f"[train] warning: replicas differ at step {self.step} (DDP out of sync?)", file=sys.stderr)
+        opt = self.optimizer.state_dict()
+        opt["state"] = {i: {k: v.detach().cpu() for k, v in s.items()} for i, s in opt["state"].items()}
+        return {
+            "format": checkpointing.FORMAT,
+            "variant": self.model.variant,
+            "normalization": self.model.normalization,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": opt,
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "examples": self.step * self.cfg.batch_examples * self.ctx.world_size,
+            "world_size": self.ctx.world_size,
+            "ranks": ranks,
+            "config": self.cfg.to_dict(),
+            "torch_version": str(torch.__version__),
+        }
+
+    def save_checkpoint(self) -> None:
+        ckpt = self.checkpoint_dict()
+        if self.ctx.is_main:
+            checkpointing.save(self.run_dir, ckpt, self.cfg.keep_last)
+            self.last_ckpt = self.run_dir / checkpointing.LATEST
+
+    # ---- steps --------------------------------------------------------------------------------------------
+
+    def train_step(self, target: torch.Tensor, search: torch.Tensor, bbox: torch.Tensor) -> torch.Tensor:
+        """One solver iteration on a uint8 batch already on the device; returns the (device) loss."""
+        from model.preprocess import normalize
+
+        t = normalize(target, self.norm_mode)
+        s = normalize(search, self.norm_mode)
+        with self.autocast:
+            pred = self.forward(t, s)
+        loss = sum_l1(pred, bbox)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Val loss (per ``batch_examples`` examples, the training loss' unit), mean IoU of true examples."""
+        from model.preprocess import normalize
+
+        cfg = self.cfg
+        try:
+            loader = build_loader(cfg.val_shards, "val", cfg, self.ctx, seed=cfg.seed + 1)
+        except (ValueError, FileNotFoundError) as e:
+            raise TrainingError(f"validation data in {cfg.val_shards}: {e} (use --no-val or --val-shards)") from None
+        self.model.eval()
+        acc = torch.zeros(4, dtype=torch.float64, device=self.device)
+        per_pair = cfg.k + 1
+        for i, item in enumerate(loader):
+            if cfg.val_batches and i >= cfg.val_batches:
+                break
+            t = normalize(item["target"].to(self.device, non_blocking=True), self.norm_mode)
+            s = normalize(item["search"].to(self.device, non_blocking=True), self.norm_mode)
+            bb = item["bbox"].to(self.device, non_blocking=True).float()
+            with self.autocast:
+                pred = self.model(t, s)
+            pred = pred.float()
+            acc[0] += (pred - bb).abs().sum().double()
+            acc[1] += bb.shape[0]
+            acc[2] += box_iou(pred[::per_pair], bb[::per_pair]).sum().double()
+            acc[3] += bb[::per_pair].shape[0]
+        del loader
+        self.model.train()
+        distributed.all_reduce_sum(acc, self.ctx)
+        loss_sum, n, iou_sum, n_true = acc.tolist()
+        if n == 0:
+            return {}
+        return {"val_loss": loss_sum / n * cfg.batch_examples, "val_mean_iou": iou_sum / max(n_true, 1)}
+
+    # ---- main loop ----------------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self._interrupted:  # second signal: give up at once
+            raise KeyboardInterrupt
+        self._interrupted = True
+
+    def fit(self) -> dict:
+        cfg, ctx = self.cfg, self.ctx
+        start_step = self.step
+        log = RunLog(self.run_dir, ctx.is_main, resume_step=start_step if cfg.resume else None)
+        for m in self.messages:
+            if ctx.is_main:
+                print(f"[train] {m}", file=sys.stderr)
+        old_handlers = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # ValueError: not the main thread (e.g. a test's thread)
+                old_handlers[sig] = signal.signal(sig, self._on_signal)
+        bar = None
+        if ctx.is_main and cfg.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
+        prefetch = Prefetcher(lambda: iter(self.batcher), self.device, cfg.prefetch)
+        pending: list[tuple[int, torch.Tensor]] = []
+        first_loss = last_loss = None
+        stop_reason = "steps"
+        t0 = time.perf_counter()
+        window_t = t0
+        window_steps = 0
+        self.model.train()
+        try:
+            while self.step < cfg.steps:
+                lr = self.scheduler.rate()
+                b = next(prefetch)
+                loss = self.train_step(b.target, b.search, b.bbox)
+                self.step += 1
+                window_steps += 1
+                self.last_position = b.position
+                pending.append((self.step, loss))
+                if bar is not None:
+                    bar.update(1)
+                s = self.step
+                do_ckpt = cfg.ckpt_every > 0 and s % cfg.ckpt_every == 0
+                do_val = bool(cfg.val_shards) and cfg.val_every > 0 and s % cfg.val_every == 0
+                last = s >= cfg.steps
+                interrupt_now = self._interrupted and not ctx.enabled
+                if not (s % cfg.log_every == 0 or do_ckpt or do_val or last or interrupt_now):
+                    continue
+                # ---- sync point: losses of the pending steps (mean over ranks), stop flags -----------------
+                out_of_time = cfg.time_limit > 0 and (time.perf_counter() - t0) > cfg.time_limit * 60
+                flags = [float(self._interrupted), float(out_of_time)]
+                buf = torch.cat([torch.stack([v for _, v in pending]).float(), torch.tensor(flags, device=loss.device)])
+                distributed.all_reduce_sum(buf, ctx)
+                vals = (buf[: len(pending)] / ctx.world_size).tolist()
+                interrupted, timed_out = buf[-2].item() > 0, buf[-1].item() > 0
+                for (st, _), v in zip(pending, vals, strict=True):
+                    if not math.isfinite(v):
+                        kept = (
+                            f"the last good checkpoint is {self.last_ckpt}"
+                            if self.last_ckpt
+                            else "no checkpoint was written"
+                        )
+                        raise TrainingError(
+                            f"non-finite loss ({v}) at step {st}: stopping without saving this state; "
+                            f"{kept}. "
+                            "Lower --lr, check --init, or inspect the data."
+                        )
+                if first_loss is None:
+                    first_loss = vals[0]
+                last_loss = vals[-1]
+                now = time.perf_counter()
+                ex_s = window_steps * cfg.batch_examples * ctx.world_size / max(now - window_t, 1e-9)
+                row = {
+                    "step": s,
+                    "loss": vals[-1],
+                    "loss_avg": sum(vals) / len(vals),
+                    "lr": lr,
+                    "examples_per_s": ex_s,
+                    "examples": s * cfg.batch_examples * ctx.world_size,
+                    "elapsed_s": now - t0,
+                }
+                pending.clear()
+                stop = interrupted or timed_out
+                if do_val or (cfg.val_shards and (last or timed_out)):  # always a closing validation
+                    row.update(self.validate())
+                log.row(row)
+                if bar is not None:
+                    post = {"loss": f"{vals[-1]:.2f}", "ex/s": f"{ex_s:.0f}", "lr": f"{lr:.1e}"}
+                    if "val_mean_iou" in row:
+                        post["val_iou"] = f"{row['val_mean_iou']:.3f}"
+                    bar.set_postfix(post, refresh=False)
+                if do_ckpt or stop or (last and cfg.final_checkpoint):
+                    self.save_checkpoint()
+                if stop:
+                    stop_reason = "interrupted" if interrupted else "time limit"
+                    break
+                window_t = time.perf_counter()
+                window_steps = 0
+        finally:
+            prefetch.close()
+            if bar is not None:
+                bar.close()
+            log.close()
+            for sig, h in old_handlers.items():
+                signal.signal(sig, h)
+        distributed.barrier(ctx)
+        return {
+            "step": self.step,
+            "start_step": start_step,
+            "first_loss": first_loss,
+            "last_loss": last_loss,
+            "stop_reason": stop_reason,
+            "checkpoint": str(self.last_ckpt) if self.last_ckpt else None,
+            "elapsed_s": time.perf_counter() - t0,
+        }
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train one process (under torchrun: this rank) per ``cfg``; returns a summary (rank 0's view)."""
+    ctx = distributed.setup(cfg.device)
+    try:
+        return Trainer(cfg, ctx).fit()
+    finally:
+        distributed.teardown()
