@@ -99,10 +99,18 @@ class CaffeNetTower(nn.Module):
         return F.max_pool2d(F.relu(self.conv5(x)), 3, 2, ceil_mode=True)
 
 
+INITS = ("caffe", "random-features", "none")
+RANDOM_FEATURE_GAIN = 0.05  # brings He-init pool5 features from ~37 down to ~2 for 0-255 Caffe input
+
+
 class GoturnNet(nn.Module):
     """GOTURN: ``forward(target, search)`` on normalised ``(N, 3, 227, 227)`` float crops -> ``(N, 4)`` boxes.
 
     ``init="caffe"`` draws every parameter from the prototxt's fillers (seed with ``torch.manual_seed``);
+    ``init="random-features"`` keeps the head's Caffe fillers but gives both towers the same variance-preserving
+    random convs (He normal, zero bias, conv1 scaled by `RANDOM_FEATURE_GAIN`): for training *without* pretrained
+    CaffeNet weights (the embedded sample), since the Caffe fillers' bias-1 convs give frozen features that are
+    nearly constant (pool5 mean 1.17, std 0.095 across inputs), which SGD cannot learn motion from in minutes.
     ``init="none"`` leaves memory uninitialised, for loaders that overwrite every tensor anyway (saves ~1 s).
     ``normalization`` names the `model.preprocess.normalize` mode the weights expect (default per variant).
     """
@@ -118,8 +126,8 @@ class GoturnNet(nn.Module):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if init not in ("caffe", "none"):
-            raise ValueError(f"init must be 'caffe' or 'none', got {init!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.variant = variant
         self.normalization = normalization or DEFAULT_NORMALIZATION[variant]
         self.output_scale = OUTPUT_SCALE[variant]
@@ -137,6 +145,8 @@ class GoturnNet(nn.Module):
             self.to_empty(device=device if device is not None else "cpu")
         else:
             self.reset_parameters()
+            if init == "random-features":
+                self.reset_random_feature_convs()
         self.set_backbone_trainable(train_backbone)
 
     # ---- construction helpers
@@ -154,6 +164,19 @@ class GoturnNet(nn.Module):
             fc = getattr(self, name)
             fc.weight.normal_(0.0, std)
             fc.bias.fill_(bias_value)
+
+    @torch.no_grad()
+    def reset_random_feature_convs(self) -> None:
+        """He-normal convs with zero bias, conv1 x `RANDOM_FEATURE_GAIN` (pool5 features of order 1), the same
+        tensors in both towers (as CaffeNet weights are)."""
+        for name, *_ in CONV_SPECS:
+            t, s = getattr(self.target, name), getattr(self.search, name)
+            nn.init.kaiming_normal_(t.weight, nonlinearity="relu")
+            t.bias.zero_()
+            if name == "conv1":
+                t.weight.mul_(RANDOM_FEATURE_GAIN)
+            s.weight.copy_(t.weight)
+            s.bias.copy_(t.bias)
 
     def set_backbone_trainable(self, trainable: bool) -> None:
         """Freeze (default, as the authors' lr_mult 0) or unfreeze both conv towers."""

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from train import DDP_SEMANTICS
+from train import DDP_SEMANTICS, solver
 from train.config import FIELD_NAMES, PRESETS, TrainConfig
 
 _S = PRESETS["sample"]
@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the conv towers too",
     )
     a("--seed", type=int, help="seed of weights, dropout and augmentation (default 0)")
+    a("--conv-init", choices=["caffe", "random-features"], help="conv init without --init (model/net.py)")
+    a("--optimizer", choices=solver.OPTIMIZERS, help="caffe-sgd (authors, default) or adam (sample preset)")
     a("--lr", type=float, help="Caffe base_lr (authors: 1e-6; FC weights x10, biases x20)")
     a("--lr-step", type=int, help="steps between lr x gamma (authors: 100000)")
     a("--gamma", type=float, help="lr decay factor at each --lr-step (authors: 0.1)")

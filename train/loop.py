@@ -34,6 +34,9 @@ class TrainingError(RuntimeError):
 # ------------------------------------------------------------------------------------------------------------
 
 
+INITIAL = "initial.pt"  # model-only checkpoint of the weights before step 1
+
+
 def build_loader(shards: str, split: str, cfg: TrainConfig, ctx: distributed.DistContext, seed: int):
     """`pipeline.augment.GoturnLoader` for this rank's shard of ``split``."""
     from pipeline.augment import GoturnLoader
@@ -176,7 +179,7 @@ class Trainer:
             except Exception as e:  # unreadable / foreign file: say which and why, no traceback
                 raise TrainingError(f"--resume: cannot load {latest}: {e}") from None
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
-        self.model = GoturnNet(variant=cfg.variant, device=self.device)
+        self.model = GoturnNet(variant=cfg.variant, init=cfg.conv_init, device=self.device)
         self.messages: list[str] = []
         self._fresh_epoch = 0
         if cfg.init and ckpt is None:
@@ -184,7 +187,7 @@ class Trainer:
         elif cfg.init:
             self.messages.append(f"--init {cfg.init} ignored: resuming from {self.run_dir / checkpointing.LATEST}")
         groups = solver.param_groups(self.model, cfg.train_backbone, cfg.weight_decay)
-        self.optimizer = solver.CaffeSGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+        self.optimizer = solver.make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
         self.scheduler = solver.CaffeStepLR(self.optimizer, cfg.lr, cfg.gamma, cfg.lr_step)
         self.step = 0
         position = None
@@ -380,6 +383,10 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
+        if start_step == 0 and ctx.is_main:  # the untrained network, for before/after comparisons
+            from model.checkpoint import save_checkpoint
+
+            save_checkpoint(self.run_dir / INITIAL, self.model)
         prefetch = Prefetcher(lambda: iter(self.batcher), self.device, cfg.prefetch)
         pending: list[tuple[int, torch.Tensor]] = []
         first_loss = last_loss = None

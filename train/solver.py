@@ -63,6 +63,22 @@ class CaffeSGD(torch.optim.Optimizer):
         return loss
 
 
+OPTIMIZERS = ("caffe-sgd", "adam")
+
+
+def make_optimizer(name: str, groups: list[dict], lr: float, momentum: float = MOMENTUM) -> torch.optim.Optimizer:
+    """The authors' Caffe SGD, or Adam for short CPU runs from random convs (the sample preset), where plain SGD
+    on the poorly conditioned random-conv features needs far more steps than a few CPU minutes allow.
+
+    Both read each group's ``lr`` (set by `CaffeStepLR`, lr_mult applied) and its ``weight_decay``.
+    """
+    if name == "caffe-sgd":
+        return CaffeSGD(groups, lr=lr, momentum=momentum)
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
+
+
 class CaffeStepLR:
     """Caffe's ``lr_policy: "step"``: ``lr = base_lr * gamma ** floor(iter / stepsize) * lr_mult``, closed
     form.
