@@ -181,9 +181,7 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float, channel
     src = (float(ox), float(oy), float(ox + w / cell), float(oy + h / cell))
     out = np.empty((h, w, channels), np.float32)
     for c in range(channels):
-        out[..., c] = np.asarray(
-            Image.fromarray(grid[c], "F").resize((w, h), Image.Resampling.BICUBIC, box=src)
-        )
+        out[..., c] = np.asarray(Image.fromarray(grid[c], "F").resize((w, h), Image.Resampling.BICUBIC, box=src))
     return out
 
 
@@ -528,13 +526,9 @@ def _trajectory(
         if kn.jerky and rng.random() < 0.12:
             theta += rng.uniform(-1.5, 1.5)
             factor = rng.uniform(0.3, 1.8)
-        step = (
-            sp0 * factor * math.sqrt(w[i] * h[i]) * (1 + mod[0] * math.sin(2 * math.pi * i / mod[1] + mod[2]))
-        )
+        step = sp0 * factor * math.sqrt(w[i] * h[i]) * (1 + mod[0] * math.sin(2 * math.pi * i / mod[1] + mod[2]))
         c = c + step * np.array([math.cos(theta), math.sin(theta)])
-    return np.stack(
-        [centres[:, 0] - w / 2, centres[:, 1] - h / 2, centres[:, 0] + w / 2, centres[:, 1] + h / 2], 1
-    )
+    return np.stack([centres[:, 0] - w / 2, centres[:, 1] - h / 2, centres[:, 0] + w / 2, centres[:, 1] + h / 2], 1)
 
 
 def _clip_box(box: np.ndarray, W: int, H: int) -> np.ndarray:
@@ -610,9 +604,7 @@ def _render_video(rng: np.random.Generator, T: int, W: int, H: int, size: float,
         dl = _random_look(rng, base=look if kn.confusion else None)
         dsize = size * rng.uniform(0.6, 1.3)
         db = _trajectory(rng, T, W, H, dsize, replace(kn, border=True), speed=rng.uniform(0.0, 0.06))
-        ds = _render_sprite(
-            dl, math.ceil((db[:, 2] - db[:, 0]).max()), math.ceil((db[:, 3] - db[:, 1]).max())
-        )
+        ds = _render_sprite(dl, math.ceil((db[:, 2] - db[:, 0]).max()), math.ceil((db[:, 3] - db[:, 1]).max()))
         others.append((ds, db, 1.0))
     front: list[tuple[Image.Image, np.ndarray, float]] = []
     if kn.occluder:
@@ -720,8 +712,7 @@ def otb_rows(boxes: np.ndarray, delimiter: str) -> str:
     w = np.maximum(r[:, 2] - r[:, 0], 1)
     h = np.maximum(r[:, 3] - r[:, 1], 1)
     return "".join(
-        delimiter.join(str(int(v)) for v in row) + "\n"
-        for row in zip(r[:, 0] + 1, r[:, 1] + 1, w, h, strict=True)
+        delimiter.join(str(int(v)) for v in row) + "\n" for row in zip(r[:, 0] + 1, r[:, 1] + 1, w, h, strict=True)
     )
 
 
@@ -914,9 +905,7 @@ def _bad_task(root: str, seed: int, spec_name: str) -> dict[str, Any]:
         elif kind == "cmyk_jpeg":
             data = _jpeg_bytes(im.convert("CMYK"))
         elif kind == "malformed_xml":
-            xml = xml[
-                : xml.index("<xmax>") + len("<xmax>") + 1
-            ]  # cut inside the first box: unclosed elements
+            xml = xml[: xml.index("<xmax>") + len("<xmax>") + 1]  # cut inside the first box: unclosed elements
         else:
             order = ("xmax", "xmin", "ymax", "ymin")
             xml = imagenet_xml(synset, name, st["width"], st["height"], st["objects"], order)
@@ -985,9 +974,7 @@ def _prepare_out(out: Path) -> None:
     except (OSError, ValueError, AttributeError):
         ok = False
     if not ok:
-        raise FileExistsError(
-            f"{out} holds {present} but no {MANIFEST} of this generator; not overwriting it"
-        )
+        raise FileExistsError(f"{out} holds {present} but no {MANIFEST} of this generator; not overwriting it")
     for p in present:
         q = out / p
         if q.is_dir():
@@ -1006,9 +993,7 @@ def _tasks(seed: int, size: str, root: str, with_bad_inputs: bool) -> list[Task]
         ids = np.sort(layout.choice(np.arange(1, 100000), spec.images_per_synset, replace=False))
         for j, num in enumerate(ids):
             # every quirk exists for any seed and size: an empty image, a large / invalid object, a gray one
-            force = (
-                {0: "empty", 1: "large", 2: "invalid", 3: "gray"}.get(j, "") if synset == SYNSETS[0] else ""
-            )
+            force = {0: "empty", 1: "large", 2: "invalid", 3: "gray"}.get(j, "") if synset == SYNSETS[0] else ""
             tasks.append((_imagenet_task, (root, seed, idx, synset, f"{synset}_{int(num)}", force), 1))
             idx += 1
     for j in range(spec.extra_images):
@@ -1160,17 +1145,11 @@ def ensure_sample_data(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: generate, then print one line of counts."""
-    ap = argparse.ArgumentParser(
-        prog="python -m pipeline.make_sample_data", description=__doc__.split("\n")[0]
-    )
-    ap.add_argument(
-        "--out", type=Path, default=Path("data/sample"), help="output folder (default data/sample)"
-    )
+    ap = argparse.ArgumentParser(prog="python -m pipeline.make_sample_data", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("data/sample"), help="output folder (default data/sample)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", choices=sorted(SIZES), default="medium")
-    ap.add_argument(
-        "--with-bad-inputs", action="store_true", help="add truncated/PNG/CMYK JPEGs, broken XML, ..."
-    )
+    ap.add_argument("--with-bad-inputs", action="store_true", help="add truncated/PNG/CMYK JPEGs, broken XML, ...")
     ap.add_argument("--workers", type=int, default=None, help="render processes (default: 1 small, 2 medium)")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)

@@ -167,9 +167,7 @@ def test_alov_layout_annotations_and_counts(clean):
         assert a.read_text().endswith("\n") and all(ANN_LINE.match(line) for line in lines), a
         rows = read_ann(a)
         assert list(rows[:, 0].astype(int)) == list(range(1, T + 1, 5))
-        ax, ay, bx, by, cx, cy, dx, dy = rows[
-            :, 1:
-        ].T  # the real file's order: (x2,y1) (x1,y1) (x1,y2) (x2,y2)
+        ax, ay, bx, by, cx, cy, dx, dy = rows[:, 1:].T  # the real file's order: (x2,y1) (x1,y1) (x1,y2) (x2,y2)
         assert np.all((ax == dx) & (bx == cx) & (ay == by) & (cy == dy) & (ax > bx) & (cy > ay))
         boxes = alov_points_to_corners(rows[:, 1:])
         with Image.open(frames[0]) as im:
@@ -272,9 +270,7 @@ def test_bad_inputs_are_present_and_really_bad(flagged):
     for o in objs:  # valid: read by tag name it gives the same boxes as the usual order
         assert [c.tag for c in o.find("bndbox")] == ["xmax", "xmin", "ymax", "ymin"]
         statuses.append(
-            goturn_status(
-                tuple(int(o.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")), W, H
-            )
+            goturn_status(tuple(int(o.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")), W, H)
         )
     assert statuses.count("kept") == bad["vid_order_xml"]["objects_kept"]
 
@@ -314,11 +310,7 @@ def test_other_seed_differs_and_regeneration_replaces(flagged, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(froot, out)
     m1 = msd.make_sample_data(out, seed=1, size="small")
-    assert (
-        m1["bad_inputs"] == []
-        and not list(out.rglob("*_9000*"))
-        and not (out / IMGS / msd.BAD_CATEGORY).exists()
-    )
+    assert m1["bad_inputs"] == [] and not list(out.rglob("*_9000*")) and not (out / IMGS / msd.BAD_CATEGORY).exists()
     a = (froot / "otb" / "SynGray" / "img" / "0001.jpg").read_bytes()
     b = (out / "otb" / "SynGray" / "img" / "0001.jpg").read_bytes()
     assert a != b
