@@ -325,21 +325,6 @@ def _progress_map(pool: OrderedPool, desc: str, enabled: bool) -> MapFn:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def ensure_sample_data(root: Path) -> None:
-    """Generate the embedded sample data set with `pipeline.make_sample_data` unless it is already there."""
-    try:
-        if json.loads((root / "sample_manifest.json").read_text()).get("complete"):
-            return
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
-        from pipeline.make_sample_data import make_sample_data
-    except ImportError as e:
-        raise SystemExit(f"no sample data in {root} and pipeline.make_sample_data is unavailable: {e}") from e
-    print(f"generating sample data in {root} ...", file=sys.stderr)
-    make_sample_data(root, seed=0, size="medium", with_bad_inputs=False)
-
-
 def parse_args(argv: list[str] | None) -> BuildConfig:
     p = argparse.ArgumentParser(
         prog="goturn-build-shards",
@@ -377,11 +362,11 @@ def parse_args(argv: list[str] | None) -> BuildConfig:
         p.error("--workers must be >= 1")
     sources = [a.imagenet_images, a.imagenet_annotations, a.alov_frames, a.alov_annotations]
     if all(s is None for s in sources):
-        ensure_sample_data(SAMPLE_DATA)
-        a.imagenet_images = SAMPLE_DATA / "imagenet" / "ILSVRC2014_DET_train"
-        a.imagenet_annotations = SAMPLE_DATA / "imagenet" / "ILSVRC2014_DET_bbox_train"
-        a.alov_frames = SAMPLE_DATA / "alov" / "imagedata++"
-        a.alov_annotations = SAMPLE_DATA / "alov" / "alov300++_rectangleAnnotation_full"
+        from pipeline.make_sample_data import ensure_sample_data, shard_sources
+
+        ensure_sample_data(SAMPLE_DATA, seed=0, size="medium")
+        for option, folder in shard_sources(SAMPLE_DATA).items():
+            setattr(a, option, folder)
         a.out = a.out or SAMPLE_OUT
     elif a.out is None:
         p.error("--out is required when sources are given")

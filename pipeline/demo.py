@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = "cpu" if device == "auto" else device
 
     t = _stage(f"1/5 sample data ({args.size}) in {args.data}")
-    from pipeline.make_sample_data import ensure_sample_data
+    from pipeline.make_sample_data import ensure_sample_data, shard_sources
 
     ensure_sample_data(args.data, seed=args.seed, size=args.size, progress=not args.quiet)
     _done(t)
@@ -92,17 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = _stage(f"2/5 shards in {args.shards}")
     from pipeline import build_shards
 
-    d = args.data
-    rc = build_shards.main(
-        [
-            "--imagenet-images", str(d / "imagenet" / "ILSVRC2014_DET_train"),
-            "--imagenet-annotations", str(d / "imagenet" / "ILSVRC2014_DET_bbox_train"),
-            "--alov-frames", str(d / "alov" / "imagedata++"),
-            "--alov-annotations", str(d / "alov" / "alov300++_rectangleAnnotation_full"),
-            "--out", str(args.shards), "--seed", str(args.seed),
-        ]
-        + (["--no-progress"] if args.quiet else [])
-    )  # fmt: skip
+    bargv = [f"--{k.replace('_', '-')}={v}" for k, v in shard_sources(args.data).items()]
+    bargv += ["--out", str(args.shards), "--seed", str(args.seed)] + (["--no-progress"] if args.quiet else [])
+    rc = build_shards.main(bargv)
     if rc:
         return rc
     _done(t)

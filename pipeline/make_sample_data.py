@@ -1124,6 +1124,17 @@ def make_sample_data(
     return manifest
 
 
+def shard_sources(root: Path | str) -> dict[str, Path]:
+    """The four source folders of a sample tree, keyed like `pipeline.build_shards`'s options."""
+    root = Path(root)
+    return {
+        "imagenet_images": root / "imagenet" / "ILSVRC2014_DET_train",
+        "imagenet_annotations": root / "imagenet" / "ILSVRC2014_DET_bbox_train",
+        "alov_frames": root / "alov" / "imagedata++",
+        "alov_annotations": root / "alov" / "alov300++_rectangleAnnotation_full",
+    }
+
+
 def ensure_sample_data(
     out: Path | str = Path("data/sample"),
     seed: int = 0,
