@@ -46,6 +46,12 @@ def make_shards(out: Path, n: int) -> None:
     write_shards(out, "alov", synthetic_samples(n, "alov", seed=2), per_tar=256)
 
 
+def pair_targets(n: int, per_pair: int, g: torch.Generator) -> torch.Tensor:
+    """``n`` target crops laid out as the loader lays them: each pair's ``per_pair`` examples share one crop."""
+    distinct = torch.randint(0, 256, (-(-n // per_pair), 3, 227, 227), dtype=torch.uint8, generator=g)
+    return distinct.repeat_interleave(per_pair, dim=0)[:n]
+
+
 class SyntheticLoader:
     """GoturnLoader stand-in: a few pre-made batches, already where the DALI GPU backend would put them."""
 
@@ -54,7 +60,7 @@ class SyntheticLoader:
         g = torch.Generator().manual_seed(0)
         self.batches = [
             {
-                "target": torch.randint(0, 256, (n, 3, 227, 227), dtype=torch.uint8, generator=g).to(device),
+                "target": pair_targets(n, k + 1, g).to(device),
                 "search": torch.randint(0, 256, (n, 3, 227, 227), dtype=torch.uint8, generator=g).to(device),
                 "bbox": (torch.rand(n, 4, generator=g) * 10).to(device),
             }
@@ -87,7 +93,7 @@ def bare_step(trainer: train_loop.Trainer, batch: int, windows: int, window: int
     """examples/s per window of ``Trainer.train_step`` on a device-resident uint8 batch."""
     dev = trainer.device
     g = torch.Generator().manual_seed(1)
-    t = torch.randint(0, 256, (batch, 3, 227, 227), dtype=torch.uint8, generator=g).to(dev)
+    t = pair_targets(batch, trainer.cfg.k + 1, g).to(dev)
     s = torch.randint(0, 256, (batch, 3, 227, 227), dtype=torch.uint8, generator=g).to(dev)
     bb = (torch.rand(batch, 4, generator=g) * 10).to(dev)
     for _ in range(warmup):

@@ -15,6 +15,7 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -313,12 +314,7 @@ class Trainer:
 
     def train_step(self, target: torch.Tensor, search: torch.Tensor, bbox: torch.Tensor) -> torch.Tensor:
         """One solver iteration on a uint8 batch already on the device; returns the (device) loss."""
-        from model.preprocess import normalize
-
-        t = normalize(target, self.norm_mode)
-        s = normalize(search, self.norm_mode)
-        with self.autocast:
-            pred = self.forward(t, s)
+        pred = self.predict(self.forward, target, search)
         loss = sum_l1(pred, bbox)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -326,10 +322,21 @@ class Trainer:
         self.scheduler.step()
         return loss.detach()
 
+    def predict(self, net: Callable, target: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
+        """Normalise uint8 crops on the device and run ``net``, the target tower once per distinct target crop
+        (a pair's 1 + k examples share one: `model.net.unique_consecutive_crops`)."""
+        from model.net import unique_consecutive_crops
+        from model.preprocess import normalize
+
+        targets, index = unique_consecutive_crops(target)
+        t = normalize(targets, self.norm_mode)
+        s = normalize(search, self.norm_mode)
+        with self.autocast:
+            return net(t, s, index)
+
     @torch.no_grad()
     def validate(self) -> dict:
         """Val loss (per ``batch_examples`` examples, the training loss' unit), mean IoU of true examples."""
-        from model.preprocess import normalize
 
         cfg = self.cfg
         try:
@@ -342,12 +349,10 @@ class Trainer:
         for i, item in enumerate(loader):
             if cfg.val_batches and i >= cfg.val_batches:
                 break
-            t = normalize(item["target"].to(self.device, non_blocking=True), self.norm_mode)
-            s = normalize(item["search"].to(self.device, non_blocking=True), self.norm_mode)
+            t = item["target"].to(self.device, non_blocking=True)
+            s = item["search"].to(self.device, non_blocking=True)
             bb = item["bbox"].to(self.device, non_blocking=True).float()
-            with self.autocast:
-                pred = self.model(t, s)
-            pred = pred.float()
+            pred = self.predict(self.model, t, s).float()
             acc[0] += (pred - bb).abs().sum().double()
             acc[1] += bb.shape[0]
             acc[2] += box_iou(pred[::per_pair], bb[::per_pair]).sum().double()
