@@ -38,7 +38,7 @@ from pipeline.accounting import assemble
 from pipeline.plan import MapFn, ShardPlan, SourcePlan, assign_shards, plan_alov, plan_imagenet
 from pipeline.sample_build import build_sample
 from pipeline.workers import OrderedPool
-from shards.format import FORMAT_NAME, MANIFEST_NAME, SCHEMA_VERSION, index_name, parse_shard_name
+from shards.format import FORMAT_NAME, MANIFEST_NAME, SCHEMA_VERSION, index_name, parse_shard_name, sha256_file
 from shards.tarwriter import TarShardWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,14 +94,6 @@ def parse_size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("shard size must be at least 1 byte")
     return value
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -7,6 +7,7 @@ apart (see ``shards/SCHEMA.md`` for the prose version).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 
 SCHEMA_VERSION = 1
@@ -25,6 +26,15 @@ KEY_RE = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*$")
 MAX_KEY_LEN = 90  # keeps "<key>.<ext>" within a plain ustar name field (100 bytes), no PAX/GNU extensions
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (shards are hundreds of MB): what the manifest records."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def shard_name(source: str, split: str, index: int) -> str:

@@ -11,7 +11,6 @@ any mismatch.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import sys
@@ -36,6 +35,7 @@ from shards.format import (
     SCHEMA_VERSION,
     index_name,
     parse_shard_name,
+    sha256_file,
     split_member_name,
 )
 from shards.tarwriter import format_index
@@ -43,14 +43,6 @@ from shards.tarwriter import format_index
 # accounting quantity -> the counts field its "written" must equal (summed over splits)
 ACCOUNTED = {"xml_files": "images", "objects": "objects", "annotations": "objects", "pairs": "pairs"}
 MAX_PROBLEMS_PER_SHARD = 20
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _image(data: bytes) -> tuple[int, int]:
@@ -116,7 +108,7 @@ def verify_shard(directory: str, entry: dict[str, Any]) -> tuple[str, list[str],
     size = path.stat().st_size
     if size != entry.get("bytes"):
         problems.append(f"size {size} != manifest {entry.get('bytes')}")
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != entry.get("sha256"):
         problems.append(f"sha256 {digest} != manifest {entry.get('sha256')}")
     keys: list[str] = []
