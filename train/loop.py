@@ -1,8 +1,9 @@
 """The training loop: one process per device, DDP when launched by torchrun, exact resume.
 
 Per step: a prefetched uint8 batch (already on the device), `model.preprocess.normalize` on the device,
-forward (optionally under bf16 autocast), the authors' summed L1 loss in fp32, backward (DDP all-reduces the
-FC gradients), `CaffeSGD`, then the step LR. The loss stays on the device; it is read back only at log /
+forward (optionally under bf16 autocast; the target tower once per distinct target crop), the authors' summed
+L1 loss in fp32, backward (DDP all-reduces the FC gradients), the solver (`CaffeSGD`, or Adam for the sample
+preset), then the step LR. The loss stays on the device; it is read back only at log /
 checkpoint / validation steps (one all-reduce of the pending losses), so the host never waits for the GPU
 between steps. A non-finite loss found there stops the run before any checkpoint of the bad state is written.
 """
@@ -337,7 +338,6 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict:
         """Val loss (per ``batch_examples`` examples, the training loss' unit), mean IoU of true examples."""
-
         cfg = self.cfg
         try:
             loader = build_loader(cfg.val_shards, "val", cfg, self.ctx, seed=cfg.seed + 1)
