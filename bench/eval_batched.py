@@ -6,10 +6,9 @@
 Frames are decoded (synthetic, OTB-like sizes) and uploaded to the device before timing, so the numbers are the
 tracking rate of formats doc 2.10: crop + forward + box decode per frame, no I/O, no init. Each mode runs
 ``--repeats`` times after a warm-up, the modes interleaved; medians are reported. Modes: ``batched``
-(evaluate.otb's default stepper, `GroupedGoturnStepper`: one crop call per frame size), ``batched (track_step)``
-(`model.tracker.track_step` as is: per-target crop calls) and ``one-by-one`` (batch 1, what a `GoturnTracker`
-per sequence does). Also checks, on the bench device, that the grouped step equals `track_step` bit for bit and
-how far batched boxes are from one-by-one boxes. The last line is
+(evaluate.otb's stepper: `model.tracker.track_step`, one crop call per frame size and one forward pass per
+lockstep batch) and ``one-by-one`` (batch 1, what a `GoturnTracker` per sequence does). Also reports how far
+batched boxes are from one-by-one boxes. The last line is
 
     RESULT frames_per_s=<batched> frames/s ratio=<batched / one-by-one>
 """
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluate.lockstep import TrackJob, track_lockstep  # noqa: E402
 from evaluate.metrics import tracking_fps  # noqa: E402
-from evaluate.steppers import GoturnStepper, GroupedGoturnStepper, device_name, resolve_device  # noqa: E402
+from evaluate.steppers import GoturnStepper, device_name, resolve_device  # noqa: E402
 from model.geometry import xywh_to_corners  # noqa: E402
 
 # (H, W) of OTB frames, most common first (320x240, 640x480, 640x360, ...).
@@ -80,18 +79,6 @@ def run_once(stepper, jobs: list[TrackJob], batch: int) -> tuple[float, float, l
     return tracking_fps([o.times for o in outs]), wall, outs
 
 
-def check_grouped_equals_track_step(net, jobs: list[TrackJob], dev: torch.device) -> bool:
-    """One step of up to 64 targets: the grouped crops must reproduce `track_step` bit for bit."""
-    from model.tracker import track_step
-
-    sub = jobs[:64]
-    prev = [j.frames[0] for j in sub]
-    curr = [j.frames[1] for j in sub]
-    boxes = np.stack([j.init_box for j in sub])
-    ours = GroupedGoturnStepper(net, dev).step(prev, boxes, curr)
-    return bool(np.array_equal(ours, track_step(net, prev, boxes, curr)))
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
@@ -108,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--channels-last", action="store_true", help="NHWC network (faster fp16 convolutions)")
     p.add_argument("--weights", default=None, help="checkpoint (default: random weights)")
-    p.add_argument("--skip-track-step", action="store_true", help="skip the ungrouped track_step mode")
     args = p.parse_args(argv)
 
     dev = resolve_device(args.device)
@@ -124,9 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)
 
-    def grouped() -> GroupedGoturnStepper:
-        return GroupedGoturnStepper(net, dev, channels_last=args.channels_last)
-
     jobs = make_jobs(n_seq, n_frames, dev)
     print(
         f"device {device_name(dev)}, {n_seq} sequences x {n_frames} frames, batch {batch}, {args.dtype}"
@@ -134,12 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {torch.__version__}"
     )
 
-    same = check_grouped_equals_track_step(net, jobs, dev)
-    print(f"parity: grouped step == track_step bit for bit: {same}")
     base_jobs = jobs[: args.one_by_one_sequences] if args.one_by_one_sequences else jobs
-    modes = {"batched": (grouped(), jobs, batch), "one_by_one": (grouped(), base_jobs, 1)}
-    if not args.skip_track_step:
-        modes["track_step"] = (GoturnStepper(net, dev), jobs, batch)
+    modes = {"batched": (GoturnStepper(net, dev), jobs, batch), "one_by_one": (GoturnStepper(net, dev), base_jobs, 1)}
     for stepper, js, b in modes.values():  # warm-up: allocator, cuDNN autotuning
         track_lockstep(stepper, js[: max(1, b)], batch_size=b, workers=1)
     runs: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
@@ -150,11 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             runs[m].append((fps, wall))
     results = {m: statistics.median(r[0] for r in rs) for m, rs in runs.items()}
     labels = {
-        "batched": "batched (grouped crops)",
-        "track_step": "batched (track_step)",
+        "batched": f"batched (lockstep, batch {batch})",
         "one_by_one": f"one-by-one (batch 1, {len(base_jobs)} seq)",
     }
-    for m in ("batched", "track_step", "one_by_one"):
+    for m in ("batched", "one_by_one"):
         if m in runs:
             wall = statistics.median(r[1] for r in runs[m])
             print(f"{labels[m]:<32}: {results[m]:10.1f} frames/s tracking, {wall:10.1f} wall")

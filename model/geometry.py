@@ -206,18 +206,22 @@ def unscale_uncenter(pred: np.ndarray, geom: CropGeometry, image_w: ArrayLike, i
 
 
 def crop_and_resize(image: torch.Tensor, windows: torch.Tensor | np.ndarray, size: int = INPUT_SIZE) -> torch.Tensor:
-    """Sample ``K`` windows of one image into ``(K, C, size, size)`` float32 crops.
+    """Sample windows of images into ``(K, C, size, size)`` float32 crops.
 
-    ``image`` is ``(C, H, W)`` (any dtype, any device); ``windows`` ``(K, 4)`` image-pixel corners. Output pixel
-    ``j`` reads the zero-extended image at ``x0 + (j + 0.5) * (x1 - x0) / size - 0.5`` with bilinear weights
-    (``grid_sample``, ``align_corners=False``, zero padding): crop, zero pad and resize in one pass, on the GPU
-    when the image is there. Values keep the input's range (0-255 for uint8 frames).
+    ``image`` is ``(C, H, W)`` with ``K`` windows ``(K, 4)``, or ``(K, C, H, W)`` (same-size images, e.g. many
+    sequences' frames) with one window per image; windows are image-pixel corners. Output pixel ``j`` reads the
+    zero-extended image at ``x0 + (j + 0.5) * (x1 - x0) / size - 0.5`` with bilinear weights (``grid_sample``,
+    ``align_corners=False``, zero padding): crop, zero pad and resize in one pass, on the GPU when the image is
+    there. Each output element depends only on its image and window, so a crop is the same bit for bit whichever
+    way it is batched. Values keep the input's range (0-255 for uint8 frames).
     """
-    if image.dim() != 3:
-        raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
-    C, H, W = image.shape
+    if image.dim() not in (3, 4):
+        raise ValueError(f"image must be (C, H, W) or (K, C, H, W), got shape {tuple(image.shape)}")
+    C, H, W = image.shape[-3:]
     win = torch.as_tensor(windows, dtype=torch.float64, device=image.device).reshape(-1, 4)
     K = win.shape[0]
+    if image.dim() == 4 and image.shape[0] != K:
+        raise ValueError(f"{image.shape[0]} images need {image.shape[0]} windows, got {K}")
     t = (torch.arange(size, dtype=torch.float64, device=image.device) + 0.5) / size
     # Positions in continuous (corner-origin) pixel units, then grid_sample's normalised [-1, 1] coordinates.
     xs = win[:, 0:1] + t[None, :] * (win[:, 2:3] - win[:, 0:1])  # (K, size)
@@ -225,9 +229,11 @@ def crop_and_resize(image: torch.Tensor, windows: torch.Tensor | np.ndarray, siz
     gx = (xs / W * 2 - 1).to(torch.float32)
     gy = (ys / H * 2 - 1).to(torch.float32)
     grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)  # (K, size, size, 2)
-    src = image.to(torch.float32)[None]
+    src = image.to(torch.float32)
+    if image.dim() == 4:
+        return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     out = F.grid_sample(
-        src, grid.reshape(1, K * size, size, 2), mode="bilinear", padding_mode="zeros", align_corners=False
+        src[None], grid.reshape(1, K * size, size, 2), mode="bilinear", padding_mode="zeros", align_corners=False
     )
     return out.reshape(C, K, size, size).permute(1, 0, 2, 3).contiguous()
 

@@ -118,6 +118,48 @@ def _fix_degenerate(new: np.ndarray, prev: np.ndarray, sizes: np.ndarray, min_si
     return out
 
 
+def _authors_crops(
+    prev_frames: Sequence[torch.Tensor], curr_frames: Sequence[torch.Tensor], windows: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Target and search crops ``(N, 3, 227, 227)`` float, one `crop_and_resize` call per frame size.
+
+    Sequences whose previous and current frames share a size are cropped together with all others of that size
+    (per-sequence kernel launches, not the network, bound a batch of 64+ on a GPU); the rare sequence whose frame
+    size changed is cropped on its own. Crops are bit-identical however they are grouped.
+    """
+    n = len(curr_frames)
+    groups: dict[tuple, list[int]] = {}
+    for i in range(n):
+        key = tuple(curr_frames[i].shape) if prev_frames[i].shape == curr_frames[i].shape else ("own", i)
+        groups.setdefault(key, []).append(i)
+    if len(groups) == 1 and next(iter(groups))[0] != "own":
+        frames = torch.stack([*prev_frames, *curr_frames])
+        crops = G.crop_and_resize(frames, np.concatenate([windows, windows]))
+        return crops[:n], crops[n:]
+    dev = curr_frames[0].device
+    shape = (n, 3, G.INPUT_SIZE, G.INPUT_SIZE)
+    target = torch.empty(shape, dtype=torch.float32, device=dev)
+    search = torch.empty(shape, dtype=torch.float32, device=dev)
+    for key, idx in groups.items():
+        if key[0] == "own":
+            i = idx[0]
+            target[i] = G.crop_and_resize(prev_frames[i], windows[i])[0]
+            search[i] = G.crop_and_resize(curr_frames[i], windows[i])[0]
+            continue
+        frames = torch.stack([*(prev_frames[i] for i in idx), *(curr_frames[i] for i in idx)])
+        crops = G.crop_and_resize(frames, np.concatenate([windows[idx], windows[idx]]))
+        where = torch.as_tensor(idx, device=dev)
+        target[where] = crops[: len(idx)]
+        search[where] = crops[len(idx) :]
+    return target, search
+
+
+def _is_channels_last(net: GoturnNet) -> bool:
+    """Whether the net's convs were converted to NHWC (then feed NHWC inputs: cuDNN's fast fp16 kernels)."""
+    w = net.target.conv1.weight
+    return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
+
 @torch.inference_mode()
 def track_step(
     net: GoturnNet,
@@ -147,18 +189,15 @@ def track_step(
     sizes = np.array([[f.shape[2], f.shape[1]] for f in curr_frames], dtype=np.float64)  # (W, H)
     dtype = next(net.parameters()).dtype
     if net.variant == "authors":
-        geoms = [G.crop_geometry(boxes[i], sizes[i, 0], sizes[i, 1]) for i in range(n)]
-        pairs = [
-            _crop_pairs(prev_frames[i], curr_frames[i], lambda img, w=geoms[i].window: G.crop_and_resize(img, w)[0])
-            for i in range(n)
-        ]
-        target = normalize(G.to_uint8(torch.stack([p[0] for p in pairs])), mode).to(dtype)
-        search = normalize(G.to_uint8(torch.stack([p[1] for p in pairs])), mode).to(dtype)
+        geom = G.crop_geometry(boxes, sizes[:, 0], sizes[:, 1])
+        target, search = _authors_crops(prev_frames, curr_frames, geom.window)
+        memory_format = torch.channels_last if _is_channels_last(net) else torch.contiguous_format
+        target = normalize(G.to_uint8(target), mode).to(dtype=dtype, memory_format=memory_format)
+        search = normalize(G.to_uint8(search), mode).to(dtype=dtype, memory_format=memory_format)
         raw = net(target, search).float().cpu().numpy()
         if raw_outputs is not None:
             raw_outputs.append(raw)
-        pred = raw.astype(np.float64)
-        new = np.stack([G.unscale_uncenter(pred[i], geoms[i], sizes[i, 0], sizes[i, 1]) for i in range(n)])
+        new = G.unscale_uncenter(raw.astype(np.float64), geom, sizes[:, 0], sizes[:, 1])
         return _fix_degenerate(new, boxes, sizes, min_size)
 
     # opencv: integer (x, y, w, h) state

@@ -1,5 +1,5 @@
 """evaluate.otb / evaluate.track end to end (random weights, few frames), lockstep batching against one-by-one
-tracking, the grouped stepper against `model.tracker.track_step`, and scoring of other trackers' results."""
+tracking, and scoring of other trackers' results."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from evaluate import otb as O
 from evaluate.lockstep import TrackJob, track_lockstep
 from evaluate.otb_data import find_sequences, parse_gt_text
 from evaluate.results import read_result, write_result
-from evaluate.steppers import GroupedGoturnStepper
+from evaluate.steppers import GoturnStepper
 from model.geometry import corners_to_xywh, xywh_to_corners
 
 pytestmark = pytest.mark.xdist_group("evaluate")
@@ -123,22 +123,6 @@ def test_result_conversion_and_protocol_init(tmp_path: Path) -> None:
     np.testing.assert_array_equal(xywh_to_corners(gt[0], one_based=True), [10, 20, 25, 29])
 
 
-def test_grouped_stepper_bit_identical_to_track_step(random_net) -> None:
-    from model.tracker import track_step
-
-    rng = np.random.default_rng(1)
-    shapes = [(48, 64), (48, 64), (40, 56), (48, 64), (40, 56)]
-    prev = [torch.from_numpy(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).permute(2, 0, 1) for h, w in shapes]
-    curr = [torch.from_numpy(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).permute(2, 0, 1) for h, w in shapes]
-    curr[4] = torch.from_numpy(rng.integers(0, 255, (44, 56, 3), dtype=np.uint8)).permute(2, 0, 1)  # size change
-    boxes = np.array([[5.5, 6.25, 30, 20], [0, 0, 10, 8], [40.2, 30.7, 55.9, 39.9], [-3, 20, 12, 60], [8, 8, 20, 30]])
-    stepper = GroupedGoturnStepper(random_net)
-    np.testing.assert_array_equal(stepper.step(prev, boxes, curr), track_step(random_net, prev, boxes, curr))
-    one_size = [0, 1, 3]  # the single-group fast path
-    sub = ([prev[i] for i in one_size], boxes[one_size], [curr[i] for i in one_size])
-    np.testing.assert_array_equal(stepper.step(*sub), track_step(random_net, *sub))
-
-
 def test_batched_equals_one_by_one(random_net) -> None:
     """Lockstep batches (with drop-out and refill) vs a GoturnTracker per sequence."""
     from model.tracker import GoturnTracker
@@ -151,7 +135,7 @@ def test_batched_equals_one_by_one(random_net) -> None:
     jobs = []
     for k, (n, h, w, box) in enumerate(specs):
         jobs.append(TrackJob(f"s{k}", _frames(n, h, w, 10 + k), xywh_to_corners(np.array(box, dtype=float))))
-    batched = track_lockstep(GroupedGoturnStepper(random_net), jobs, batch_size=2)
+    batched = track_lockstep(GoturnStepper(random_net), jobs, batch_size=2)
     for job, out in zip(jobs, batched, strict=True):
         t = GoturnTracker(random_net, "cpu")
         single = t.track_sequence(job.frames, corners_to_xywh(job.init_box))

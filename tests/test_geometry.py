@@ -150,6 +150,16 @@ def test_crop_and_resize_zero_outside_image_and_channels_kept() -> None:
     np.testing.assert_allclose(crops[1, :, 1:-1, 1:-1].mean(dim=(1, 2)).numpy(), [200, 100, 200], atol=1e-3)
 
 
+def test_crop_and_resize_batched_over_images_is_bit_identical() -> None:
+    imgs = torch.from_numpy(np.stack([_textured(60, 80, seed=s) for s in range(3)])).permute(0, 3, 1, 2)
+    windows = np.array([[-10, -5, 50, 40], [3.0, 4.0, 70.5, 58.25], [20, 10, 60, 30]])
+    batched = G.crop_and_resize(imgs, windows)
+    for i in range(3):
+        torch.testing.assert_close(batched[i], G.crop_and_resize(imgs[i], windows[i])[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="3 images need 3 windows"):
+        G.crop_and_resize(imgs, windows[:2])
+
+
 # ------------------------------------------------------------------------------------------------- motion model
 
 

@@ -176,3 +176,26 @@ def test_cuda_graph_path_equals_eager(random_net) -> None:
     eager_mixed = GoturnTracker(random_net, "cuda").track_sequence(mixed, (100.0, 60.0, 30.0, 40.0))
     np.testing.assert_array_equal(graph.track_sequence(mixed, (100.0, 60.0, 30.0, 40.0)), eager_mixed)
     random_net.to("cpu")
+
+
+def test_track_step_crops_grouped_by_frame_size_equal_per_sequence_crops() -> None:
+    """track_step crops every sequence of one frame size in one call; crops must not depend on the grouping."""
+    from model.tracker import _authors_crops
+
+    rng = np.random.default_rng(1)
+    shapes = [(48, 64), (48, 64), (40, 56), (48, 64), (40, 56)]
+
+    def frame(h: int, w: int) -> torch.Tensor:
+        return torch.from_numpy(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).permute(2, 0, 1)
+
+    prev = [frame(h, w) for h, w in shapes]
+    curr = [frame(h, w) for h, w in shapes]
+    curr[4] = frame(44, 56)  # the frame size changes inside this sequence
+    boxes = np.array([[5.5, 6.25, 30, 20], [0, 0, 10, 8], [40.2, 30.7, 55.9, 39.9], [-3, 20, 12, 60], [8, 8, 20, 30]])
+    sizes = np.array([[c.shape[2], c.shape[1]] for c in curr], dtype=np.float64)
+    windows = G.crop_geometry(boxes, sizes[:, 0], sizes[:, 1]).window
+    for idx in ([0, 1, 2, 3, 4], [0, 1, 3]):  # mixed sizes, and the one-size fast path
+        target, search = _authors_crops([prev[i] for i in idx], [curr[i] for i in idx], windows[idx])
+        for k, i in enumerate(idx):
+            torch.testing.assert_close(target[k], G.crop_and_resize(prev[i], windows[i])[0], rtol=0, atol=0)
+            torch.testing.assert_close(search[k], G.crop_and_resize(curr[i], windows[i])[0], rtol=0, atol=0)
