@@ -1,16 +1,22 @@
-"""Training-example throughput: the DALI loader (pipeline.augment) vs the seed's inline NumPy/OpenCV loop.
+"""Training-example throughput: the DALI loader (pipeline.augment) vs the seed's inline Python loop.
 
 Why: the seed made its 11 examples per pair in Python inline with training; this measures what the DALI graph buys
 on the same images. Both sides read the same shard samples (photo-like 640x480 JPEG q90: ImageNet-style stills and
-ALOV-style pairs, 1:1). The baseline is one process doing the seed's per-pair work: cv2.imdecode, the authors' zero
-canvas (model.geometry.crop_pad_image) + cv2.resize INTER_LINEAR for the target and the 11 search crops, the
-BoundingBox::Shift draws, and normalisation to float32 CHW (Caffe BGR mean). DALI is timed end to end through
-GoturnLoader (torch tensors out, including interleaving and the per-example target repeat). Medians over repeats.
+ALOV-style pairs, 1:1). Baselines, each one process:
+
+* the seed as written (`seed_pair_as_written`): pygoturn's per-pair work, redundant decodes, per-example target
+  crops, INTER_CUBIC and torchvision normalisation included; the RESULT ratio is against it;
+* a tidied loop (`seed_pair`): the same examples without the redundant work (cv2.imdecode once per image, the
+  authors' zero canvas (model.geometry.crop_pad_image) + cv2.resize INTER_LINEAR, the target cropped once,
+  float32 CHW Caffe normalisation, or none), the bar a careful engineer would set without DALI.
+
+DALI is timed end to end through GoturnLoader (torch tensors out, including interleaving and the per-example
+target repeat). Medians over repeats.
 
     python bench/augment.py                  # CPU backend, 2 threads
     python bench/augment.py --device gpu     # on a GPU machine (mixed decoder, GPU crops)
 
-Last line: ``RESULT examples_per_s=<DALI, uint8 output> examples/s ratio=<that over the float32 baseline>``.
+Last line: ``RESULT examples_per_s=<DALI, uint8 output> examples/s ratio=<that over the seed as written>``.
 """
 
 from __future__ import annotations
@@ -94,7 +100,7 @@ def load_pairs(shards: Path, limit: int) -> list[tuple[bytes, bytes | None, np.n
 
 
 def seed_pair(curr_jpg: bytes, prev_jpg: bytes | None, boxes: np.ndarray, rng, k: int, normalise: bool):
-    """One pair -> (target (1+k,3,227,227), search (1+k,3,227,227), bbox (1+k,4)) as the seed makes them."""
+    """One pair -> (target (1+k,3,227,227), search (1+k,3,227,227), bbox (1+k,4)), the seed's examples tidied."""
     import cv2
 
     curr = cv2.imdecode(np.frombuffer(curr_jpg, np.uint8), cv2.IMREAD_COLOR)
@@ -122,16 +128,64 @@ def seed_pair(curr_jpg: bytes, prev_jpg: bytes | None, boxes: np.ndarray, rng, k
     return tgt, np.ascontiguousarray(search.transpose(0, 3, 1, 2)), np.asarray(bbox, np.float32)
 
 
-def bench_seed(pairs, n: int, repeats: int, k: int, normalise: bool) -> tuple[list[float], list[float]]:
+def seed_pair_as_written(curr_jpg: bytes, prev_jpg: bytes | None, boxes: np.ndarray, rng, k: int, normalise: bool):
+    """One pair as the seed (pygoturn master, ``train.make_transformed_samples``) really makes it.
+
+    Its per-pair work, re-expressed with this repo's geometry: every ``get_orig_sample`` call decodes the JPEG
+    again (cv2 + BGR->RGB): 2 decodes for an ImageNet still, 5 for an ALOV pair (``get_sample`` reads each frame
+    twice); all 11 examples crop *and* resize their target again; resizes are ``cv2.INTER_CUBIC``; each example's
+    two crops go through a freshly built ``ToTensor() + Normalize(ImageNet)`` and are copied into preallocated
+    (11, 3, S, S) batch tensors; one ``BoundingBox::Shift`` per example. (The seed trains at 224 px; 227 here so
+    both sides make the same output.)
+    """
+    import cv2
+    from torchvision import transforms
+
+    from model.preprocess import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+
+    assert normalise, "the seed always normalises"
+    size = (G.INPUT_SIZE, G.INPUT_SIZE)
+
+    def imread(jpg: bytes) -> np.ndarray:
+        return cv2.cvtColor(cv2.imdecode(np.frombuffer(jpg, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+    def example(target_img, target_box, search_img, search_box, gt_box):
+        t, _ = G.crop_pad_image(target_img, target_box)
+        s, g = G.crop_pad_image(search_img, search_box)
+        t = cv2.resize(t, size, interpolation=cv2.INTER_CUBIC)
+        s = cv2.resize(s, size, interpolation=cv2.INTER_CUBIC)
+        tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN_RGB, IMAGENET_STD_RGB)])
+        return tf(t), tf(s), torch.from_numpy(G.recenter_scale(gt_box, g)).float()
+
+    pb, cb = boxes[0].astype(np.float64), boxes[-1].astype(np.float64)
+    x1 = torch.empty(1 + k, 3, *size)
+    x2 = torch.empty(1 + k, 3, *size)
+    y = torch.empty(1 + k, 4)
+    orig = imread(curr_jpg)  # make_transformed_samples: get_orig_sample(idx)
+    H, W = orig.shape[:2]
+    if prev_jpg is not None:  # ALOVDataset.get_sample: curr twice, prev twice
+        curr, _ = imread(curr_jpg), imread(curr_jpg)
+        _, prev = imread(prev_jpg), imread(prev_jpg)
+        x1[0], x2[0], y[0] = example(prev, pb, curr, pb, cb)
+    else:  # ILSVRC2014_DET_Dataset.get_sample: one more read, a shifted "true" example
+        img = imread(curr_jpg)
+        x1[0], x2[0], y[0] = example(img, cb, img, G.shift_boxes(cb, W, H, rng, 1).boxes[0], cb)
+    for i in range(k):  # shift_crop_training_sample + crop_sample of the current frame, per example
+        shifted = G.shift_boxes(cb, W, H, rng, 1).boxes[0]
+        x1[i + 1], x2[i + 1], y[i + 1] = example(orig, cb, orig, shifted, cb)
+    return x1, x2, y
+
+
+def bench_seed(pairs, n: int, repeats: int, k: int, normalise: bool, fn=seed_pair) -> tuple[list[float], list[float]]:
     """(examples/s, examples per CPU-second) of ``repeats`` runs of ``n`` pairs each (after one warm-up pair)."""
     rng = np.random.default_rng(0)
     it = itertools.cycle(pairs)
-    seed_pair(*next(it), rng, k, normalise)
+    fn(*next(it), rng, k, normalise)
     rates, cpu = [], []
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
-            seed_pair(*next(it), rng, k, normalise)
+            fn(*next(it), rng, k, normalise)
         rates.append(n * (1 + k) / (time.perf_counter() - t0))
         cpu.append(n * (1 + k) / (time.process_time() - c0))
     return rates, cpu
@@ -216,9 +270,11 @@ def main(argv=None) -> int:
         import cv2
 
         pairs = load_pairs(shards, a.unique)
+        r, c = bench_seed(pairs, a.baseline_pairs, a.repeats, k, True, seed_pair_as_written)
+        rows.append(("seed as written: pygoturn's per-pair work, 1 process", "float", r, c))
         for norm in (True, False):
             r, c = bench_seed(pairs, a.baseline_pairs, a.repeats, k, norm)
-            name = f"seed loop: cv2 decode+crop+resize, 1 process (cv2 threads {cv2.getNumThreads()})"
+            name = f"tidied seed loop: cv2 decode+crop+resize, 1 process (cv2 threads {cv2.getNumThreads()})"
             rows.append((name, "float" if norm else "uint8", r, c))
     med = {(n.split(",")[0].split(":")[0], o): statistics.median(r) for n, o, r, _ in rows}
     print(f"\nload average before/after: {load0} / {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {ncpu} CPUs")
@@ -229,13 +285,16 @@ def main(argv=None) -> int:
         )
     head = med[("DALI " + a.device, "uint8")]
     if not a.skip_baseline:
-        base_f, base_u = med[("seed loop", "float")], med[("seed loop", "uint8")]
-        print("\nratios (medians):")
-        print(f"  DALI uint8 (normalised later on the GPU) / seed float32 : {head / base_f:.2f}x   <- RESULT ratio")
+        seed_f = med[("seed as written", "float")]
+        base_f, base_u = med[("tidied seed loop", "float")], med[("tidied seed loop", "uint8")]
         dali_f = med[("DALI " + a.device, "float")]
-        print(f"  DALI float32 / seed float32 (same work on the CPU)      : {dali_f / base_f:.2f}x")
-        print(f"  DALI uint8 / seed uint8 (neither normalises)            : {head / base_u:.2f}x")
-        ratio = f"{head / base_f:.2f}"
+        print("\nratios (medians):")
+        print(f"  DALI uint8 (normalised later on the GPU) / seed as written : {head / seed_f:.2f}x   <- RESULT ratio")
+        print(f"  DALI float32 / seed as written                             : {dali_f / seed_f:.2f}x")
+        print(f"  DALI uint8 / tidied loop float32                           : {head / base_f:.2f}x")
+        print(f"  DALI float32 / tidied loop float32 (same work on the CPU)  : {dali_f / base_f:.2f}x")
+        print(f"  DALI uint8 / tidied loop uint8 (neither normalises)        : {head / base_u:.2f}x")
+        ratio = f"{head / seed_f:.2f}"
     else:
         ratio = "n/a"
     if tmp is not None:

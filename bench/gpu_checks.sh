@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Every GPU check of the project in one run: the CUDA-only tests, then each bench's GPU configuration.
+#
+# Why one script: GPU time is scarce (a lent machine, minutes per session), so the checks are prepared and run
+# together, each under its own time limit, and one failing check does not stop the others. The log names the card,
+# the software versions and the git revision, so its figures can go straight into bench/RESULTS.md.
+#
+#   bash bench/gpu_checks.sh [LOG_DIR]      # default: $OUT if set (a lent device machine), else reports/gpu
+#
+# Runs in the repository root with whatever python has torch (CUDA) and nvidia-dali-cuda130 (PYTHON=..., default
+# python3, or .venv/bin/python when it exists). Quick mode (QUICK=1) keeps only the tests and the headline benches.
+set -u
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+LOG_DIR=${1:-${OUT:-reports/gpu}}
+mkdir -p "$LOG_DIR"
+LOG="$LOG_DIR/gpu_checks.log"
+export PYTHONUNBUFFERED=1
+: > "$LOG"
+failed=()
+t_start=$(date +%s)
+
+say() { echo "$*" | tee -a "$LOG"; }
+
+# check NAME SECONDS CMD...: run one check under `timeout`, log it, remember a failure.
+check() {
+    local name=$1 limit=$2
+    shift 2
+    say ""
+    say "== $name  ($(date -u +%H:%M:%S) UTC, limit ${limit}s): $*"
+    local t0=$(date +%s)
+    timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+    local rc=${PIPESTATUS[0]}
+    say "-- $name: exit $rc in $(( $(date +%s) - t0 ))s"
+    [ "$rc" -eq 0 ] || failed+=("$name (exit $rc)")
+}
+
+say "gpu_checks $(date -u +%Y-%m-%dT%H:%M:%SZ); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$LOG"
+"$PY" -c "import torch, nvidia.dali as d; print('python', __import__('sys').version.split()[0], 'torch', \
+torch.__version__, 'cuda', torch.version.cuda, 'dali', d.__version__)" 2>&1 | tee -a "$LOG"
+
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    say "no CUDA device visible to $PY: nothing to check (the CUDA tests would only skip)"
+    exit 2
+fi
+
+# 1. Tests that only run with CUDA (they skip on CPU machines, so CI never runs them).
+check "CUDA tests" 240 "$PY" -m pytest -q -p no:cacheprovider -rA \
+    tests/test_augment.py::test_gpu_graph_matches_cpu_graph \
+    tests/test_tracker.py::test_cuda_graph_path_equals_eager \
+    "tests/test_train.py::test_cuda_training_resumes_the_same_loss_curve"
+
+# 2. Benches (each prints a table and a RESULT line; ratios are measured within the same process).
+check "augment: DALI GPU backend (goal >= 25,000 examples/s)" 150 \
+    "$PY" bench/augment.py --device gpu --skip-baseline
+check "track: single stream fp16 + CUDA graph (goal >= 1,500 frames/s)" 120 "$PY" bench/track.py --device cuda
+check "train: fp32, batch 50 (goal >= 95% of the bare step)" 180 "$PY" bench/train.py --device cuda
+check "train: bf16, batch 256 (goal >= 90% of the bare step)" 180 "$PY" bench/train.py --device cuda --amp bf16 \
+    --batch-examples 256 --loader-pairs 64 --window 10 --windows 10
+if [ "${QUICK:-0}" != 1 ]; then
+    check "eval batched: fp16, channels-last, 256 sequences" 150 \
+        "$PY" bench/eval_batched.py --device cuda --dtype float16 --channels-last --sequences 256
+    check "track: fp32" 90 "$PY" bench/track.py --device cuda --dtype fp32
+fi
+
+say ""
+say "== summary ($(( $(date +%s) - t_start ))s in all)"
+grep -E "^-- |^RESULT |^device |^[0-9]+ (passed|failed|skipped)|(passed|failed|skipped).* in [0-9.]+s" "$LOG" \
+    | grep -v "^== " > "$LOG.summary"
+tee -a "$LOG" < "$LOG.summary"
+rm -f "$LOG.summary"
+if [ ${#failed[@]} -gt 0 ]; then
+    say "FAILED: ${failed[*]}"
+    exit 1
+fi
+say "all checks passed"
