@@ -525,6 +525,8 @@ def unscale_uncenter_torch(
 ) -> torch.Tensor:
     """`unscale_uncenter` on device tensors (float64), from `crop_step_geometry_torch`'s outputs."""
     p = pred.to(torch.float64)
-    scale = canvas / SCALE_FACTOR
+    # A tensor divisor: CUDA turns division by a host scalar into a multiplication by its reciprocal, which can
+    # differ from numpy's (and the eager path's) division in the last bit.
+    scale = canvas / torch.full_like(canvas, SCALE_FACTOR)
     x = p * torch.cat([scale, scale], dim=-1) + torch.cat([offset, offset], dim=-1)
     return torch.cat([torch.clamp(x[..., :2], min=0.0), torch.minimum(x[..., 2:], size)], dim=-1)

@@ -75,8 +75,10 @@ _SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}  # per device, shared 
 
 
 def _lrn(x: torch.Tensor) -> torch.Tensor:
-    """Caffe's LRN(5, 1e-4, 0.75, k=1) across channels (torch's avg_pool3d lacks CPU half kernels: upcast)."""
-    if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16):
+    """Caffe's LRN(5, 1e-4, 0.75, k=1) across channels, computed in float32 for half inputs on every device:
+    in float16 the squares of activations above ~256 (common for CaffeNet's conv1/conv2 on 0-255 input)
+    overflow to inf and zero the output; on the CPU, torch's avg_pool3d also lacks half kernels."""
+    if x.dtype == torch.float16 or (x.device.type == "cpu" and x.dtype == torch.bfloat16):
         return F.local_response_norm(x.float(), 5, alpha=1e-4, beta=0.75, k=1.0).to(x.dtype)
     return F.local_response_norm(x, 5, alpha=1e-4, beta=0.75, k=1.0)
 

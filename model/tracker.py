@@ -399,26 +399,28 @@ class _GraphStep:
         self.min_size = min_size
         self.H, self.W = (int(v) for v in prev.shape[1:])
         dev = prev.device
-        self.prev = torch.empty((3, self.H, self.W), dtype=torch.uint8, device=dev)
-        self.curr_hwc = torch.empty((self.H, self.W, 3), dtype=torch.uint8, device=dev)
-        self.stage = torch.empty((self.H, self.W, 3), dtype=torch.uint8, pin_memory=True)
-        self.stage_np = self.stage.numpy()
-        self.staged = torch.cuda.Event()
-        self.box = torch.empty((1, 4), dtype=torch.float64, device=dev)
-        self.reset(prev, box)
-        self.curr_hwc.copy_(self.prev.permute(1, 2, 0))
-        saved = (self.prev.clone(), self.box.clone())
-        s = torch.cuda.Stream(device=dev)
-        s.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(s), torch.inference_mode():
-            for _ in range(3):  # warm-up: cuDNN autotuning, lazy constants, allocator pools
+        # The frame's device, not the current one: capture stream, events and graph pool all follow it.
+        with torch.cuda.device(dev):
+            self.prev = torch.empty((3, self.H, self.W), dtype=torch.uint8, device=dev)
+            self.curr_hwc = torch.empty((self.H, self.W, 3), dtype=torch.uint8, device=dev)
+            self.stage = torch.empty((self.H, self.W, 3), dtype=torch.uint8, pin_memory=True)
+            self.stage_np = self.stage.numpy()
+            self.staged = torch.cuda.Event()
+            self.box = torch.empty((1, 4), dtype=torch.float64, device=dev)
+            self.reset(prev, box)
+            self.curr_hwc.copy_(self.prev.permute(1, 2, 0))
+            saved = (self.prev.clone(), self.box.clone())
+            s = torch.cuda.Stream(device=dev)
+            s.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(s), torch.inference_mode():
+                for _ in range(3):  # warm-up: cuDNN autotuning, lazy constants, allocator pools
+                    self._body()
+            torch.cuda.current_stream(dev).wait_stream(s)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph), torch.inference_mode():
                 self._body()
-        torch.cuda.current_stream(dev).wait_stream(s)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.inference_mode():
-            self._body()
-        self.prev.copy_(saved[0])
-        self.box.copy_(saved[1])
+            self.prev.copy_(saved[0])
+            self.box.copy_(saved[1])
 
     def _body(self) -> None:
         curr = self.curr_hwc.permute(2, 0, 1)
@@ -451,8 +453,9 @@ class _GraphStep:
 
     def step(self, frame: FrameLike) -> torch.Tensor:
         """One step on ``frame``; returns the (1, 4) device box buffer (overwritten by the next step)."""
-        self.load(frame)
-        self.graph.replay()
+        with torch.cuda.device(self.prev.device):
+            self.load(frame)
+            self.graph.replay()
         return self.box
 
 

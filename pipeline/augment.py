@@ -345,8 +345,8 @@ def _example_graph(
         "size": fn.reshape(size, shape=[2]),
     }
     if debug_draws and sh is not None:
-        for name, node in zip(DRAW_NAMES, sh["draws"], strict=True):
-            out[name] = node
+        for i, name in enumerate(DRAW_NAMES):  # not zip(strict=True): AutoGraph (conditionals) lacks its kwargs
+            out[name] = sh["draws"][i]
     return out
 
 

@@ -285,9 +285,10 @@ def test_stills_and_pairs_in_one_source_and_interleaving(tmp_path):
     write_shards(tmp_path, "imagenet", synthetic_samples(12, "imagenet", seed=6, w=96, h=72), per_tar=6)
     (s_alov, s_img) = sorted(find_shards(tmp_path), key=lambda s: s.source)
     assert s_alov.has_pairs and s_alov.has_stills and not s_img.has_pairs
-    ld = loader(tmp_path, pairs_per_batch=12, audit=True, shuffle_buffer=0)
+    ld = loader(tmp_path, pairs_per_batch=12, audit=True, debug_draws=True, shuffle_buffer=0)
     (b,) = first_batches(ld, 1)
     assert b["source"][::11] == ["imagenet", "alov"] * 6  # authors' alternation
+    assert b["u_shift"].shape == (6, 2, 10, 2, 10)  # the draws also come out of a conditional (AutoGraph) graph
     assert torch.equal(b["example_index"][:22], torch.arange(11).repeat(2))
     kinds = set()
     for p0 in range(11, 132, 22):  # the alov pairs

@@ -93,6 +93,26 @@ def test_lrn_is_caffe_across_channels() -> None:
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 
+def _half_lrn_matches_float64(device: str) -> None:
+    from model.net import _lrn
+
+    x = torch.rand(2, 16, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 400
+    x[0, 3, 2, 2] = 2000.0  # CaffeNet's conv1/conv2 activations on 0-255 input reach hundreds: squares > fp16 max
+    ref = torch.nn.functional.local_response_norm(x, 5, alpha=1e-4, beta=0.75, k=1.0)
+    for dtype, tol in ((torch.float16, 2e-3), (torch.bfloat16, 2e-2)):
+        out = _lrn(x.to(device, dtype)).double().cpu()
+        torch.testing.assert_close(out, ref, rtol=tol, atol=tol, msg=lambda m, d=dtype: f"{d}: {m}")
+
+
+def test_half_precision_lrn_does_not_overflow_on_cpu() -> None:
+    _half_lrn_matches_float64("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_half_precision_lrn_does_not_overflow_on_cuda() -> None:
+    _half_lrn_matches_float64("cuda")
+
+
 def test_fillers_and_param_groups() -> None:
     torch.manual_seed(0)
     net = GoturnNet("authors")

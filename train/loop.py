@@ -357,6 +357,8 @@ class Trainer:
             acc[1] += bb.shape[0]
             acc[2] += box_iou(pred[::per_pair], bb[::per_pair]).sum().double()
             acc[3] += bb[::per_pair].shape[0]
+            if item["search"].is_cuda:  # zero-copy DALI GPU buffers: finish reading them before the loader reuses them
+                torch.cuda.current_stream(self.device).synchronize()
         del loader
         self.model.train()
         distributed.all_reduce_sum(acc, self.ctx)
