@@ -387,6 +387,21 @@ class GoturnTracker:
         return np.stack(out)
 
 
+def device_step(net: GoturnNet, prev: torch.Tensor, curr: torch.Tensor, box: torch.Tensor, min_size: float):
+    """One ``authors`` step of a single sequence in torch ops only (no host data, no sync): what `_GraphStep`
+    captures. ``prev``/``curr`` (3, H, W) uint8, ``box`` (1, 4) float64 corners; returns the new (1, 4) box,
+    equal to `track_step`'s (the tests compare them on the CPU)."""
+    H, W = (int(v) for v in prev.shape[1:])
+    window, offset, canvas, size = G.crop_step_geometry_torch(box, W, H)
+    crops = G.to_uint8(G.crop_and_resize(torch.cat([prev, curr], dim=0), window))
+    dtype = next(net.parameters()).dtype
+    memory_format = torch.channels_last if _is_channels_last(net) else torch.contiguous_format
+    target = normalize(crops[:, :3], net.normalization).to(dtype=dtype, memory_format=memory_format)
+    search = normalize(crops[:, 3:], net.normalization).to(dtype=dtype, memory_format=memory_format)
+    pred = net(target, search).float()
+    return _fix_degenerate_torch(G.unscale_uncenter_torch(pred, offset, canvas, size), box, size, min_size)
+
+
 class _GraphStep:
     """The ``authors`` step as one captured CUDA graph; the state (previous frame, box) lives in its buffers.
 
@@ -424,14 +439,7 @@ class _GraphStep:
 
     def _body(self) -> None:
         curr = self.curr_hwc.permute(2, 0, 1)
-        window, offset, canvas, size = G.crop_step_geometry_torch(self.box, self.W, self.H)
-        crops = G.to_uint8(G.crop_and_resize(torch.cat([self.prev, curr], dim=0), window))
-        dtype = next(self.net.parameters()).dtype
-        target = normalize(crops[:, :3], self.net.normalization).to(dtype)
-        search = normalize(crops[:, 3:], self.net.normalization).to(dtype)
-        pred = self.net(target, search).float()
-        new = G.unscale_uncenter_torch(pred, offset, canvas, size)
-        self.box.copy_(_fix_degenerate_torch(new, self.box, size, self.min_size))
+        self.box.copy_(device_step(self.net, self.prev, curr, self.box, self.min_size))
         self.prev.copy_(curr)
 
     def fits(self, hw: tuple[int, int]) -> bool:

@@ -15,7 +15,15 @@ from PIL import Image
 
 from model import geometry as G
 from model.net import GoturnNet
-from model.tracker import GoturnTracker, MultiTracker, _fix_degenerate, _fix_degenerate_torch, track_step
+from model.tracker import (
+    GoturnTracker,
+    MultiTracker,
+    _fix_degenerate,
+    _fix_degenerate_torch,
+    device_step,
+    frame_to_tensor,
+    track_step,
+)
 
 pytestmark = pytest.mark.xdist_group("net")
 
@@ -159,6 +167,27 @@ def test_device_geometry_mirror_equals_numpy() -> None:
     fixed = _fix_degenerate(ref, boxes, np.tile([W, H], (len(ref), 1)), 1.0)
     fixed_torch = _fix_degenerate_torch(torch.from_numpy(ref), torch.from_numpy(boxes), size, 1.0)
     np.testing.assert_array_equal(fixed_torch.numpy(), fixed)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_captured_step_run_eagerly_equals_track_step(random_net, channels_last) -> None:
+    """What the CUDA graph captures (`device_step`: geometry, crops, decode and guard all in torch) equals the eager
+    `track_step` bit for bit; checked here on the CPU, so only the capture itself is left to the CUDA test."""
+    net = random_net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    fs = frames(8, 193, 241, 3)
+    box = np.array([[100.0, 60.0, 131.5, 101.25]])
+    dev_box = torch.from_numpy(box.copy())
+    prev = frame_to_tensor(fs[0])
+    moved = 0.0
+    for f in fs[1:]:
+        curr = frame_to_tensor(f)
+        ref = track_step(net, [prev], box, [curr])
+        with torch.inference_mode():  # as captured
+            dev_box = device_step(net, prev, curr, dev_box, 1.0)
+        np.testing.assert_array_equal(dev_box.numpy(), ref)
+        moved += np.abs(ref - box).sum()
+        box, prev = ref, curr
+    assert moved > 1.0  # the boxes really moved, so the decode was exercised
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
