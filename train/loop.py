@@ -4,8 +4,9 @@ Per step: a prefetched uint8 batch (already on the device), `model.preprocess.no
 forward (optionally under bf16 autocast; the target tower once per distinct target crop), the authors' summed
 L1 loss in fp32, backward (DDP all-reduces the FC gradients), the solver (`CaffeSGD`, or Adam for the sample
 preset), then the step LR. The loss stays on the device; it is read back only at log /
-checkpoint / validation steps (one all-reduce of the pending losses), so the host never waits for the GPU
-between steps. A non-finite loss found there stops the run before any checkpoint of the bad state is written.
+checkpoint / validation steps (one all-reduce of the pending losses), not every step. (Finding the distinct
+target crops does read back one small count per step: `model.net.unique_consecutive_crops`.) A non-finite loss
+found at a log step stops the run before any checkpoint of the bad state is written.
 """
 
 from __future__ import annotations
