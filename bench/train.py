@@ -33,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from model.net import pair_runs  # noqa: E402
 from train import distributed  # noqa: E402
 from train import loop as train_loop  # noqa: E402
 from train.config import PRESETS, TrainConfig  # noqa: E402
@@ -106,14 +107,15 @@ def bare_step(trainer: train_loop.Trainer, batch: int, windows: int, window: int
     t = pair_targets(batch, trainer.cfg.k + 1, g).to(dev)
     s = torch.randint(0, 256, (batch, 3, 227, 227), dtype=torch.uint8, generator=g).to(dev)
     bb = (torch.rand(batch, 4, generator=g) * 10).to(dev)
+    runs = tuple(x.to(dev) for x in pair_runs(batch, 0, trainer.cfg.k + 1))  # as ExampleBatcher gives them
     for _ in range(warmup):
-        trainer.train_step(t, s, bb)
+        trainer.train_step(t, s, bb, runs)
     sync(dev)
     rates = []
     for _ in range(windows):
         t0 = time.perf_counter()
         for _ in range(window):
-            loss = trainer.train_step(t, s, bb)
+            loss = trainer.train_step(t, s, bb, runs)
         loss.item()  # the same per-window sync the trainer's log step does
         rates.append(window * batch / (time.perf_counter() - t0))
     return rates

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.net import GoturnNet, unique_consecutive_crops
+from model.net import GoturnNet, pair_runs, unique_consecutive_crops
 
 pytestmark = pytest.mark.xdist_group("net")
 
@@ -18,6 +18,17 @@ def test_unique_consecutive_crops_finds_runs() -> None:
     uniq, index = unique_consecutive_crops(crops)
     assert index.tolist() == [0, 0, 0, 1, 1, 2]
     torch.testing.assert_close(uniq[index], crops, rtol=0, atol=0)
+
+
+def test_pair_runs_from_the_layout_equal_runs_from_the_pixels() -> None:
+    g = torch.Generator().manual_seed(2)
+    distinct = torch.randint(0, 256, (12, 3, 4, 4), dtype=torch.uint8, generator=g)
+    for offset in range(11):
+        for n in (1, 11, 30, 50):
+            crops = distinct.repeat_interleave(11, dim=0)[offset : offset + n]
+            first, index = pair_runs(n, offset, 11)
+            uniq, ref = unique_consecutive_crops(crops)
+            assert torch.equal(index, ref) and torch.equal(crops[first], uniq), (offset, n)
 
 
 def test_shared_target_forward_and_backward_equal_expanded() -> None:

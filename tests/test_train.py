@@ -145,6 +145,36 @@ def test_batches_of_50_carry_leftovers_and_resume_exactly():
         assert torch.equal(a.bbox, b.bbox) and torch.equal(a.search, b.search)
 
 
+class _PairLoader(_ListLoader):
+    """Items of 2 pairs x 11 examples whose examples share their pair's target crop, as GoturnLoader lays them."""
+
+    k = 10
+
+    def __iter__(self):
+        for item in super().__iter__():
+            pair = item["bbox"][:, 0].long() // 11
+            item["target"] = (pair * 37 % 256).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 2, 2).contiguous()
+            yield item
+
+
+def test_batches_know_from_the_layout_which_examples_share_a_target_crop():
+    """Batches of 30 from items of 22 (so pairs straddle batches): `runs` equals what the pixels say, across
+    carry-over, the epoch end and a resume; loaders without ``k`` give no runs."""
+    from model.net import unique_consecutive_crops
+    from train.data import position_to_cpu
+
+    it = iter(ExampleBatcher(_PairLoader(), 30))
+    batches = [next(it) for _ in range(9)]
+    pos = batches[3].position
+    assert pos["carry"]["bbox"].shape[0] == 12
+    resumed = iter(ExampleBatcher(_PairLoader(), 30, position_to_cpu(pos)))
+    for b in batches + [next(resumed) for _ in range(5)]:
+        first, index = b.runs
+        uniq, ref = unique_consecutive_crops(b.target)
+        assert torch.equal(index, ref) and torch.equal(b.target[first], uniq)
+    assert next(iter(ExampleBatcher(_ListLoader(), 30))).runs is None
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Arguments
 # ------------------------------------------------------------------------------------------------------------

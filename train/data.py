@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from model.net import pair_runs
+
 KEYS = ("target", "search", "bbox")
 MAX_BAD_ITEMS = 100  # consecutive undecodable loader batches before the run gives up
 
@@ -32,6 +34,7 @@ class Batch:
     search: torch.Tensor  # uint8 (B, 3, 227, 227)
     bbox: torch.Tensor  # float32 (B, 4)
     position: dict
+    runs: tuple[torch.Tensor, torch.Tensor] | None = None  # `model.net.pair_runs` of the batch, where known
 
 
 def _loader_state(loader: Any) -> Any:
@@ -48,6 +51,11 @@ class ExampleBatcher:
     DALI's backend cloned, then the stream synchronised before the loader's buffer is released): the batches
     then live in memory whose reuse torch orders against the training stream (``record_stream``), which the
     loader's own buffers would not be.
+
+    Loader items hold whole pairs of ``loader.k + 1`` examples (as `GoturnLoader` does); then every batch also
+    carries ``runs``, which examples share a target crop, known from the layout alone (a batch's first example
+    is example ``-len(carry) % (k + 1)`` of its pair), so the trainer finds the distinct targets without
+    reading anything back from the GPU. For loaders without ``k``, ``runs`` is None.
     """
 
     def __init__(
@@ -58,6 +66,8 @@ class ExampleBatcher:
         self.loader = loader
         self.batch_examples = int(batch_examples)
         self.device = torch.device(device) if device is not None else None
+        k = getattr(loader, "k", None)
+        self.per_pair = k + 1 if isinstance(k, int) and k >= 0 else None
         self.skipped_items = 0
         self.items = 0  # loader items pulled so far (fast-forward when the loader has no state)
         self.carry: dict[str, torch.Tensor] | None = None
@@ -119,17 +129,20 @@ class ExampleBatcher:
             self._state = _loader_state(self.loader)
             parts = self._adopt({k: item[k] for k in KEYS})
             del item
+            carried = 0
             if self.carry is not None:
                 dev = parts["bbox"].device
+                carried = int(self.carry["bbox"].shape[0])
                 parts = {k: torch.cat([self.carry[k].to(dev), parts[k]]) for k in KEYS}
             n = int(parts["bbox"].shape[0])
             start = 0
             while n - start >= B:
                 chunk = {k: parts[k][start : start + B] for k in KEYS}
+                runs = pair_runs(B, (start - carried) % self.per_pair, self.per_pair) if self.per_pair else None
                 start += B
                 rest = {k: parts[k][start:] for k in KEYS} if start < n else None
                 self.carry = rest
-                yield Batch(chunk["target"], chunk["search"], chunk["bbox"], self._position_view(rest))
+                yield Batch(chunk["target"], chunk["search"], chunk["bbox"], self._position_view(rest), runs)
             self.carry = {k: parts[k][start:] for k in KEYS} if start < n else None
 
     def _adopt(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -199,7 +212,8 @@ class Prefetcher:
                 for b in it:
                     event = None
                     if self._cuda:
-                        b = Batch(*(self._to_device(t) for t in (b.target, b.search, b.bbox)), b.position)
+                        runs = tuple(self._to_device(t) for t in b.runs) if b.runs is not None else None
+                        b = Batch(*(self._to_device(t) for t in (b.target, b.search, b.bbox)), b.position, runs)
                         event = torch.cuda.Event()
                         event.record(self._stream)
                     if not self._put((b, event)):
@@ -229,7 +243,7 @@ class Prefetcher:
         if event is not None:
             cur = torch.cuda.current_stream(self.device)
             cur.wait_event(event)
-            for t in (b.target, b.search, b.bbox):
+            for t in (b.target, b.search, b.bbox, *(b.runs or ())):
                 t.record_stream(cur)
         return b
 

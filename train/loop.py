@@ -3,10 +3,10 @@
 Per step: a prefetched uint8 batch (already on the device), `model.preprocess.normalize` on the device,
 forward (optionally under bf16 autocast; the target tower once per distinct target crop), the authors' summed
 L1 loss in fp32, backward (DDP all-reduces the FC gradients), the solver (`CaffeSGD`, or Adam for the sample
-preset), then the step LR. The loss stays on the device; it is read back only at log /
-checkpoint / validation steps (one all-reduce of the pending losses), not every step. (Finding the distinct
-target crops does read back one small count per step: `model.net.unique_consecutive_crops`.) A non-finite loss
-found at a log step stops the run before any checkpoint of the bad state is written.
+preset), then the step LR. The loss stays on the device; it is read back only at log / checkpoint / validation
+steps (one all-reduce of the pending losses), and which examples share a target crop comes from the batch layout
+(`model.net.pair_runs`), not from the pixels, so a step reads nothing back from the GPU. A non-finite loss found
+at a log step stops the run before any checkpoint of the bad state is written.
 """
 
 from __future__ import annotations
@@ -314,9 +314,16 @@ class Trainer:
 
     # ---- steps --------------------------------------------------------------------------------------------
 
-    def train_step(self, target: torch.Tensor, search: torch.Tensor, bbox: torch.Tensor) -> torch.Tensor:
-        """One solver iteration on a uint8 batch already on the device; returns the (device) loss."""
-        pred = self.predict(self.forward, target, search)
+    def train_step(
+        self,
+        target: torch.Tensor,
+        search: torch.Tensor,
+        bbox: torch.Tensor,
+        runs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """One solver iteration on a uint8 batch already on the device; returns the (device) loss. ``runs``:
+        the batch's `model.net.pair_runs` (on the device), else the distinct targets are found from the pixels."""
+        pred = self.predict(self.forward, target, search, runs)
         loss = sum_l1(pred, bbox)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -324,13 +331,24 @@ class Trainer:
         self.scheduler.step()
         return loss.detach()
 
-    def predict(self, net: Callable, target: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
+    def predict(
+        self,
+        net: Callable,
+        target: torch.Tensor,
+        search: torch.Tensor,
+        runs: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Normalise uint8 crops on the device and run ``net``, the target tower once per distinct target crop
-        (a pair's 1 + k examples share one: `model.net.unique_consecutive_crops`)."""
+        (a pair's 1 + k examples share one): from ``runs`` (`model.net.pair_runs`) where the batch layout is
+        known, else from the pixels (`model.net.unique_consecutive_crops`, which reads a count back)."""
         from model.net import unique_consecutive_crops
         from model.preprocess import normalize
 
-        targets, index = unique_consecutive_crops(target)
+        if runs is not None:
+            first, index = runs
+            targets = target.index_select(0, first)
+        else:
+            targets, index = unique_consecutive_crops(target)
         t = normalize(targets, self.norm_mode)
         s = normalize(search, self.norm_mode)
         with self.autocast:
@@ -407,7 +425,7 @@ class Trainer:
             while self.step < cfg.steps:
                 lr = self.scheduler.rate()
                 b = next(prefetch)
-                loss = self.train_step(b.target, b.search, b.bbox)
+                loss = self.train_step(b.target, b.search, b.bbox, b.runs)
                 self.step += 1
                 window_steps += 1
                 self.last_position = b.position
