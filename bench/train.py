@@ -68,6 +68,7 @@ class SyntheticLoader:
 
     def __init__(self, device: torch.device, pairs: int, k: int, n_distinct: int = 4):
         n = pairs * (k + 1)
+        self.k = k  # the batch layout ExampleBatcher derives the shared target crops from, as with GoturnLoader
         g = torch.Generator().manual_seed(0)
         self.batches = [
             {

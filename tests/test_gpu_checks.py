@@ -48,3 +48,22 @@ def test_without_cuda_it_stops_at_once_instead_of_reporting_skipped_tests_as_pas
     )
     assert res.returncode == 2, res.stdout + res.stderr
     assert "no CUDA device" in (tmp_path / "gpu_checks.log").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without a GPU")
+def test_a_cuda_test_that_skips_counts_as_failed(tmp_path: Path):
+    """A python that claims CUDA but whose tests skip: each CUDA test is reported failed, not passed."""
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/bash\n"
+        'if [ "$1" = "-c" ] && [[ "$2" == *cuda.is_available* ]]; then exit 0; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    fake.chmod(0o755)
+    env = {"PYTHON": str(fake), "PATH": "/usr/bin:/bin", "QUICK": "1"}
+    res = subprocess.run(["bash", str(SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    log = (tmp_path / "gpu_checks.log").read_text()
+    assert res.returncode == 1, log[-2000:]
+    body = log.split("== summary")[0]
+    assert body.count("pytest skipped it although this machine has CUDA") == 4
+    assert "FAILED: CUDA test: DALI GPU graph = CPU graph (exit 3)" in log

@@ -157,22 +157,37 @@ class _PairLoader(_ListLoader):
             yield item
 
 
-def test_batches_know_from_the_layout_which_examples_share_a_target_crop():
-    """Batches of 30 from items of 22 (so pairs straddle batches): `runs` equals what the pixels say, across
-    carry-over, the epoch end and a resume; loaders without ``k`` give no runs."""
+@pytest.mark.parametrize("per_item", [22, 66])
+def test_batches_know_from_the_layout_which_examples_share_a_target_crop(per_item: int):
+    """Batches of 30 from items of 22 (every batch starts with carry-over) or 66 (several batches cut from one
+    item): `runs` equals what the pixels say, across carry-over, the epoch end and a resume. Loaders without
+    ``k`` give no runs; items with one target per pair are refused."""
     from model.net import unique_consecutive_crops
     from train.data import position_to_cpu
 
-    it = iter(ExampleBatcher(_PairLoader(), 30))
-    batches = [next(it) for _ in range(9)]
+    it = iter(ExampleBatcher(_PairLoader(per_item=per_item), 30))
+    batches = [next(it) for _ in range(14)]
     pos = batches[3].position
-    assert pos["carry"]["bbox"].shape[0] == 12
-    resumed = iter(ExampleBatcher(_PairLoader(), 30, position_to_cpu(pos)))
-    for b in batches + [next(resumed) for _ in range(5)]:
+    assert pos["carry"]["bbox"].shape[0] == {22: 12, 66: 12}[per_item]
+    resumed = iter(ExampleBatcher(_PairLoader(per_item=per_item), 30, position_to_cpu(pos)))
+    offsets = set()
+    for b in batches + [next(resumed) for _ in range(8)]:
         first, index = b.runs
         uniq, ref = unique_consecutive_crops(b.target)
         assert torch.equal(index, ref) and torch.equal(b.target[first], uniq)
+        offsets.add(int(b.bbox[0, 0]) % 11)
+    assert len(offsets) > 5  # batches started at many positions within a pair
     assert next(iter(ExampleBatcher(_ListLoader(), 30))).runs is None
+
+    class Compact(_PairLoader):
+        expand_target = False
+
+        def __iter__(self):
+            for item in super().__iter__():
+                yield {**item, "target": item["target"][::11]}
+
+    with pytest.raises(ValueError, match="one target crop per example"):
+        next(iter(ExampleBatcher(Compact(), 30)))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -52,10 +52,11 @@ class ExampleBatcher:
     then live in memory whose reuse torch orders against the training stream (``record_stream``), which the
     loader's own buffers would not be.
 
-    Loader items hold whole pairs of ``loader.k + 1`` examples (as `GoturnLoader` does); then every batch also
-    carries ``runs``, which examples share a target crop, known from the layout alone (a batch's first example
-    is example ``-len(carry) % (k + 1)`` of its pair), so the trainer finds the distinct targets without
-    reading anything back from the GPU. For loaders without ``k``, ``runs`` is None.
+    Loader items hold whole pairs of ``loader.k + 1`` examples (as `GoturnLoader` does, with its default
+    ``expand_target=True``); then every batch also carries ``runs``, which examples share a target crop, known
+    from the layout alone (a batch cut at row ``start`` of the carry-over + item rows starts at example
+    ``(start - len(carry)) % (k + 1)`` of its pair), so the trainer finds the distinct targets without reading
+    anything back from the GPU. For other loaders ``runs`` is None.
     """
 
     def __init__(
@@ -67,7 +68,8 @@ class ExampleBatcher:
         self.batch_examples = int(batch_examples)
         self.device = torch.device(device) if device is not None else None
         k = getattr(loader, "k", None)
-        self.per_pair = k + 1 if isinstance(k, int) and k >= 0 else None
+        expanded = getattr(loader, "expand_target", True)  # GoturnLoader(expand_target=False): one target per pair
+        self.per_pair = k + 1 if isinstance(k, int) and k >= 0 and expanded else None
         self.skipped_items = 0
         self.items = 0  # loader items pulled so far (fast-forward when the loader has no state)
         self.carry: dict[str, torch.Tensor] | None = None
@@ -127,6 +129,9 @@ class ExampleBatcher:
         for item in self._items():
             self.items += 1
             self._state = _loader_state(self.loader)
+            rows = {k: int(item[k].shape[0]) for k in KEYS}
+            if len(set(rows.values())) != 1:
+                raise ValueError(f"loader item rows differ {rows}: batches need one target crop per example")
             parts = self._adopt({k: item[k] for k in KEYS})
             del item
             carried = 0

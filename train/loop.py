@@ -6,7 +6,7 @@ L1 loss in fp32, backward (DDP all-reduces the FC gradients), the solver (`Caffe
 preset), then the step LR. The loss stays on the device; it is read back only at log / checkpoint / validation
 steps (one all-reduce of the pending losses), and which examples share a target crop comes from the batch layout
 (`model.net.pair_runs`), not from the pixels, so a step reads nothing back from the GPU. A non-finite loss found
-at a log step stops the run before any checkpoint of the bad state is written.
+where losses are read back stops the run before any checkpoint of the bad state is written.
 """
 
 from __future__ import annotations
