@@ -18,6 +18,7 @@ from train.checkpointing import LATEST, step_checkpoints
 from train.cli import main as train_main
 from train.cli import resolve
 from train.data import ExampleBatcher
+from train.loop import INITIAL
 
 pytestmark = pytest.mark.xdist_group("train")
 
@@ -279,9 +280,14 @@ def test_cuda_training_resumes_the_same_loss_curve(shards: Path, tmp_path: Path,
     a, b = [r["loss"] for r in _rows(full)], [r["loss"] for r in _rows(split)]
     print(f"cuda loader={loader} amp={amp}: losses {a} vs resumed {b}")
     assert len(a) == len(b) == 4 and all(0 < x < float("inf") for x in a)
-    assert a[:2] == pytest.approx(b[:2], rel=1e-5) and a == pytest.approx(b, rel=1e-3 if amp == "bf16" else 1e-5)
+    assert a == pytest.approx(b, rel=1e-3 if amp == "bf16" else 1e-4)
     ckpt = _load(full / LATEST)
     assert ckpt["step"] == 4 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    # The loss is dominated by the targets' size; the weight updates show whether the solver state resumed too.
+    w = "fc8.weight"
+    moved = [_load(r / LATEST)["model"][w] - _load(r / INITIAL)["model"][w] for r in (full, split)]
+    assert moved[0].abs().max() > 0
+    torch.testing.assert_close(moved[1], moved[0], rtol=2e-2, atol=2e-2 * float(moved[0].abs().max()))
 
 
 def test_loss_decreases_and_validation_is_logged(shards: Path, tmp_path: Path):
