@@ -45,7 +45,8 @@ check() {
     [ "$rc" -eq 0 ] || failed+=("$name (exit $rc)")
 }
 
-say "gpu_checks $(date -u +%Y-%m-%dT%H:%M:%SZ); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+# GIT_REV: for copies of the tree without .git (a lent device machine gets the working tree only).
+say "gpu_checks $(date -u +%Y-%m-%dT%H:%M:%SZ); git $(git rev-parse --short HEAD 2>/dev/null || echo "${GIT_REV:-?}")"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$LOG"
 "$PY" -c "import torch, nvidia.dali as d; print('python', __import__('sys').version.split()[0], 'torch', \
 torch.__version__, 'cuda', torch.version.cuda, 'dali', d.__version__)" 2>&1 | tee -a "$LOG"
@@ -62,8 +63,8 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 if [ "${EXTRA_ONLY:-0}" != 1 ]; then
-    # 1. Tests that only run with CUDA (they skip on CPU machines, so CI never runs them); one pytest per file, so
-    #    a module that cannot be imported there costs only its own tests.
+    # 1. Tests that only run with CUDA (they skip on CPU machines, so CI never runs them); one pytest per test, so
+    #    a module that cannot be imported there costs only its own test.
     T=("$PY" -m pytest -q -p no:cacheprovider -rA)
     check "CUDA test: DALI GPU graph = CPU graph" 40 "${T[@]}" tests/test_augment.py::test_gpu_graph_matches_cpu_graph
     check "CUDA test: tracker CUDA graph = eager" 30 "${T[@]}" tests/test_tracker.py::test_cuda_graph_path_equals_eager
