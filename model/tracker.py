@@ -160,6 +160,13 @@ def _is_channels_last(net: GoturnNet) -> bool:
     return w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
 
 
+def _net_input(net: GoturnNet, crops: torch.Tensor, mode: str) -> torch.Tensor:
+    """uint8 crops -> the net's input: normalised, in its dtype and its weights' memory format."""
+    memory_format = torch.channels_last if _is_channels_last(net) else torch.contiguous_format
+    dtype = next(net.parameters()).dtype
+    return normalize(crops, mode).to(dtype=dtype, memory_format=memory_format)
+
+
 @torch.inference_mode()
 def track_step(
     net: GoturnNet,
@@ -191,10 +198,8 @@ def track_step(
     if net.variant == "authors":
         geom = G.crop_geometry(boxes, sizes[:, 0], sizes[:, 1])
         target, search = _authors_crops(prev_frames, curr_frames, geom.window)
-        memory_format = torch.channels_last if _is_channels_last(net) else torch.contiguous_format
-        target = normalize(G.to_uint8(target), mode).to(dtype=dtype, memory_format=memory_format)
-        search = normalize(G.to_uint8(search), mode).to(dtype=dtype, memory_format=memory_format)
-        raw = net(target, search).float().cpu().numpy()
+        t, s = _net_input(net, G.to_uint8(target), mode), _net_input(net, G.to_uint8(search), mode)
+        raw = net(t, s).float().cpu().numpy()
         if raw_outputs is not None:
             raw_outputs.append(raw)
         new = G.unscale_uncenter(raw.astype(np.float64), geom, sizes[:, 0], sizes[:, 1])
@@ -394,11 +399,8 @@ def device_step(net: GoturnNet, prev: torch.Tensor, curr: torch.Tensor, box: tor
     H, W = (int(v) for v in prev.shape[1:])
     window, offset, canvas, size = G.crop_step_geometry_torch(box, W, H)
     crops = G.to_uint8(G.crop_and_resize(torch.cat([prev, curr], dim=0), window))
-    dtype = next(net.parameters()).dtype
-    memory_format = torch.channels_last if _is_channels_last(net) else torch.contiguous_format
-    target = normalize(crops[:, :3], net.normalization).to(dtype=dtype, memory_format=memory_format)
-    search = normalize(crops[:, 3:], net.normalization).to(dtype=dtype, memory_format=memory_format)
-    pred = net(target, search).float()
+    mode = net.normalization
+    pred = net(_net_input(net, crops[:, :3], mode), _net_input(net, crops[:, 3:], mode)).float()
     return _fix_degenerate_torch(G.unscale_uncenter_torch(pred, offset, canvas, size), box, size, min_size)
 
 
