@@ -1,0 +1,136 @@
+"""Naming the sample behind a DALI decode failure, so a corrupt shard gives a clear error instead of a bare one.
+
+Why a replay: DALI reports the failing shard and key only for some decoder errors, and drops the whole batch. The
+loader replays the batch's readers (bytes only, cheap), checks each sample's members the way training reads them
+(DALI's own CPU decoder, ``boxes.npy`` without pickle) and raises `SampleDecodeError` naming every bad one.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipeline.augment_graph import READER_EXTS
+from pipeline.shard_sets import ShardSet
+from shards.format import BOXES, CURR, PREV, split_member_name
+
+DATA_OPS_RE = re.compile(r"fn\.(decoders|readers|peek_image_shape)")  # DALI errors raised by the data ops
+_SOURCE_INFO_RE = re.compile(r"(?P<tar>[^\s'\"]+?\.tar):(?P<offset>\d+):(?P<member>[^\s'\"]+)")
+
+
+class SampleDecodeError(RuntimeError):
+    """A sample in a batch could not be read or decoded; the message names the shard and the key."""
+
+
+def split_source_info(info: str) -> tuple[str, str]:
+    """DALI's source info ``'<tar>:<offset>:<key>.<ext>'`` -> (tar, key)."""
+    tar, _, member = info.rsplit(":", 2)
+    return tar, split_member_name(member)[0]
+
+
+def member_problems(members: dict[str, bytes]) -> list[str]:
+    """What is wrong with one sample's raw members (decoded with DALI's own CPU decoder, as training does)."""
+    problems = []
+    for ext in (CURR, PREV):
+        data = members.get(ext, b"")
+        if not data:
+            if ext == CURR:
+                problems.append(f"{CURR} missing or empty")
+            continue
+        err = _probe_decode(data)
+        if err:
+            problems.append(f"{ext} does not decode ({err})")
+    raw = members.get(BOXES, b"")
+    try:
+        boxes = np.load(io.BytesIO(raw), allow_pickle=False)
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] not in (1, 2):
+            problems.append(f"{BOXES} has shape {boxes.shape}, expected (2, 4) or (1, 4)")
+        elif boxes.shape[0] == 2 and not members.get(PREV):
+            problems.append(f"{BOXES} has 2 rows but the sample has no {PREV}")
+    except Exception as e:  # noqa: BLE001 - any parse failure is the finding
+        problems.append(f"{BOXES} unreadable ({type(e).__name__}: {str(e)[:80]})")
+    return problems
+
+
+def _probe_decode(data: bytes) -> str | None:
+    """Decode one JPEG with DALI's CPU decoder in a throwaway pipeline; the error text or None."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=1, num_threads=1, device_id=None, prefetch_queue_depth=1)
+    def probe():
+        return fn.decoders.image(fn.external_source(name="jpg", dtype=types.UINT8, ndim=1), output_type=types.RGB)
+
+    pipe = probe()
+    try:
+        pipe.build()
+        pipe.feed_input("jpg", [np.frombuffer(data, dtype=np.uint8)])
+        pipe.run()
+        return None
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = [ln for ln in lines if "failure" in ln.lower() or "decode" in ln.lower()]
+        return (detail[-1] if detail else lines[-1] if lines else "error")[:160]
+    finally:
+        del pipe
+
+
+def find_bad_samples(
+    shard_sets: Sequence[ShardSet], reader_kw: Sequence[dict], batch_size: int, batch_index: int
+) -> list[tuple[str, str, list[str]]]:
+    """Replay the readers (bytes only, cheap) up to batch ``batch_index`` and check each of its samples.
+
+    Needed because DALI names the failing sample only for some decoder errors.
+    """
+    from nvidia.dali import fn, pipeline_def
+
+    def body():
+        outs = []
+        for kw in reader_kw:
+            outs.extend(fn.readers.webdataset(ext=READER_EXTS, missing_component_behavior="empty", **kw))
+        return tuple(outs)
+
+    pipe = pipeline_def(body, batch_size=batch_size, num_threads=1, device_id=None, prefetch_queue_depth=1)()
+    pipe.build()
+    for _ in range(batch_index):
+        pipe.run()
+    outs = pipe.run()
+    del pipe
+    bad = []
+    for s in range(len(shard_sets)):
+        tls = outs[3 * s : 3 * s + 3]
+        for i in range(batch_size):
+            members = {ext: np.asarray(tl[i]).tobytes() for ext, tl in zip(READER_EXTS, tls, strict=True)}
+            info = next((tl[i].source_info() for tl in tls if tl[i].source_info()), "?:0:?")
+            problems = member_problems(members)
+            if problems:
+                tar, key = split_source_info(info)
+                bad.append((tar, key, problems))
+    return bad
+
+
+def explain(
+    err: Exception, bad: Sequence[tuple[str, str, list[str]]] | None, shard_sets: Sequence[ShardSet]
+) -> SampleDecodeError:
+    """DALI's RuntimeError -> an error naming the shard(s), the key(s) and what is wrong with each."""
+    text = str(err)
+    first = " | ".join(line.strip() for line in text.splitlines() if line.strip())[:600]
+    found = [f"key={key!r} in shard {tar}: {'; '.join(p)}" for tar, key, p in (bad or [])]
+    if not found:
+        m = _SOURCE_INFO_RE.search(text)
+        if m:
+            tar, key = split_source_info(f"{m['tar']}:{m['offset']}:{m['member']}")
+            found = [f"key={key!r} in shard {tar} (member {m['member']!r})"]
+    if found:
+        what = "cannot read/decode sample " + " and ".join(found[:4])
+        what += f" (+{len(found) - 4} more)" if len(found) > 4 else ""
+    else:
+        tars = [t for s in shard_sets for t in s.tars]
+        shown = ", ".join(tars[:8]) + (f", ... ({len(tars)} tars)" if len(tars) > 8 else "")
+        what = f"a sample of this batch could not be read/decoded (not identified) from shards [{shown}]"
+    return SampleDecodeError(
+        f"{what}. DALI dropped the whole batch; iterating again continues with the next one. Re-validate or "
+        f"rebuild the shard. DALI said: {first}"
+    )
