@@ -306,6 +306,36 @@ def test_loss_decreases_and_validation_is_logged(shards: Path, tmp_path: Path):
     assert list(run.glob("events.out.tfevents.*"))
 
 
+def test_validation_equals_the_expanded_batch_computation(shards: Path, tmp_path: Path):
+    """`Trainer.validate` runs the target tower once per pair (layout runs); its loss and IoU must equal the
+    plain forward over every example's own target crop, on the real val split (2 batches of 2 pairs)."""
+    from model.preprocess import normalize
+    from train import distributed
+    from train.loop import Trainer, box_iou, build_loader
+
+    cfg = resolve(_argv(shards, tmp_path / "run", 1, 22, "1e-6", "--val-batches", "2"))
+    ctx = distributed.setup(cfg.device)
+    try:
+        trainer = Trainer(cfg, ctx)
+        torch.nn.init.normal_(trainer.model.fc8.weight, std=0.05)  # a net whose boxes depend on its input
+        got = trainer.validate()
+        loss = iou = n = n_true = 0.0
+        net = trainer.model.eval()
+        with torch.no_grad():
+            for i, b in enumerate(build_loader(cfg.val_shards, "val", cfg, ctx, seed=cfg.seed + 1)):
+                if i == 2:
+                    break
+                pred = net(normalize(b["target"], trainer.norm_mode), normalize(b["search"], trainer.norm_mode))
+                loss += float((pred - b["bbox"]).abs().sum())
+                iou += float(box_iou(pred[:: cfg.k + 1], b["bbox"][:: cfg.k + 1]).sum())
+                n, n_true = n + len(pred), n_true + len(pred) // (cfg.k + 1)
+    finally:
+        distributed.teardown()
+    assert n == 44 and len({tuple(r) for r in b["bbox"][:: cfg.k + 1].tolist()}) > 1
+    assert got["val_loss"] == pytest.approx(loss / n * cfg.batch_examples, rel=1e-5)
+    assert got["val_mean_iou"] == pytest.approx(iou / n_true, rel=1e-5, abs=1e-7)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shards: Path, tmp_path: Path, capsys):
     run = tmp_path / "run"
     assert train_main(_argv(shards, run, 5, 11, "1e10", "--log-every", "1", "--ckpt-every", "1", "--no-val")) == 1

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from model.net import pair_runs, unique_consecutive_crops
 from train import checkpointing, distributed, solver
 from train.config import TrainConfig
 from train.data import ExampleBatcher, Prefetcher, position_to_cpu
@@ -341,7 +342,6 @@ class Trainer:
         """Normalise uint8 crops on the device and run ``net``, the target tower once per distinct target crop
         (a pair's 1 + k examples share one): from ``runs`` (`model.net.pair_runs`) where the batch layout is
         known, else from the pixels (`model.net.unique_consecutive_crops`, which reads a count back)."""
-        from model.net import unique_consecutive_crops
         from model.preprocess import normalize
 
         if runs is not None:
@@ -365,13 +365,15 @@ class Trainer:
         self.model.eval()
         acc = torch.zeros(4, dtype=torch.float64, device=self.device)
         per_pair = cfg.k + 1
+        # Every loader batch starts at a pair and holds whole pairs, so one layout serves all (no pixel compare).
+        runs = tuple(r.to(self.device) for r in pair_runs(loader.examples_per_batch, 0, per_pair))
         for i, item in enumerate(loader):
             if cfg.val_batches and i >= cfg.val_batches:
                 break
             t = item["target"].to(self.device, non_blocking=True)
             s = item["search"].to(self.device, non_blocking=True)
             bb = item["bbox"].to(self.device, non_blocking=True).float()
-            pred = self.predict(self.model, t, s).float()
+            pred = self.predict(self.model, t, s, runs).float()
             acc[0] += (pred - bb).abs().sum().double()
             acc[1] += bb.shape[0]
             acc[2] += box_iou(pred[::per_pair], bb[::per_pair]).sum().double()
