@@ -26,7 +26,10 @@ import torch
 from model.geometry import INPUT_SIZE, MotionParams
 from pipeline.augment_graph import DEFAULT_MOTION, DRAW_NAMES, NORMALIZATIONS, build_pipeline, reader_kwargs
 from pipeline.bad_samples import DATA_OPS_RE, SampleDecodeError, explain, find_bad_samples, split_source_info
+from pipeline.group_sampler import GroupSampler, drawn_problems, stream_seed
 from pipeline.shard_sets import ShardSet, find_shards
+
+SAMPLINGS = ("epoch", "authors")  # every sample once per epoch | uniform image / video, then object / pair
 
 __all__ = ["GoturnLoader", "SampleDecodeError", "ShardSet", "build_pipeline", "dump_batches", "find_shards"]
 
@@ -62,6 +65,12 @@ class GoturnLoader:
     the concatenated tars), so ranks are disjoint within an epoch, together cover the largest source except each
     rank's last ``< pairs_per_source`` samples of its range (the shuffled tail, different every epoch), and see
     different data in different epochs.
+
+    Sampling: ``sampling="epoch"`` (the above) reads every sample once per epoch, so an image (video) counts as
+    often as it has objects (pairs). ``sampling="authors"`` draws as ``train.cpp`` does (`pipeline.group_sampler`):
+    a uniform image (video), then a uniform object (pair) of it, with replacement; each rank and epoch draws its
+    own stream, an epoch is just ``len(self)`` batches, and batch ``b`` of an epoch is a pure function of
+    ``(seed, epoch, shard_id, b)``. The trainer uses ``"authors"`` by default.
 
     Position and resume: iteration continues from ``(epoch, batch)``; breaking out of the loop and iterating again
     resumes where it stopped, and a finished epoch advances ``epoch``. ``state_dict()`` records the position plus
@@ -101,6 +110,7 @@ class GoturnLoader:
         channels_last: bool = False,
         audit: bool = False,
         debug_draws: bool = False,
+        sampling: str = "epoch",
     ) -> None:
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id {shard_id} not in [0, {num_shards})")
@@ -119,6 +129,11 @@ class GoturnLoader:
         self.prefetch, self.device_id, self.shuffle_buffer = prefetch, device_id, shuffle_buffer
         self.expand_target, self.channels_last = expand_target, channels_last
         self.audit, self.debug_draws = audit, debug_draws
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        self.sampling = sampling
+        authors = sampling == "authors"
+        self._samplers = [GroupSampler(s, self.pairs_per_source) for s in self.shard_sets] if authors else []
         self.epoch_source = max(self.shard_sets, key=lambda s: s.num_samples).source
         n_max = max(s.num_samples for s in self.shard_sets)
         self.steps_per_epoch = (n_max // num_shards) // self.pairs_per_source
@@ -188,7 +203,7 @@ class GoturnLoader:
                 raise
             self.batch += 1
             self._pipe_pos = (self.epoch, self.batch)
-            yield self._assemble(outs, pipe.audit_names)
+            yield self._assemble(outs, pipe.audit_names, self.batch - 1)
         self._close()
         self.epoch, self.batch = self.epoch + 1, 0
 
@@ -217,6 +232,7 @@ class GoturnLoader:
             "channels_last": self.channels_last,
             "audit": self.audit,
             "debug_draws": self.debug_draws,
+            "sampling": self.sampling,
         }
 
     def _close(self) -> None:
@@ -255,6 +271,7 @@ class GoturnLoader:
             "audit": self.audit,
             "debug_draws": self.debug_draws,
             "reader_seed": rseed,
+            "feeds": [smp.feed(self._stream_seed(i)) for i, smp in enumerate(self._samplers)] or None,
         }
         pipe, skip = None, self.batch
         if self._restore is not None:
@@ -274,8 +291,21 @@ class GoturnLoader:
         self._pipe, self._pipe_pos = pipe, (self.epoch, self.batch)
         return pipe
 
+    def _stream_seed(self, source_index: int) -> int:
+        """The authors' sampling: this rank's draw stream of one source in the current epoch."""
+        return stream_seed(self.seed, self.epoch, self.shard_id, source_index)
+
     def _diagnose(self, batch_index: int) -> list[tuple[str, str, list[str]]] | None:
         """Which samples of this epoch's batch ``batch_index`` are broken (None if the replay itself fails)."""
+        if self._samplers:
+            try:
+                return [
+                    bad
+                    for i, smp in enumerate(self._samplers)
+                    for bad in drawn_problems(smp, self._stream_seed(i), batch_index)
+                ]
+            except Exception:  # noqa: BLE001 - diagnosis is best effort; the original error is still raised
+                return None
         _, rseed = self._epoch_seed()
         kws = [
             reader_kwargs(
@@ -288,7 +318,7 @@ class GoturnLoader:
         except Exception:  # noqa: BLE001 - diagnosis is best effort; the original error is still raised
             return None
 
-    def _assemble(self, outs: Sequence[Any], audit_names: Sequence[str]) -> dict[str, Any]:
+    def _assemble(self, outs: Sequence[Any], audit_names: Sequence[str], batch_index: int) -> dict[str, Any]:
         """DALI outputs -> torch views (the graph already laid the batch out; no copy here)."""
         gpu = torch.device("cuda", self._pipe.device_id) if self.device == "gpu" else None
         if self.channels_last:  # NHWC memory seen as NCHW: torch.channels_last, no copy
@@ -310,10 +340,10 @@ class GoturnLoader:
             per = {
                 name: [outs[3 + i * n + j] for i in range(len(self.shard_sets))] for j, name in enumerate(audit_names)
             }
-            batch.update(self._audit(per, audit_names, 1 + self.k))
+            batch.update(self._audit(per, audit_names, 1 + self.k, batch_index))
         return batch
 
-    def _audit(self, per: dict, names: Sequence[str], e: int) -> dict[str, Any]:
+    def _audit(self, per: dict, names: Sequence[str], e: int, batch_index: int) -> dict[str, Any]:
         n_src = len(self.shard_sets)
         P = self.pairs_per_source
 
@@ -321,7 +351,11 @@ class GoturnLoader:
             a = np.stack([np.asarray(tl.as_tensor()) for tl in per[name]], axis=1)  # (P, n_src, ...)
             return a.reshape((P * n_src,) + a.shape[2:])
 
-        infos = [[split_source_info(tl[i].source_info()) for i in range(P)] for tl in per["windows"]]
+        if self._samplers:  # external source: no DALI source info; the draw is recomputed
+            draws = [smp.draw(self._stream_seed(i), batch_index) for i, smp in enumerate(self._samplers)]
+            infos = [list(zip(d.tars, d.keys, strict=True)) for d in draws]
+        else:
+            infos = [[split_source_info(tl[i].source_info()) for i in range(P)] for tl in per["windows"]]
         pair_keys = [f"{infos[s][p][0]}:{infos[s][p][1]}" for p in range(P) for s in range(n_src)]
         pair_src = [self.sources[s] for p in range(P) for s in range(n_src)]
         windows = cpu("windows")  # (pairs, e, 4)
@@ -380,11 +414,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--pairs-per-batch", type=int, default=8)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sampling", choices=SAMPLINGS, default="epoch", help="see GoturnLoader (default epoch)")
     ap.add_argument("--num-threads", type=int, default=None)
     ap.add_argument("--dump", required=True, help="output .npz")
     a = ap.parse_args(argv)
     loader = GoturnLoader(
-        a.shards, a.split, a.device, a.pairs_per_batch, a.k, a.seed, num_threads=a.num_threads, audit=True
+        a.shards,
+        a.split,
+        a.device,
+        a.pairs_per_batch,
+        a.k,
+        a.seed,
+        num_threads=a.num_threads,
+        audit=True,
+        sampling=a.sampling,
     )
     arrays = dump_batches(loader, a.batches, a.dump)
     n = len(arrays["bbox"])

@@ -28,7 +28,7 @@ check on the CPU is what a GPU trains on. Semantics are exactly `model.geometry`
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -268,9 +268,14 @@ def _goturn_pipeline_fn(
 
     per = []
     for r in readers:
-        prev_jpg, curr_jpg, boxes_raw = fn.readers.webdataset(
-            ext=READER_EXTS, missing_component_behavior="empty", **r["reader"]
-        )
+        if "feed" in r:  # the authors' sampling: members read by `pipeline.group_sampler`
+            feed = r["feed"]
+            outs = fn.external_source(source=feed, num_outputs=feed.num_outputs, batch=True, dtype=types.UINT8, ndim=1)
+            prev_jpg, curr_jpg, boxes_raw = outs if len(outs) == 3 else (None, *outs)  # stills: no prev.jpg
+        else:
+            prev_jpg, curr_jpg, boxes_raw = fn.readers.webdataset(
+                ext=READER_EXTS, missing_component_behavior="empty", **r["reader"]
+            )
         per.append(_example_graph(prev_jpg, curr_jpg, boxes_raw, still=r["still"], seeds=r["seeds"], **graph_kw))
     e = 1 + graph_kw["k"]
     search = fn.stack(*[c for g in per for c in g["crops"]], axis=0, axis_name="F")
@@ -327,6 +332,7 @@ def build_pipeline(
     debug_draws: bool = False,
     checkpoint: bytes | str | None = None,
     reader_seed: int | None = None,
+    feeds: Sequence[Callable[[int], tuple]] | None = None,
 ):
     """Build (not start) the DALI pipeline: one reader per shard set, each with a batch of ``pairs_per_source``.
 
@@ -336,8 +342,9 @@ def build_pipeline(
 
     Readers use ``stick_to_shard=True`` (each rank only ever reads its own contiguous sample range of the
     concatenated tars; every pass over it is a fresh shuffle) and ``pad_last_batch=False`` (the iterator stops
-    before a rank runs out, see `GoturnLoader`). Random ops get explicit seeds, so CPU and GPU graphs draw the same
-    numbers for the same ``seed``.
+    before a rank runs out, see `GoturnLoader`). With ``feeds`` (one `pipeline.group_sampler` feed per shard set)
+    the samples come from those instead of the readers: the authors' sampling. Random ops get explicit seeds, so
+    CPU and GPU graphs draw the same numbers for the same ``seed``.
     """
     from nvidia.dali import pipeline_def
 
@@ -355,7 +362,8 @@ def build_pipeline(
             s, shard_id, num_shards, shuffle_buffer, reader_seed if reader_seed is not None else op_seeds[4]
         )
         still = True if not s.has_pairs else (False if not s.has_stills else None)
-        readers.append({"reader": reader, "still": still, "seeds": op_seeds[:4]})
+        source = {"feed": feeds[i]} if feeds is not None else {"reader": reader}
+        readers.append({**source, "still": still, "seeds": op_seeds[:4]})
     out_layout = "FHWC" if channels_last else "FCHW"
     graph_kw = {
         "device": device,

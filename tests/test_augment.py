@@ -237,9 +237,11 @@ def test_motion_statistics_match_geometry_sampler(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def test_crops_equal_geometry_on_real_images(real):
-    """Target and search crops = geometry.crop_and_resize of the decoded frames within 1 grey level."""
-    ld = loader(real, pairs_per_batch=10, audit=True)
+@pytest.mark.parametrize("sampling", ["epoch", "authors"])
+def test_crops_equal_geometry_on_real_images(real, sampling):
+    """Target and search crops = geometry.crop_and_resize of the decoded frames within 1 grey level, whether DALI's
+    reader or the authors' sampler (external source) supplies the bytes."""
+    ld = loader(real, pairs_per_batch=10, audit=True, sampling=sampling)
     left, n = 0, 0
     for b in first_batches(ld, 2):
         e = 11
@@ -345,10 +347,11 @@ def test_two_ranks_disjoint_and_cover_the_epoch(synth):
     assert r0.epoch == 2 and first != i0  # ranks move to the other half in the next epoch
 
 
-def test_same_seed_same_batches(synth):
-    a = first_batches(loader(synth, seed=7, audit=True), 2)
-    b = first_batches(loader(synth, seed=7, audit=True, num_threads=1), 2)
-    c = first_batches(loader(synth, seed=8, audit=True), 1)
+@pytest.mark.parametrize("sampling", ["epoch", "authors"])
+def test_same_seed_same_batches(synth, sampling):
+    a = first_batches(loader(synth, seed=7, audit=True, sampling=sampling), 2)
+    b = first_batches(loader(synth, seed=7, audit=True, num_threads=1, sampling=sampling), 2)
+    c = first_batches(loader(synth, seed=8, audit=True, sampling=sampling), 1)
     for x, y in zip(a, b, strict=True):
         for name in ("target", "search", "bbox", "search_windows"):
             assert torch.equal(x[name], y[name]), name
@@ -356,9 +359,10 @@ def test_same_seed_same_batches(synth):
     assert not torch.equal(a[0]["bbox"], c[0]["bbox"])
 
 
+@pytest.mark.parametrize("sampling", ["epoch", "authors"])
 @pytest.mark.parametrize("with_checkpoint", [True, False])
-def test_resume_mid_epoch(synth, with_checkpoint):
-    ref = loader(synth, seed=4, audit=True)
+def test_resume_mid_epoch(synth, with_checkpoint, sampling):
+    ref = loader(synth, seed=4, audit=True, sampling=sampling)
     it = iter(ref)
     next(it), next(it)
     state = ref.state_dict()
@@ -366,7 +370,7 @@ def test_resume_mid_epoch(synth, with_checkpoint):
     want = next(it)
     if not with_checkpoint:
         state = {**state, "dali_checkpoint": None}
-    other = loader(synth, seed=4, audit=True)
+    other = loader(synth, seed=4, audit=True, sampling=sampling)
     other.load_state_dict(state)
     assert other.state_dict()["dali_checkpoint"] == state["dali_checkpoint"]  # pending restore is passed on
     got = next(iter(other))
@@ -374,6 +378,65 @@ def test_resume_mid_epoch(synth, with_checkpoint):
     for name in ("target", "search", "bbox"):
         assert torch.equal(got[name], want[name]), name
     assert (other.epoch, other.batch) == (0, 3)
+
+
+def grouped_shards(d: Path) -> None:
+    """ImageNet: image ``one`` with 1 object, image ``four`` with 4; ALOV: video ``short`` with 1 pair, ``long``
+    with 5 (keys as the builder writes them: the group is the key without its last component)."""
+    st = synthetic_samples(5, "imagenet", seed=8, w=64, h=48)
+    for s, key in zip(st, ["one/obj00"] + [f"four/obj{i:02d}" for i in range(4)], strict=True):
+        s.key = f"imagenet/syn/{key}"
+    pr = synthetic_samples(6, "alov", seed=9, w=64, h=48)
+    for s, key in zip(pr, ["short/p0"] + [f"long/p{i}" for i in range(5)], strict=True):
+        s.key = f"alov/{key}"
+    write_shards(d, "imagenet", st, per_tar=3)
+    write_shards(d, "alov", pr, per_tar=4)
+
+
+def test_authors_sampling_draws_an_image_then_an_object(tmp_path):
+    """train.cpp: a uniform image (video), then a uniform object (pair) of it, with replacement; the epoch reader
+    instead weights each image by its objects (1/5 vs 4/5)."""
+    from pipeline.group_sampler import GroupSampler
+
+    grouped_shards(tmp_path)
+    img, vid = find_shards(tmp_path)
+    for s, big, n_big in ((img, "imagenet/syn/four", 4), (vid, "alov/long", 5)):
+        smp = GroupSampler(s, batch_size=50)
+        assert smp.num_groups == 2
+        keys = [k for b in range(400) for k in smp.draw(1234, b).keys]  # 20,000 draws
+        share = sum(k.startswith(big + "/") for k in keys) / len(keys)
+        assert abs(share - 0.5) < 0.02, share  # 0.5 +- 5.7 sigma; the epoch reader gives n_big / (n_big + 1)
+        members = [k for k in keys if k.startswith(big + "/")]
+        counts = np.unique(members, return_counts=True)[1]
+        assert len(counts) == n_big and np.abs(counts / len(members) - 1 / n_big).max() < 0.02
+        assert smp.draw(1234, 7).keys == smp.draw(1234, 7).keys != smp.draw(1235, 7).keys  # a pure function
+    # The loader feeds exactly those draws (keys from the audit = the sampler's), for every source and rank.
+    ld = loader(tmp_path, pairs_per_batch=4, k=1, audit=True, sampling="authors", seed=5)
+    (b,) = first_batches(ld, 1)
+    want = [smp.draw(ld._stream_seed(i), 0).keys for i, smp in enumerate(ld._samplers)]
+    assert [k.split(":", 1)[1] for k in b["keys"][::2]] == [w[p] for p in range(2) for w in want]
+    epoch = [
+        k.rsplit("/", 1)[0].split(":")[-1] for k in epoch_keys(loader(tmp_path, pairs_per_batch=2, k=0, audit=True))
+    ]
+    assert epoch.count("alov/long") == 5 * epoch.count("alov/short") == 5  # the reader's weighting: per pair
+    r1 = loader(tmp_path, pairs_per_batch=4, k=1, audit=True, sampling="authors", seed=5, shard_id=1, num_shards=2)
+    assert r1._stream_seed(0) != ld._stream_seed(0)  # every rank draws its own stream
+
+
+def test_authors_sampling_names_a_corrupt_sample(tmp_path):
+    ss = synthetic_samples(6, "alov", seed=3, w=96, h=72)
+    ss[1].curr = ss[1].curr[: len(ss[1].curr) // 3]  # truncated JPEG
+    write_shards(tmp_path, "alov", ss, per_tar=2)
+    ld = loader(tmp_path, pairs_per_batch=2, num_threads=1, sampling="authors")
+    errors, good = [], 0
+    while ld.epoch < 3:  # 9 batches of 2 draws (seeded): some hold the bad sample, some do not
+        try:
+            for _ in ld:
+                good += 1
+        except SampleDecodeError as e:
+            errors.append(str(e))
+    assert errors and good  # a bad batch is lost, iteration goes on
+    assert "alov_000001" in errors[0] and "alov-train-000000.tar" in errors[0] and "curr.jpg" in errors[0]
 
 
 def test_corrupt_sample_names_shard_and_key(tmp_path):

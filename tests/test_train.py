@@ -319,6 +319,8 @@ def test_validation_equals_the_expanded_batch_computation(shards: Path, tmp_path
         trainer = Trainer(cfg, ctx)
         torch.nn.init.normal_(trainer.model.fc8.weight, std=0.05)  # a net whose boxes depend on its input
         got = trainer.validate()
+        assert build_loader(cfg.shards, "train", cfg, ctx, 0).sampling == cfg.sampling == "authors"  # train.cpp's
+        assert build_loader(cfg.val_shards, "val", cfg, ctx, 0).sampling == "epoch"  # every val sample once
         loss = iou = n = n_true = 0.0
         net = trainer.model.eval()
         with torch.no_grad():

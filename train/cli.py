@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--time-limit", type=float, help="stop (with a checkpoint) after this many minutes (0 = none)")
     a("--loader-pairs", type=int, help="pairs per loader batch (each gives 1 + k examples)")
     a("--k", type=int, help="shifted examples per pair (authors: 10)")
+    a(
+        "--sampling",
+        choices=["authors", "epoch"],
+        help="training pairs: authors = a uniform image / video, then a uniform object / pair, with replacement "
+        "(train.cpp; default); epoch = every shard sample once per epoch",
+    )
     a("--loader-threads", type=int, help="DALI CPU threads (default: the loader's)")
     a("--prefetch", type=int, help="batches prepared ahead of the step (default 2)")
     a("--compile", action="store_true", default=None, help="torch.compile the network")

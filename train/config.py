@@ -44,6 +44,7 @@ class TrainConfig:
     time_limit: float = 0.0  # minutes, 0 = none
     loader_pairs: int = 16  # pairs per loader batch (x 11 examples)
     k: int = 10  # shifted examples per pair
+    sampling: str = "authors"  # authors | epoch: how training pairs are drawn (pipeline/group_sampler.py)
     loader_threads: int = 0  # 0 = the loader's default
     prefetch: int = 2
     compile: bool = False

@@ -53,6 +53,7 @@ def build_loader(shards: str, split: str, cfg: TrainConfig, ctx: distributed.Dis
         "seed": seed,
         "shard_id": ctx.rank,
         "num_shards": ctx.world_size,
+        "sampling": cfg.sampling if split == "train" else "epoch",  # validation: every val sample once
     }
     if cfg.loader_threads:
         kwargs["num_threads"] = cfg.loader_threads

@@ -1,0 +1,161 @@
+"""The authors' training-pair sampler: a uniform image (video), then a uniform object (pair) within it.
+
+Why: ``train.cpp`` draws ``rand() % n_images`` then an object of that image, and ``rand() % n_videos`` then
+``rand() % (n_ann - 1)`` (goturn_spec.md 3.1-3.2), with replacement. Reading every shard sample once per epoch
+instead weights an image by its number of objects and a video by its number of pairs: in ALOV300++ the ten
+long-duration videos alone would supply several times their authors' share. Shards hold one sample per object
+(pair), so the group of a sample is its key without the last component (``imagenet/<folder>/<file>``,
+``alov/<video>``; ``shards/SCHEMA.md``).
+
+The draws of batch ``b`` are a pure function of ``(seed, b)``: any batch can be recomputed (resume, naming a
+corrupt sample) without replaying the ones before it. Members are read with ``os.pread`` at the offsets of the
+DALI ``.idx`` files (tar headers when an index is missing) and fed to the DALI graph by ``fn.external_source``.
+"""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.bad_samples import member_problems
+from pipeline.shard_sets import ShardSet
+from shards.format import BOXES, CURR, PREV, split_member_name
+
+MEMBERS = (PREV, CURR, BOXES)  # the external source's outputs, as the reader's READER_EXTS (stills: no PREV)
+_EMPTY = np.zeros(0, dtype=np.uint8)
+
+
+def _index_entries(tar: str, idx: str | None) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Per sample: (key, {ext: (data offset, size)}), from the ``.idx`` (cheap) or the tar headers."""
+    if idx is not None:
+        lines = Path(idx).read_text().splitlines()
+        if not lines or not lines[0].startswith("v1"):
+            raise ValueError(f"{idx}: not a DALI wds2idx v1.x index")
+        out = []
+        for line in lines[1:]:
+            f = line.split()
+            members = {f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f) - 3, 4)}
+            out.append((split_member_name(f[3])[0], members))
+        return out
+    by_key: dict[str, dict[str, tuple[int, int]]] = {}
+    with tarfile.open(tar) as tf:
+        for m in tf:
+            key, ext = split_member_name(m.name)
+            if m.isfile() and ext:
+                by_key.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    return list(by_key.items())
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One source's samples of one batch: global sample ids, their keys and shards."""
+
+    ids: np.ndarray
+    keys: list[str]
+    tars: list[str]
+
+
+class GroupSampler:
+    """Samples of one shard set drawn as the authors draw them (see the module docstring).
+
+    The index is built once; `feed` gives the per-epoch DALI source, called with the batch index.
+    """
+
+    def __init__(self, shard_set: ShardSet, batch_size: int) -> None:
+        self.batch_size = int(batch_size)
+        self.tars = list(shard_set.tars)
+        self.members = MEMBERS if shard_set.has_pairs else MEMBERS[1:]  # stills only: no prev.jpg output
+        idxs = shard_set.index_paths or [None] * len(self.tars)
+        self.keys: list[str] = []
+        tar_of, spans = [], []
+        for t, (tar, idx) in enumerate(zip(self.tars, idxs, strict=True)):
+            for key, members in _index_entries(tar, idx):
+                self.keys.append(key)
+                tar_of.append(t)
+                spans.append([members.get(ext, (0, 0)) for ext in self.members])
+        if not self.keys:
+            raise ValueError(f"no samples in {self.tars}")
+        self.tar_of = np.asarray(tar_of, dtype=np.int64)
+        self.spans = np.asarray(spans, dtype=np.int64)  # (n, members, (offset, size))
+        _, group_of = np.unique([k.rsplit("/", 1)[0] for k in self.keys], return_inverse=True)
+        self.group_members = np.argsort(group_of, kind="stable")  # sample ids, grouped
+        self.group_size = np.bincount(group_of)
+        self.group_start = np.concatenate([[0], np.cumsum(self.group_size)[:-1]])
+        self._fds: dict[int, int] = {}
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_size)
+
+    def draw(self, seed: int, batch: int) -> Draw:
+        """The samples of batch ``batch`` of stream ``seed``: uniform groups, a uniform member of each."""
+        rng = np.random.default_rng([int(seed), int(batch)])
+        g = rng.integers(self.num_groups, size=self.batch_size)
+        m = (rng.random(self.batch_size) * self.group_size[g]).astype(np.int64)  # uniform in [0, size)
+        ids = self.group_members[self.group_start[g] + m]
+        return Draw(ids, [self.keys[i] for i in ids], [self.tars[self.tar_of[i]] for i in ids])
+
+    def read(self, sample: int) -> list[np.ndarray]:
+        """The raw bytes of `members` (empty when the sample lacks one)."""
+        t = int(self.tar_of[sample])
+        fd = self._fds.get(t)
+        if fd is None:
+            fd = self._fds[t] = os.open(self.tars[t], os.O_RDONLY)
+        out = []
+        for offset, size in self.spans[sample]:
+            data = os.pread(fd, int(size), int(offset)) if size else b""
+            if len(data) != size:
+                raise OSError(f"{self.tars[t]}: short read of key {self.keys[sample]!r} (truncated shard?)")
+            out.append(np.frombuffer(data, dtype=np.uint8) if size else _EMPTY)
+        return out
+
+    def feed(self, seed: int) -> _Feed:
+        """The DALI ``external_source`` of stream ``seed``: batch ``i`` -> its members, one list per output."""
+        return _Feed(self, int(seed))
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class _Feed:
+    """A one-argument callable, so DALI passes the batch index and restores it from a checkpoint."""
+
+    def __init__(self, sampler: GroupSampler, seed: int) -> None:
+        self.sampler, self.seed = sampler, seed
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.sampler.members)
+
+    def __call__(self, batch: int) -> tuple[list[np.ndarray], ...]:
+        cols: tuple[list[np.ndarray], ...] = tuple([] for _ in self.sampler.members)
+        for i in self.sampler.draw(self.seed, batch).ids:
+            for col, data in zip(cols, self.sampler.read(int(i)), strict=True):
+                col.append(data)
+        return cols
+
+
+def stream_seed(seed: int, epoch: int, shard_id: int, source_index: int) -> int:
+    """Each rank, epoch and source draws its own stream, as the authors' one process draws with replacement."""
+    return int(np.random.SeedSequence([seed, epoch, shard_id, source_index, 0x5A]).generate_state(1)[0])
+
+
+def drawn_problems(sampler: GroupSampler, seed: int, batch: int) -> list[tuple[str, str, list[str]]]:
+    """(tar, key, problems) of every broken sample of one drawn batch, for `pipeline.bad_samples.explain`."""
+    d = sampler.draw(seed, batch)
+    bad = []
+    for sample, key, tar in zip(d.ids, d.keys, d.tars, strict=True):
+        members = dict(zip(sampler.members, (a.tobytes() for a in sampler.read(int(sample))), strict=True))
+        problems = member_problems(members)
+        if problems:
+            bad.append((tar, key, problems))
+    return bad
