@@ -10,8 +10,16 @@ pixels that the authors' zero-padded canvas (``CropPadImage``) covers, including
 truncations. Pixels are produced by `crop_and_resize`, which samples the zero-extended image bilinearly over the
 window with half-pixel centres (one ``grid_sample``; DALI's ``warp_perspective`` with a constant border computes
 the same function, so the training pipeline and the tracker share it). Versus the C++'s ``cv::resize`` of the
-canvas this differs only when the canvas is smaller than 227 px, and then only in the outermost half source pixel,
-where ``cv::resize`` repeats the canvas edge while we read the true neighbouring pixel (or 0 outside the image).
+canvas this differs in two places, both at the crop's edge:
+
+* canvases smaller than 227 px: in the outermost half source pixel, where ``cv::resize`` repeats the canvas edge
+  while we read the true neighbouring pixel (or 0 outside the image);
+* 2x windows clipped at the image's left (top) edge: ``floor(edge_x) + ROI width`` can fall one pixel short of
+  the canvas (the C++'s truncations; one in eight boxes drawn uniformly over a 160x120 image), so
+  ``CropPadImage`` leaves its last column (row) black where the image goes on, and the window reads the image
+  pixel there. Reproducing that band would mean slicing the ROI out before every DALI warp (slice-based crops
+  measured 1.8x slower on DALI's CPU backend, `dali_pipeline.md`) for one source column of the canvas; training
+  and tracking agree with each other either way.
 """
 
 from __future__ import annotations

@@ -104,6 +104,36 @@ def test_crop_pad_image_places_roi_with_edge_spacing() -> None:
     np.testing.assert_array_equal(canvas[:, 10:80], img[0:40, 0:70])
 
 
+def test_window_is_the_authors_canvas_but_for_one_far_column_or_row() -> None:
+    """The one place the window is not the C++ canvas pixel for pixel, as the module documents: with the 2x window
+    clipped at the left (top), ``floor(edge) + ROI`` can fall one pixel short of the canvas, so ``CropPadImage``
+    leaves its last column (row) black where the image goes on, and the window reads the image there."""
+    rng = np.random.default_rng(0)
+    h, w = 120, 160
+    img = rng.integers(1, 256, (h, w), dtype=np.uint8)  # no zeros: black canvas pixels are padding
+    padded = np.zeros((3 * h, 3 * w), np.uint8)
+    padded[h : 2 * h, w : 2 * w] = img
+    short_seen = 0
+    for _ in range(2000):
+        bw, bh = rng.uniform(1, 120, 2)
+        x1, y1 = rng.uniform(-bw / 2, w - bw / 2), rng.uniform(-bh / 2, h - bh / 2)
+        canvas, g = G.crop_pad_image(img, np.array([x1, y1, x1 + bw, y1 + bh]))
+        x0, y0, x1w, y1w = (int(v) for v in g.window)
+        read = padded[y0 + h : y1w + h, x0 + w : x1w + w]
+        left, top, rw, rh = (int(v) for v in g.roi)
+        short_x = left + rw < w and int(np.floor(g.edge_x)) + rw < g.canvas_w
+        short_y = top + rh < h and int(np.floor(g.edge_y)) + rh < g.canvas_h
+        allowed = np.zeros(canvas.shape, bool)
+        allowed[:, -1] |= short_x
+        allowed[-1, :] |= short_y
+        diff = canvas != read
+        assert not (diff & ~allowed).any() and (canvas[diff] == 0).all()
+        assert diff[:-1, -1].any() == short_x and diff[-1, :-1].any() == short_y  # exactly there, only then
+        assert not (short_x or short_y) or g.edge_x > 0 or g.edge_y > 0
+        short_seen += short_x or short_y
+    assert short_seen > 100
+
+
 def _textured(h: int, w: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:h, 0:w]
