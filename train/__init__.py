@@ -10,8 +10,9 @@ lr x0.1 every 100k steps, convs frozen. Modules: `train.cli` (arguments, presets
 
 DDP_SEMANTICS = """\
   --batch-examples is per process. With N processes every step consumes N x batch-examples examples (the
-  global batch); each rank reads its own part of the shards (DALI shard_id = rank, num_shards = N) and cuts
-  its own 50-example batches with its own carry-over. Each rank's loss is the authors' sum over its own batch
+  global batch); each rank draws its own stream of pairs (the authors' sampling, with replacement, seeded by
+  rank; with --sampling epoch it reads its own part of the shards: DALI shard_id = rank, num_shards = N) and
+  cuts its own 50-example batches with its own carry-over. Each rank's loss is the authors' sum over its own batch
   and DDP averages the gradients over ranks, so one update has the size of a single process's 50-example
   summed gradient, with N times less noise. This is what Caffe's own multi-GPU solver does (it divides the
   summed gradients by the number of solvers), so --lr and the schedule (--steps, --lr-step, all counted in
