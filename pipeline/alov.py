@@ -28,6 +28,7 @@ import numpy as np
 from model.geometry import alov_points_to_corners
 
 MAX_ANN_BYTES = 16 << 20  # a real .ann file is a few KB
+LAYOUT = "<annotations>/<category>/<video>.ann"  # the one level the C++ reads
 VAL_FRACTION = 0.2  # val_ratio
 
 # VOT-2014 overlap (GOTURN README; pygoturn datasets.py `exclude`)

@@ -35,9 +35,9 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.accounting import assemble
-from pipeline.plan import MapFn, ShardPlan, SourcePlan, assign_shards, plan_alov, plan_imagenet
+from pipeline.plan import InputLayoutError, MapFn, ShardPlan, SourcePlan, assign_shards, plan_alov, plan_imagenet
 from pipeline.sample_build import build_sample
-from pipeline.workers import OrderedPool
+from pipeline.workers import OrderedPool, WorkerDied
 from shards.format import FORMAT_NAME, MANIFEST_NAME, SCHEMA_VERSION, index_name, parse_shard_name, sha256_file
 from shards.tarwriter import TarShardWriter
 
@@ -57,7 +57,8 @@ class BuildLocked(RuntimeError):
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """Everything a build depends on (``workers`` and ``progress`` do not change the output)."""
+    """Everything a build depends on (``workers`` and ``progress`` do not change the output, so the manifest,
+    a function of the inputs and the output-affecting options only, does not record them)."""
 
     out: Path
     imagenet_images: Path | None = None
@@ -77,6 +78,7 @@ class BuildReport:
     """The manifest, what this run did, where its time went (seconds; validate/encode summed over workers)."""
 
     manifest: dict[str, Any]
+    workers: int = 1
     shards_written: int = 0
     shards_reused: int = 0
     images_decoded: int = 0
@@ -210,7 +212,6 @@ def _arguments(cfg: BuildConfig) -> dict[str, Any]:
         "alov_annotations": s(cfg.alov_annotations),
         "out": str(cfg.out),
         "shard_size": cfg.shard_size,
-        "workers": cfg.workers,
         "alov_val_fraction": cfg.alov_val_fraction,
         "keep_vot_overlap": cfg.keep_vot_overlap,
         "seed": cfg.seed,
@@ -229,7 +230,6 @@ def build(cfg: BuildConfig) -> BuildReport:
         lock.close()
         raise BuildLocked(f"another build is writing to {out}") from None
     try:
-        (out / MANIFEST_NAME).unlink(missing_ok=True)  # no manifest until this build is complete
         for p in list(out.glob("*" + PARTIAL)) + list((out / STATE_DIR).glob("*" + PARTIAL)):
             p.unlink()
         return _build_locked(cfg, t_start)
@@ -240,7 +240,7 @@ def build(cfg: BuildConfig) -> BuildReport:
 def _build_locked(cfg: BuildConfig, t_start: float) -> BuildReport:
     out = cfg.out
     times = {"parse": 0.0, "validate": 0.0, "encode": 0.0, "write": 0.0, "verify_kept": 0.0}
-    report = BuildReport({})
+    report = BuildReport({}, workers=cfg.workers)
     with OrderedPool(cfg.workers) as pool:
         t = time.perf_counter()
         plans: list[SourcePlan] = []
@@ -251,6 +251,8 @@ def _build_locked(cfg: BuildConfig, t_start: float) -> BuildReport:
             plans.append(plan_alov(cfg.alov_frames, cfg.alov_annotations, cfg.alov_val_fraction, cfg.keep_vot_overlap))
         shards = assign_shards([s for p in plans for s in p.samples], cfg.seed, cfg.shard_size)
         times["parse"] = time.perf_counter() - t
+        # no manifest until this build is complete (removed only now: a plan that fails leaves a build intact)
+        (out / MANIFEST_NAME).unlink(missing_ok=True)
 
         t = time.perf_counter()
         records: dict[str, dict[str, Any]] = {}
@@ -401,7 +403,7 @@ def summary_text(report: BuildReport) -> str:
     t = report.timings
     lines.append(
         f"time: total {t['total']:.2f}s, parse {t['parse']:.2f}s, validate {t['validate']:.2f} worker-s, "
-        f"encode {t['encode']:.2f} worker-s, write {t['write']:.2f}s"
+        f"encode {t['encode']:.2f} worker-s, write {t['write']:.2f}s ({report.workers} workers)"
     )
     return "\n".join(lines)
 
@@ -411,9 +413,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         report = build(cfg)
-    except BuildLocked as e:
+    except (BuildLocked, InputLayoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except WorkerDied as e:
+        print(
+            f"error: {e}. The build stopped; finished shards are kept: rerun the same command to resume "
+            f"(with fewer --workers if memory ran out).",
+            file=sys.stderr,
+        )
+        return 1
     print(summary_text(report))
     print(f"manifest: {cfg.out / MANIFEST_NAME}")
     return 0

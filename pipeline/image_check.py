@@ -3,10 +3,11 @@
 A shard JPEG must decode to the same RGB pixels in every reader (PIL, DALI's CPU decoder, nvJPEG). So an input
 is copied byte for byte only when it is a JPEG (baseline, extended-sequential or progressive, 8-bit) that
 decodes completely to 3-channel RGB. PNG-named-JPEG, CMYK, grayscale and other modes are converted to RGB and
-re-encoded (baseline JPEG, quality 95). A JPEG with an EXIF orientation tag other than 1 has its EXIF segment
-removed (pixels untouched), because DALI applies EXIF orientation by default while the boxes refer to the
-stored pixels. Anything that does not decode completely is rejected with a reason; nothing here raises for bad
-data except `ImageRejected`.
+re-encoded (baseline JPEG, quality 95); 16-bit samples keep their high byte, as ``cv2.imread`` (the authors'
+reader) does. A JPEG with an EXIF orientation tag other than 1 in any of its EXIF segments has all of them
+removed (pixels untouched), because DALI applies EXIF orientation (of the last segment) by default while the
+boxes refer to the stored pixels. Anything that does not decode completely is rejected with a reason; nothing
+here raises for bad data except `ImageRejected`.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
 
 MAX_IMAGE_BYTES = 64 << 20  # refuse to read larger files (largest real ImageNet/ALOV frames are a few MB)
@@ -28,6 +33,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COPYABLE_SOF = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive"}
 ALL_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 EXIF_ORIENTATION = 0x0112
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})  # PNG 16-bit gray ("I" in old Pillow)
 _ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
@@ -53,8 +59,11 @@ class CheckedImage:
 def read_image_file(path: str) -> bytes:
     """Read an image file with a size bound; missing or unreadable files become `ImageRejected`."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # a FIFO must not block the open
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageRejected("not_regular_file", "not a regular file (FIFO, device or directory)")
+            size = st.st_size
             if size > MAX_IMAGE_BYTES:
                 raise ImageRejected("image_too_large", f"{size} bytes > {MAX_IMAGE_BYTES}")
             return f.read(MAX_IMAGE_BYTES + 1)
@@ -64,11 +73,14 @@ def read_image_file(path: str) -> bytes:
         raise ImageRejected("unreadable_image", f"{type(e).__name__}: {e.strerror or e}") from e
 
 
-def jpeg_header(data: bytes) -> tuple[int | None, tuple[int, int] | None, int]:
-    """(SOF marker, byte range of an APP1 Exif segment, sample precision) from the segments before SOS."""
+def jpeg_header(data: bytes) -> tuple[int | None, list[tuple[int, int]], int]:
+    """(SOF marker, byte ranges of every APP1 Exif segment, sample precision) from the segments before SOS.
+
+    Every Exif segment, not just the first: PIL reads the first, DALI obeys the last.
+    """
     i, n = 2, len(data)
     sof: int | None = None
-    exif: tuple[int, int] | None = None
+    exif: list[tuple[int, int]] = []
     precision = 8
     while i + 4 <= n:
         if data[i] != 0xFF:  # stray bytes between segments: libjpeg skips them with a warning, so do we
@@ -89,16 +101,29 @@ def jpeg_header(data: bytes) -> tuple[int | None, tuple[int, int] | None, int]:
         if marker in ALL_SOF and sof is None:
             sof = marker
             precision = data[i + 4] if i + 4 < n else 8
-        elif marker == 0xE1 and exif is None and data[i + 4 : i + 10] == b"Exif\0\0":
-            exif = (i, i + 2 + length)
+        elif marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\0\0":
+            exif.append((i, i + 2 + length))
         i += 2 + length
     return sof, exif, precision
+
+
+@contextmanager
+def _pil_pixel_limit(limit: int) -> Iterator[None]:
+    """PIL's decompression-bomb limit set to ours while decoding, then restored: the rule that applies is
+    `MAX_PIXELS` (not PIL's version-dependent default), and other users of PIL in the process are unaffected.
+    Not thread-safe (PIL's limit is a module global); the builder decodes in single-threaded processes."""
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limit
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
 def _decode(data: bytes, fmt: str) -> Image.Image:
     """Open and fully decode (``load``); every failure is an `ImageRejected`, never an exception escaping."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _pil_pixel_limit(MAX_PIXELS):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=(fmt,))
             w, h = im.size
@@ -108,12 +133,27 @@ def _decode(data: bytes, fmt: str) -> Image.Image:
         return im
     except ImageRejected:
         raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:  # PIL's check of MAX_PIXELS
+        raise ImageRejected("image_too_large", f"more than {MAX_PIXELS} pixels: {e}") from e
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error... for broken files
         message = _ADDRESS.sub("<data>", str(e))  # no object addresses: the manifest stays reproducible
         raise ImageRejected("corrupt_image", f"{type(e).__name__}: {message}") from e
 
 
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """16-bit samples -> their high byte (``value >> 8``), as ``cv2.imread`` reads them; PIL's ``convert``
+    would clip every value above 255 to white."""
+    a = np.asarray(im)
+    if a.size and (a.min() < 0 or a.max() > 0xFFFF):
+        raise ImageRejected("unsupported_image", f"mode {im.mode} samples outside the 16-bit range")
+    return Image.fromarray((a >> 8).astype(np.uint8))
+
+
 def _reencode(im: Image.Image) -> bytes:
+    if im.mode == "F":  # float samples have no defined 8-bit scale (PIL would clip them to 0..255)
+        raise ImageRejected("unsupported_image", "cannot convert mode F (32-bit float samples) to 8-bit RGB")
+    if im.mode in SIXTEEN_BIT_MODES:
+        im = _to_8bit(im)
     try:
         buf = io.BytesIO()
         im.convert("RGB").save(buf, format="JPEG", quality=REENCODE_QUALITY)
@@ -122,12 +162,23 @@ def _reencode(im: Image.Image) -> bytes:
         raise ImageRejected("unsupported_image", f"cannot convert {im.mode} to RGB: {e}") from e
 
 
-def _orientation(im: Image.Image) -> int | None:
-    """EXIF orientation, or None when the EXIF block cannot be parsed (then it is removed too, to be safe)."""
+def _orientation(segment: bytes) -> int | None:
+    """EXIF orientation of one APP1 segment, or None when it cannot be parsed (then it is removed too)."""
     try:
-        return int(im.getexif().get(EXIF_ORIENTATION, 1))
+        exif = Image.Exif()
+        exif.load(segment[4:])  # after marker and length: b"Exif\0\0" + TIFF header
+        return int(exif.get(EXIF_ORIENTATION, 1))
     except Exception:
         return None
+
+
+def _without(data: bytes, ranges: list[tuple[int, int]]) -> bytes:
+    """``data`` minus the given sorted, disjoint byte ranges."""
+    parts, start = [], 0
+    for a, b in ranges:
+        parts.append(data[start:a])
+        start = b
+    return b"".join([*parts, data[start:]])
 
 
 def check_image(data: bytes) -> CheckedImage:
@@ -136,7 +187,8 @@ def check_image(data: bytes) -> CheckedImage:
         raise ImageRejected("empty_image", "0 bytes")
     if data.startswith(PNG_MAGIC):
         im = _decode(data, "PNG")
-        return CheckedImage(_reencode(im), im.width, im.height, "png")
+        reason = "png_16bit" if im.mode in SIXTEEN_BIT_MODES else "png"
+        return CheckedImage(_reencode(im), im.width, im.height, reason)
     if not data.startswith(JPEG_MAGIC):
         raise ImageRejected("unsupported_format", f"neither JPEG nor PNG (starts with {data[:8].hex()})")
     sof, exif, precision = jpeg_header(data)
@@ -146,6 +198,6 @@ def check_image(data: bytes) -> CheckedImage:
     if im.mode != "RGB":
         reason = {"L": "grayscale", "CMYK": "cmyk"}.get(im.mode, f"mode_{im.mode}")
         return CheckedImage(_reencode(im), im.width, im.height, reason)
-    if exif is not None and _orientation(im) != 1:
-        return CheckedImage(data[: exif[0]] + data[exif[1] :], im.width, im.height, "exif_orientation")
+    if any(_orientation(data[a:b]) != 1 for a, b in exif):
+        return CheckedImage(_without(data, exif), im.width, im.height, "exif_orientation")
     return CheckedImage(data, im.width, im.height, None)

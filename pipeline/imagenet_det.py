@@ -24,6 +24,7 @@ from lxml import etree
 MAX_RATIO = 0.66  # kMaxRatio
 MAX_XML_BYTES = 4 << 20  # a real DET XML is < 10 KB
 IMAGE_SUFFIX = ".JPEG"
+LAYOUT = "<annotations>/<synset or ILSVRC2014_train_NNNN>/*.xml"  # the one level the C++ reads
 
 _ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?\d+)")
 _parser: etree.XMLParser | None = None

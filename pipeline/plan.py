@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,11 @@ BUILDER_VERSION = "1"  # bump when the bytes a plan produces change (invalidates
 META_ESTIMATE = 3 * 512 + 1024  # tar headers and small members of a sample, for the shard size plan
 
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
+
+
+class InputLayoutError(ValueError):
+    """A source gives no sample at all (e.g. annotations one folder level off): an empty build is an error,
+    not a success."""
 
 
 class PlannedImage(NamedTuple):
@@ -108,6 +115,90 @@ def _rel(root: Path, path: Path | str) -> str:
     return f"{root.name}/{Path(path).relative_to(root).as_posix()}"
 
 
+def _rel_dir(root: Path, folder: Path) -> str:
+    """A folder's display path, ending in ``/`` (``<root name>/`` for the root itself)."""
+    return _rel(root, folder).removesuffix("/.") + "/"
+
+
+_FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def not_regular(mode: int) -> str | None:
+    """What a non-regular file is (reading a FIFO or device would block or never end); None for a file."""
+    return None if stat.S_ISREG(mode) else _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def misplaced_files(ann_root: Path, suffix: str, skip: Callable[[str], bool]) -> list[tuple[Path, int]]:
+    """Folders holding ``suffix`` files where the one-level listing does not look (the root itself, or below
+    a sub-folder), with counts, so that a tree one level off is reported instead of silently read as empty.
+
+    Sub-folders named so that ``skip(name)`` is true are not searched.
+    """
+    out: list[tuple[Path, int]] = []
+    top = sum(1 for e in os.scandir(ann_root) if e.name.endswith(suffix) and not e.is_dir())
+    if top:
+        out.append((ann_root, top))
+    for sub in sorted(p for p in ann_root.iterdir() if p.is_dir() and not skip(p.name)):
+        for nested in sorted(e.path for e in os.scandir(sub) if e.is_dir(follow_symlinks=False)):
+            for folder, dirs, names in os.walk(nested):
+                dirs.sort()
+                n = sum(1 for name in names if name.endswith(suffix))
+                if n:
+                    out.append((Path(folder), n))
+    return out
+
+
+def _misplaced_skips(ann_root: Path, misplaced: list[tuple[Path, int]], suffix: str, layout: str) -> list[Skip]:
+    """One skip entry per folder of misplaced annotation files."""
+    out = []
+    for folder, n in misplaced:
+        depth = len(folder.relative_to(ann_root).parts)
+        where = f"{depth} folder levels down" if depth else "directly in the annotation root"
+        reason = f"misplaced_annotation: {_files(n, suffix)} {where}, not read (expected {layout})"
+        out.append(Skip(_rel_dir(ann_root, folder), reason))
+    return out
+
+
+def _files(n: int, suffix: str) -> str:
+    return f"{n} {suffix} file{'' if n == 1 else 's'}"
+
+
+def _layout_error(
+    source: str, option: str, ann_root: Path, layout: str, suffix: str, found: list[str]
+) -> InputLayoutError:
+    return InputLayoutError(
+        f"no {source} annotation files where they are read: expected {layout} under {option} {ann_root}; "
+        f"found {'; '.join(found) or f'no {suffix} file at any depth'}. Point {option} at the folder "
+        f"that holds the sub-folders."
+    )
+
+
+def _misplaced_found(ann_root: Path, misplaced: list[tuple[Path, int]], suffix: str) -> list[str]:
+    """What a listing found at the wrong depth, for the error message."""
+    found = []
+    top = sum(n for folder, n in misplaced if folder == ann_root)
+    deeper = [(folder, n) for folder, n in misplaced if folder != ann_root]
+    if top:
+        found.append(f"{_files(top, suffix)} directly in {ann_root} (not in sub-folders)")
+    if deeper:
+        example = deeper[0][0].relative_to(ann_root).as_posix()
+        found.append(
+            f"{_files(sum(n for _, n in deeper), suffix)} deeper, in {len(deeper)} folder(s) such as {example}/"
+        )
+    return found
+
+
+def _no_samples(source: str, ann_root: Path, total: int, what: str, reasons: Counter, hint: str) -> InputLayoutError:
+    why = ", ".join(f"{code} {n}" for code, n in sorted(reasons.items())) or "none"
+    return InputLayoutError(f"no {source} sample from {ann_root}: all {total} {what} skipped ({why}); {hint}")
+
+
 # ------------------------------------------------------------------------------------------------------------
 # ImageNet DET
 # ------------------------------------------------------------------------------------------------------------
@@ -116,7 +207,8 @@ def _rel(root: Path, path: Path | str) -> str:
 def parse_xml_task(
     args: tuple[str, str],
 ) -> tuple[str, str | None, imagenet_det.XmlAnnotation | None, tuple | None]:
-    """Worker task: read an XML, stat its image -> (xml path, error, annotation, (image, size, mtime))."""
+    """Worker task: read an XML, stat its image -> (xml path, error, annotation, (image, size, mtime, kind)),
+    kind None for a regular file, else what it is (a FIFO would block the decoder forever)."""
     xml_path, images_root = args
     try:
         ann = imagenet_det.read_annotation(xml_path)
@@ -129,16 +221,24 @@ def parse_xml_task(
         st = os.stat(image)
     except OSError:
         return xml_path, None, ann, None
-    return xml_path, None, ann, (image, st.st_size, st.st_mtime_ns)
+    return xml_path, None, ann, (image, st.st_size, st.st_mtime_ns, not_regular(st.st_mode))
 
 
 def plan_imagenet(images_root: Path, ann_root: Path, map_fn: MapFn) -> SourcePlan:
     """One still sample per kept object of every XML (split ``train``: the authors train on all of DET)."""
     files, extras = imagenet_det.list_annotation_files(ann_root)
+    misplaced = misplaced_files(ann_root, ".xml", lambda name: "extra" in name)
+    if not files:
+        found = _misplaced_found(ann_root, misplaced, ".xml")
+        found += [f"{_files(n, '.xml')} in the negative-only folder {f.name}/ (skipped)" for f, n in extras if n]
+        raise _layout_error("ImageNet DET", "--imagenet-annotations", ann_root, imagenet_det.LAYOUT, ".xml", found)
     plan = SourcePlan("imagenet", [], [], [])
     for folder, n in extras:
         plan.extra_folders.append((_rel(ann_root, folder), n))
-        plan.skipped.append(Skip(_rel(ann_root, folder) + "/", f"extra_folder: negative-only folder, {n} XML files"))
+        plan.skipped.append(Skip(_rel_dir(ann_root, folder), f"extra_folder: negative-only folder, {n} XML files"))
+    plan.skipped += _misplaced_skips(ann_root, misplaced, ".xml", imagenet_det.LAYOUT)
+    for folder, n in misplaced:  # counted in xml_files (one record each), listed per folder
+        plan.xmls += [XmlRecord(_rel_dir(ann_root, folder), "misplaced_annotation") for _ in range(n)]
     seen: dict[str, str] = {}
     tasks = ((str(f), str(images_root)) for f in files)
     for xml_path, error, ann, image in map_fn(parse_xml_task, tasks):
@@ -159,6 +259,10 @@ def plan_imagenet(images_root: Path, ann_root: Path, map_fn: MapFn) -> SourcePla
         if image is None:
             rec.error = "missing_image"
             plan.skipped.append(Skip(image_rel, f"missing_image: referenced by {rel}"))
+            continue
+        if image[3] is not None:
+            rec.error = "not_regular_file"
+            plan.skipped.append(Skip(image_rel, f"not_regular_file: {image[3]}, referenced by {rel}"))
             continue
         img_key = f"{ann.folder}/{ann.filename}"
         if img_key in seen:
@@ -189,6 +293,10 @@ def plan_imagenet(images_root: Path, ann_root: Path, map_fn: MapFn) -> SourcePla
             size = (ann.width, ann.height)
             plan.samples.append(PlannedSample(key, "imagenet", "train", (pimg,), (box,), size, _json(meta)))
         rec.objects = [(i, d, keys.get(i)) for i, d, _ in rec.objects]
+    if not plan.samples:
+        reasons = Counter((r.error or "").split(":")[0] for r in plan.xmls)
+        hint = f"images are read as {images_root}/<folder>/<filename>{imagenet_det.IMAGE_SUFFIX} (--imagenet-images)"
+        raise _no_samples("ImageNet DET", ann_root, len(plan.xmls), "XML files", reasons, hint)
     return plan
 
 
@@ -199,9 +307,17 @@ def plan_imagenet(images_root: Path, ann_root: Path, map_fn: MapFn) -> SourcePla
 
 def plan_alov(frames_root: Path, ann_root: Path, val_fraction: float, keep_vot_overlap: bool) -> SourcePlan:
     """One pair sample per two consecutive usable annotation lines of every kept video."""
+    videos = alov.list_videos(ann_root, frames_root, val_fraction, keep_vot_overlap)
+    misplaced = misplaced_files(ann_root, ".ann", lambda name: False)
+    if not videos:
+        found = _misplaced_found(ann_root, misplaced, ".ann")
+        raise _layout_error("ALOV300++", "--alov-annotations", ann_root, alov.LAYOUT, ".ann", found)
     plan = SourcePlan("alov", [], [], [])
+    plan.skipped += _misplaced_skips(ann_root, misplaced, ".ann", alov.LAYOUT)
+    for folder, n in misplaced:  # counted in videos (one record each), listed per folder
+        plan.videos += [VideoRecord(_rel_dir(ann_root, folder), None, "misplaced_annotation") for _ in range(n)]
     seen: dict[str, str] = {}
-    for v in alov.list_videos(ann_root, frames_root, val_fraction, keep_vot_overlap):
+    for v in videos:
         rel = _rel(ann_root, v.ann_path)
         if v.name in seen:  # keys are alov/<video>/...: a video name must be unique across categories
             plan.videos.append(VideoRecord(rel, v.split, "duplicate_video"))
@@ -245,8 +361,11 @@ def plan_alov(frames_root: Path, ann_root: Path, val_fraction: float, keep_vot_o
                 annotated.add(ln.frame)
                 hit = index.lookup(ln.frame)
                 if hit is None:  # the input that is missing is the frame file: name it
-                    where = _rel(frames_root, v.frames_dir / f"{ln.frame:08d}.jpg")
-                    reason = f"missing_frame: frame {ln.frame} annotated on {rel}:{ln.line_no} has no file"
+                    path = v.frames_dir / f"{ln.frame:08d}.jpg"
+                    where = _rel(frames_root, path)
+                    kind = _not_regular_path(path)
+                    reason = f"frame {ln.frame} annotated on {rel}:{ln.line_no}"
+                    reason = f"not_regular_file: {reason} is {kind}" if kind else f"missing_frame: {reason} has no file"
                 else:
                     path = v.frames_dir / hit[0]
                     img = PlannedImage(str(path), _rel(frames_root, path), hit[1], hit[2])
@@ -257,8 +376,10 @@ def plan_alov(frames_root: Path, ann_root: Path, val_fraction: float, keep_vot_o
             usable.append((target, reason))
         for n in index.missing_numbers():
             if n not in annotated:
-                path = _rel(frames_root, v.frames_dir / f"{n:08d}.jpg")
-                plan.warnings.append(Skip(path, "missing_frame: not annotated, no pair affected"))
+                path = v.frames_dir / f"{n:08d}.jpg"
+                kind = _not_regular_path(path)
+                reason = f"not_regular_file: {kind}" if kind else "missing_frame"
+                plan.warnings.append(Skip(_rel(frames_root, path), f"{reason}: not annotated, no pair affected"))
         for i in range(len(lines) - 1):
             a, b = usable[i][0], usable[i + 1][0]
             if a is None or b is None:
@@ -284,7 +405,19 @@ def plan_alov(frames_root: Path, ann_root: Path, val_fraction: float, keep_vot_o
             plan.samples.append(
                 PlannedSample(key, "alov", v.split, (a.image, b.image), (a.line.box, b.line.box), None, _json(meta))
             )
+    if not plan.samples:
+        reasons = Counter(r.error or "no_usable_pair" for r in plan.videos)
+        hint = f"frames are read as {frames_root}/<category>/<video>/*.jpg (--alov-frames)"
+        raise _no_samples("ALOV300++", ann_root, len(plan.videos), ".ann files", reasons, hint)
     return plan
+
+
+def _not_regular_path(path: Path) -> str | None:
+    """What sits at ``path`` when it is there but is no regular file (the frame listing ignores such)."""
+    try:
+        return not_regular(os.stat(path).st_mode)
+    except OSError:
+        return None
 
 
 class AnnTarget(NamedTuple):

@@ -21,6 +21,8 @@ from PIL import Image
 
 from shards.format import BOXES, CURR, MANIFEST_NAME, META, PREV, parse_shard_name
 
+BUILD_STATE_DIR = ".build"  # the builder's resume records (pipeline.build_shards.STATE_DIR)
+
 
 def decode_jpeg(data: bytes) -> np.ndarray:
     """JPEG bytes -> HxWx3 uint8 RGB."""
@@ -62,13 +64,20 @@ def shard_paths(dir_or_pattern: str | os.PathLike, source: str | None = None, sp
     """Absolute shard paths: a build directory (its manifest's shard list), or a glob / brace pattern of tars.
 
     ``source`` / ``split`` filter by the v1 file name (``None`` = all); files named otherwise are kept only
-    when given explicitly by a pattern.
+    when given explicitly by a pattern. A directory without manifest is read as is (hand-made tars), unless it
+    holds the builder's ``.build/``: then it is an unfinished (re)build, whose tars may mix two builds.
     """
     path = Path(dir_or_pattern)
     if path.is_dir():
         manifest = path / MANIFEST_NAME
         if manifest.is_file():
             names = [entry["file"] for entry in json.loads(manifest.read_text())["shards"]]
+        elif (path / BUILD_STATE_DIR).is_dir():
+            raise FileNotFoundError(
+                f"{path} holds an unfinished shard build: it has the builder's {BUILD_STATE_DIR}/ but no "
+                f"{MANIFEST_NAME} (the build was interrupted or failed, and its tars may mix two builds); rerun "
+                f"python -m pipeline.build_shards with the same arguments to resume it"
+            )
         else:
             names = sorted(p.name for p in path.iterdir())
         files = [path / n for n in names if parse_shard_name(n)]

@@ -10,12 +10,16 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +35,12 @@ from shards_testdata import (
     sample_args,
     sample_config,
     sample_tree,
+    xml,
 )
 
-from pipeline import alov, imagenet_det
-from pipeline.build_shards import BuildConfig, build, parse_size
-from pipeline.image_check import ImageRejected, check_image
+from pipeline import alov, image_check, imagenet_det
+from pipeline.build_shards import BuildConfig, build, main, parse_size
+from pipeline.image_check import ImageRejected, check_image, jpeg_header, read_image_file
 from shards.format import make_key
 
 pytestmark = pytest.mark.xdist_group("shards")
@@ -153,9 +158,9 @@ def test_real_alov_pairs_splits_and_boxes(real_build, shared_data):
 
 
 def test_builds_are_deterministic_across_worker_counts(real_build, tmp_path):
-    root, report = real_build
+    root, report = real_build  # built with 2 workers
     args = report.manifest["arguments"]
-    assert args["workers"] == 2
+    assert "workers" not in args and report.workers == 2
     again = build(
         BuildConfig(
             out=tmp_path / "out",
@@ -167,7 +172,7 @@ def test_builds_are_deterministic_across_worker_counts(real_build, tmp_path):
             progress=False,
         )
     )
-    assert again.manifest["shards"] == report.manifest["shards"]
+    assert again.manifest == report.manifest | {"arguments": args | {"out": str(tmp_path / "out")}}
     for entry in report.manifest["shards"]:
         assert (tmp_path / "out" / entry["file"]).read_bytes() == (root / "out" / entry["file"]).read_bytes()
         assert (tmp_path / "out" / entry["index"]).read_bytes() == (root / "out" / entry["index"]).read_bytes()
@@ -513,7 +518,6 @@ def test_check_image_rejects():
 
 def test_rebuild_with_other_arguments_replaces_stale_shards_and_respects_the_lock(edge_build, tmp_path):
     import fcntl
-    from dataclasses import replace
 
     from pipeline.build_shards import BuildLocked
     from shards.verify import verify
@@ -542,3 +546,190 @@ def test_rebuild_with_other_arguments_replaces_stale_shards_and_respects_the_loc
         fcntl.flock(lock, fcntl.LOCK_EX)
         with pytest.raises(BuildLocked):
             build(cfg)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Review findings: wrong layouts, non-regular files, dead workers, 16-bit PNG, EXIF, pixel limits, manifest
+# ------------------------------------------------------------------------------------------------------------
+
+
+def tiny_config(root: Path, **kw: object) -> BuildConfig:
+    """Two DET images and one 4-frame ALOV video, in the layout the builder reads (add bad inputs around it)."""
+    img, ann, frames, anns = root / "det_img", root / "det_ann", root / "alov_frames", root / "alov_ann"
+    (img / "n01").mkdir(parents=True)
+    (ann / "n01").mkdir(parents=True)
+    for name in ("a", "b"):
+        (img / "n01" / f"{name}.JPEG").write_bytes(jpeg(64, 48))
+        (ann / "n01" / f"{name}.xml").write_text(xml("n01", name, 64, 48, [(5, 5, 30, 30)]))
+    video = frames / "01-Light" / "01-Light_video00001"
+    video.mkdir(parents=True)
+    for i in range(1, 5):
+        (video / f"{i:08d}.jpg").write_bytes(jpeg(64, 48, seed=i))
+    (anns / "01-Light").mkdir(parents=True)
+    (anns / "01-Light" / "01-Light_video00001.ann").write_text(
+        "".join(f"{i} 5 5 30 5 30 30 5 30\n" for i in range(1, 5))
+    )
+    cfg = {"imagenet_images": img, "imagenet_annotations": ann, "alov_frames": frames, "alov_annotations": anns}
+    return BuildConfig(out=root / "out", alov_val_fraction=0.0, workers=1, progress=False, **(cfg | kw))
+
+
+def cli_args(cfg: BuildConfig) -> list[str]:
+    """The command line of a `tiny_config` (sources left out when None)."""
+    args = ["--out", str(cfg.out), "--alov-val-fraction", str(cfg.alov_val_fraction), "--no-progress"]
+    for option in ("imagenet_images", "imagenet_annotations", "alov_frames", "alov_annotations"):
+        if getattr(cfg, option) is not None:
+            args += ["--" + option.replace("_", "-"), str(getattr(cfg, option))]
+    return args
+
+
+class StillRunning(BaseException):
+    """A `deadline` expired (a BaseException: the builder's ``except Exception`` handlers must not absorb it)."""
+
+
+@contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Fail instead of hanging (the builder used to block forever on some inputs)."""
+
+    def expire(*_: object) -> None:
+        raise StillRunning(f"still running after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_annotation_roots_one_level_off_stop_the_build(tmp_path, capsys):
+    cfg = tiny_config(tmp_path / "flat")
+    det = cfg.imagenet_annotations
+    for f in (det / "n01").iterdir():  # XMLs directly in the root, as if --imagenet-annotations named a synset
+        f.rename(det / f.name)
+    (det / "n01").rmdir()
+    assert main(cli_args(cfg)) == 2
+    err = capsys.readouterr().err
+    assert f"expected {imagenet_det.LAYOUT}" in err and f"found 2 .xml files directly in {det}" in err
+    assert not (cfg.out / "manifest.json").exists()
+
+    cfg = tiny_config(tmp_path / "deep", imagenet_images=None, imagenet_annotations=None)
+    alov_ann = cfg.alov_annotations
+    (alov_ann / "ALOV").mkdir()
+    (alov_ann / "01-Light").rename(alov_ann / "ALOV" / "01-Light")  # one level too deep
+    assert main(cli_args(cfg)) == 2
+    err = capsys.readouterr().err
+    assert f"expected {alov.LAYOUT}" in err and "found 1 .ann file deeper, in 1 folder(s) such as ALOV/01-Light/" in err
+
+    root = tmp_path / "noimages"  # right layout, wrong images root: every XML skipped
+    cfg = tiny_config(root, imagenet_images=root / "alov_frames")
+    assert main(cli_args(cfg)) == 2
+    err = capsys.readouterr().err
+    assert "no ImageNet DET sample" in err and "missing_image 2" in err and f"read as {root / 'alov_frames'}/" in err
+
+
+def test_annotations_at_other_depths_are_reported(tmp_path):
+    cfg = tiny_config(tmp_path)
+    nested = cfg.imagenet_annotations / "ILSVRC2013_train" / "n02"  # ILSVRC2015 layout: two levels down
+    nested.mkdir(parents=True)
+    (nested / "c.xml").write_text(xml("n02", "c", 64, 48, [(5, 5, 30, 30)]))
+    (cfg.alov_annotations / "stray.ann").write_text("1 5 5 30 5 30 30 5 30\n")
+    m = build(cfg).manifest
+    assert m["accounting"]["imagenet"]["xml_files"] == {
+        "total": 3,
+        "written": 2,
+        "skipped": {"misplaced_annotation": 1},
+    }
+    assert m["accounting"]["alov"]["videos"]["skipped"] == {"misplaced_annotation": 1}
+    skipped = skipped_map(m)
+    assert skipped["det_ann/ILSVRC2013_train/n02/"].startswith("misplaced_annotation: 1 .xml file 2 folder levels")
+    assert skipped["alov_ann/"].startswith("misplaced_annotation: 1 .ann file directly in the annotation root")
+
+
+def test_non_regular_files_are_skipped_not_read(tmp_path):
+    cfg = tiny_config(tmp_path)
+    (cfg.imagenet_annotations / "n01" / "fifo.xml").write_text(xml("n01", "fifo", 64, 48, [(5, 5, 30, 30)]))
+    os.mkfifo(cfg.imagenet_images / "n01" / "fifo.JPEG")  # open() of a FIFO blocks until a writer comes
+    frame = cfg.alov_frames / "01-Light" / "01-Light_video00001" / "00000003.jpg"
+    frame.unlink()
+    os.mkfifo(frame)
+    with deadline(20):
+        m = build(cfg).manifest
+    skipped = skipped_map(m)
+    assert skipped["det_img/n01/fifo.JPEG"].startswith("not_regular_file: a FIFO (named pipe), referenced by")
+    assert skipped["alov_frames/01-Light/01-Light_video00001/00000003.jpg"].startswith("not_regular_file: frame 3")
+    assert m["accounting"]["imagenet"]["xml_files"]["skipped"] == {"not_regular_file": 1}
+    assert m["accounting"]["alov"]["pairs"] == {"total": 3, "written": 1, "skipped": {"not_regular_file": 2}}
+    with pytest.raises(ImageRejected, match="not_regular_file"), deadline(5):
+        read_image_file(str(frame))  # the workers' own guard, should a file change after planning
+
+
+def test_a_dead_worker_stops_the_build_with_a_resumable_error(tmp_path):
+    cfg = tiny_config(tmp_path)
+    script = (
+        "import os, sys\n"
+        "import pipeline.build_shards as b\n"
+        "def die(sample):\n"
+        "    os._exit(137)  # what the out-of-memory killer leaves behind\n"
+        "b.build_sample = die\n"
+        "sys.exit(b.main(sys.argv[1:]))\n"
+    )
+    cmd = [sys.executable, "-c", script, *cli_args(cfg), "--workers", "2"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "worker process died" in done.stderr and "rerun the same command to resume" in done.stderr
+    assert not (cfg.out / "manifest.json").exists()
+
+
+def test_sixteen_bit_png_keeps_its_gray_levels():
+    ramp = np.tile(np.linspace(0, 65535, 100).astype(np.uint16), (20, 1))
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    c = check_image(buf.getvalue())
+    assert (c.width, c.height, c.converted) == (100, 20, "png_16bit")
+    px = np.asarray(Image.open(io.BytesIO(c.data)).convert("L")).astype(int)
+    assert np.abs(px - (ramp >> 8)).max() <= 3  # cv2.imread's high byte, not PIL's clip to white
+    with pytest.raises(ImageRejected, match="mode F"):
+        image_check._reencode(Image.new("F", (4, 4), 1000.5))
+
+
+def exif_segment(orientation: int | None) -> bytes:
+    """An APP1 Exif segment with that orientation (None: not parseable)."""
+    body = b"Exif\0\0garbage!" if orientation is None else Image.Exif()
+    if orientation is not None:
+        body[0x0112] = orientation
+        body = body.tobytes()
+    return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
+
+
+@pytest.mark.parametrize("orientations", [(1,), (6,), (1, 6), (6, 1), (1, None), (1, 1)])
+def test_every_exif_segment_is_checked(orientations):
+    plain = jpeg(40, 30)
+    data = plain[:2] + b"".join(exif_segment(o) for o in orientations) + plain[2:]
+    c = check_image(data)
+    if all(o == 1 for o in orientations):
+        assert c.converted is None and c.data == data
+    else:  # DALI obeys the last segment, PIL the first: remove them all
+        assert c.converted == "exif_orientation" and c.data == plain and not jpeg_header(c.data)[1]
+
+
+def test_pil_pixel_limit_follows_max_pixels(monkeypatch):
+    monkeypatch.setattr(image_check, "MAX_PIXELS", 4000)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # PIL's own limit below ours (its default: 89.5 MP)
+    assert check_image(jpeg(60, 50)).width == 60  # 3000 pixels: within MAX_PIXELS, so valid
+    for w, h in ((80, 60), (100, 100)):  # above MAX_PIXELS (PIL warns), above twice that (PIL raises)
+        with pytest.raises(ImageRejected) as e:
+            check_image(jpeg(w, h))
+        assert e.value.code == "image_too_large"
+    assert Image.MAX_IMAGE_PIXELS == 2000  # restored for other users of PIL
+
+
+def test_manifest_does_not_depend_on_workers(tmp_path):
+    cfg = tiny_config(tmp_path, shard_size=1)
+    one = build(cfg)
+    first = (cfg.out / "manifest.json").read_bytes()
+    shutil.rmtree(cfg.out)
+    two = build(replace(cfg, workers=2))
+    assert (one.workers, two.workers, two.shards_written) == (1, 2, len(two.manifest["shards"]))
+    assert (cfg.out / "manifest.json").read_bytes() == first
+    assert "workers" not in one.manifest["arguments"]

@@ -230,3 +230,17 @@ def test_stats_cli_prints_histograms_and_plots(sample_build, tmp_path):
     for text in ("imagenet  train", "box size", "aspect", "motion", "scale change"):
         assert text in done.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unfinished_build_is_refused_hand_made_tars_are_read(sample_build, tmp_path):
+    from pipeline.shard_sets import find_shards
+
+    root, report = sample_build
+    out = tmp_path / "out"
+    shutil.copytree(root / "out", out)
+    (out / "manifest.json").unlink()  # what a killed (re)build leaves: .build/ records, tars, no manifest
+    for read in (shard_paths, lambda d: open_dataset(d, "alov"), find_shards):
+        with pytest.raises(FileNotFoundError, match="unfinished shard build.*rerun python -m pipeline.build_shards"):
+            read(out)
+    shutil.rmtree(out / ".build")  # neither manifest nor .build/: hand-made tars, read as they are
+    assert len(shard_paths(out, None, None)) == len(report.manifest["shards"])
