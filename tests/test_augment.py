@@ -475,10 +475,11 @@ def test_dump_and_show_batch_clis(synth, tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with DALI's GPU backend")
-def test_gpu_graph_matches_cpu_graph(synth):
+@pytest.mark.parametrize("sampling", ["epoch", "authors"])
+def test_gpu_graph_matches_cpu_graph(synth, sampling):
     """Same seed: identical windows and targets on both devices; crops differ only by decoder/warp rounding."""
-    c = first_batches(loader(synth, seed=2, audit=True), 2)
-    g = first_batches(loader(synth, seed=2, audit=True, device="gpu"), 2)
+    c = first_batches(loader(synth, seed=2, audit=True, sampling=sampling), 2)
+    g = first_batches(loader(synth, seed=2, audit=True, device="gpu", sampling=sampling), 2)
     for x, y in zip(c, g, strict=True):
         assert y["search"].is_cuda and x["keys"] == y["keys"]
         assert torch.equal(x["search_windows"], y["search_windows"]) and torch.equal(x["bbox"], y["bbox"].cpu())
