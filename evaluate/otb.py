@@ -262,6 +262,17 @@ def result_folders(results: Path) -> list[Path]:
     return sorted(p for p in results.iterdir() if p.is_dir() and any(p.glob("*.txt")))
 
 
+def positive_int(text: str) -> int:
+    """argparse type for counts: 0 or a negative number is a usage error, never a silent default."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m evaluate.otb", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, help=f"checkpoint to evaluate (default {SAMPLE_WEIGHTS})")
@@ -270,11 +281,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sequences", help="comma-separated names in any toolkit's spelling (Jogging-1, Jogging.1)")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default {SAMPLE_OUT})")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
-    p.add_argument("--batch-sequences", type=int, default=None, help="sequences tracked in lockstep (cuda 128, cpu 8)")
+    p.add_argument(
+        "--batch-sequences", type=positive_int, default=None, help="sequences tracked in lockstep (cuda 128, cpu 8)"
+    )
     p.add_argument("--name", default="GOTURN", help="tracker name (result folder, legend)")
     p.add_argument("--protocol", choices=M.PROTOCOLS, default="got10k", help="scoring rules (default got10k)")
     p.add_argument("--results", type=Path, help="score existing result folders (subfolders of this directory)")
-    p.add_argument("--max-frames", type=int, default=None, help="smoke tests only: first K frames per sequence")
+    p.add_argument(
+        "--max-frames", type=positive_int, default=None, help="smoke tests only: first K frames per sequence"
+    )
     p.add_argument(
         "--dtype",
         default="float32",
@@ -314,14 +329,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     scores: list[TrackerScores] = []
     if run_model:
         from evaluate.steppers import device_name, load_stepper, resolve_device
+        from model.caffe_proto import CaffeModelError
+        from model.checkpoint import CheckpointError
 
-        dev = resolve_device(args.device)
+        try:
+            dev = resolve_device(args.device)
+        except ValueError as e:
+            raise SystemExit(f"error: --device: {e}") from None
         batch = args.batch_sequences or (128 if dev.type == "cuda" else 8)
         import torch
 
         dtype = getattr(torch, args.dtype)
         half_cuda = dev.type == "cuda" and dtype != torch.float32
-        stepper = load_stepper(weights, dev, dtype=dtype, channels_last=half_cuda)
+        try:
+            stepper = load_stepper(weights, dev, dtype=dtype, channels_last=half_cuda)
+        except (CheckpointError, CaffeModelError) as e:
+            raise SystemExit(f"error: --weights: {e}") from None
         tdir = out / args.name
         if args.dtype != "float32":
             notes.append(f"network in {args.dtype}")

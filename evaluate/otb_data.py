@@ -134,7 +134,10 @@ def parse_gt_text(text: str, source: str = "<text>") -> np.ndarray:
             continue
         if len(parts) != 4:
             raise ValueError(f"{source}:{lineno}: expected 4 numbers (x, y, w, h), got {line!r}")
-        rows.append([float(p) for p in parts])
+        try:
+            rows.append([float(p) for p in parts])
+        except ValueError:
+            raise ValueError(f"{source}:{lineno}: not a number in {line!r}") from None
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
 
 
@@ -145,8 +148,16 @@ def otb_valid_mask(gt: np.ndarray) -> np.ndarray:
 
 
 def list_images(folder: Path) -> list[Path]:
-    """Image files of ``folder`` sorted by name (zero-padded names make this frame order)."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """Image files of ``folder`` sorted by name (zero-padded names make this frame order); hidden files such as
+    macOS's ``._0001.jpg`` resource forks are skipped, as got10k's glob does."""
+    return sorted(
+        p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+
+
+def read_annotation_text(path: Path) -> str:
+    """An annotation file's text; ``utf-8-sig`` drops the byte-order mark some Windows editors write."""
+    return path.read_text(encoding="utf-8-sig")
 
 
 def read_frame(path: str | Path) -> np.ndarray:
@@ -162,7 +173,7 @@ def annotation_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.glob("groundtruth*.txt") if _GT_RE.match(p.name))
     kept = []
     for p in files:
-        if p.read_text().strip():
+        if read_annotation_text(p).strip():
             kept.append(p)
         else:
             log.info("%s is empty (ignored)", p)
@@ -188,11 +199,17 @@ def load_sequence(
         targets = target_names(folder)
         if not targets:
             raise FileNotFoundError(f"no non-empty groundtruth_rect*.txt in {folder}")
-        name, gt_path = targets[0] if name is None else next(t for t in targets if t[0] == name)
+        if name is None:
+            name, gt_path = targets[0]
+        else:
+            hits = [t for t in targets if t[0] == name]
+            if not hits:
+                raise ValueError(f"{folder}: no target {name!r}; targets: {', '.join(t[0] for t in targets)}")
+            name, gt_path = hits[0]
     else:
         gt_path = folder / gt_file if not Path(gt_file).is_absolute() else Path(gt_file)
     name = name or folder.name
-    gt = parse_gt_text(gt_path.read_text(), str(gt_path))
+    gt = parse_gt_text(read_annotation_text(gt_path), str(gt_path))
     img_dir = folder / "img"
     if not img_dir.is_dir():
         raise FileNotFoundError(f"{img_dir} not found")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from evaluate.otb_data import OTBSequence, name_aliases, parse_gt_text
+from evaluate.otb_data import OTBSequence, name_aliases, parse_gt_text, read_annotation_text
 
 META_FILE = "meta.json"
 
@@ -49,7 +49,7 @@ def find_result(tracker_dir: str | Path, seq: OTBSequence) -> Path | None:
 def read_result(path: str | Path) -> np.ndarray:
     """Boxes of a result file; comma, tab or space separated (trackers in the wild use all three)."""
     path = Path(path)
-    return parse_gt_text(path.read_text(), str(path))
+    return parse_gt_text(read_annotation_text(path), str(path))
 
 
 def read_times(tracker_dir: str | Path, result_path: str | Path) -> np.ndarray | None:

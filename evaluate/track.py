@@ -20,9 +20,11 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from evaluate.lockstep import TrackJob, track_lockstep
+from evaluate.otb import positive_int
 from evaluate.otb_data import list_images, load_sequence, parse_gt_text, read_frame, target_names
 from evaluate.results import write_result
 from model.geometry import corners_to_xywh, xywh_to_corners
+from model.tracker import check_init_box
 
 PRED_COLOR = (255, 40, 40)
 GT_COLOR = (40, 220, 40)
@@ -64,7 +66,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--init", help="1-based x,y,w,h of frame 1 (default: first ground-truth row)")
     p.add_argument("--target", help="which target of a multi-target folder (e.g. Jogging-2)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--max-frames", type=positive_int, default=None)
     return p.parse_args(argv)
 
 
@@ -74,9 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     gt = None
     name = seq_dir.name
     if seq_dir.is_dir() and target_names(seq_dir):
-        seq = load_sequence(seq_dir, name=args.target)
+        try:
+            seq = load_sequence(seq_dir, name=args.target)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"error: {e}") from None
         frames, gt, name = list(seq.frames), seq.gt, seq.name
     else:
+        if args.target:
+            raise SystemExit(f"error: --target {args.target}: {seq_dir} has no groundtruth_rect*.txt")
         img_dir = seq_dir / "img" if (seq_dir / "img").is_dir() else seq_dir
         frames = list_images(img_dir) if img_dir.is_dir() else []
     if not frames:
@@ -85,14 +92,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         frames = frames[: args.max_frames]
         gt = gt[: args.max_frames] if gt is not None else None
     if args.init:
-        init = parse_gt_text(args.init, "--init")[0]
+        try:
+            rows = parse_gt_text(args.init, "--init")
+            if len(rows) != 1:
+                raise ValueError(f"expected one box x,y,w,h, got {len(rows)}")
+            h, w = read_frame(frames[0]).shape[:2]
+            check_init_box(rows[0] - [1, 1, 0, 0], w, h)  # the tracker's own rule, on the 0-based box
+        except ValueError as e:
+            raise SystemExit(f"error: --init {args.init}: {str(e).removeprefix('--init:1: ')}") from None
+        init = rows[0]
     elif gt is not None:
         init = gt[0]
     else:
         raise SystemExit("error: no ground truth in the folder: pass --init x,y,w,h (1-based)")
     from evaluate.steppers import load_stepper, resolve_device
+    from model.caffe_proto import CaffeModelError
+    from model.checkpoint import CheckpointError
 
-    stepper = load_stepper(args.weights, resolve_device(args.device))
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"error: --device: {e}") from None
+    try:
+        stepper = load_stepper(args.weights, device)
+    except (CheckpointError, CaffeModelError) as e:
+        raise SystemExit(f"error: --weights: {e}") from None
     bar = tqdm(total=len(frames), unit="frame", desc=name)
     (out,) = track_lockstep(stepper, [TrackJob(name, frames, xywh_to_corners(init, one_based=True))], 1, bar.update)
     bar.close()

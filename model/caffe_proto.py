@@ -130,6 +130,12 @@ def _blob_array(blob, where: str) -> np.ndarray:
     shape = _blob_shape(blob)
     count = int(np.prod(shape)) if shape else None
     arr = None
+    for raw, itemsize in ((blob.data, 4), (blob.double_data, 8)):
+        if len(raw) % itemsize:  # np.frombuffer would raise a bare ValueError
+            raise CaffeModelError(
+                f"{where}: blob holds {len(raw)} bytes of packed data, not a whole number of {itemsize}-byte "
+                "floats (truncated or corrupt file?)"
+            )
     if blob.data:
         arr = np.frombuffer(blob.data, dtype="<f4")
     elif blob.double_data:
@@ -137,7 +143,10 @@ def _blob_array(blob, where: str) -> np.ndarray:
     if arr is None or (count is not None and arr.size != count):
         # Unpacked floats (old writers) or split packed chunks do not fit the bytes declaration: re-read this
         # one blob with the field declared as `repeated float`.
-        compat = _COMPAT["BlobProto"].FromString(blob.SerializeToString())
+        try:
+            compat = _COMPAT["BlobProto"].FromString(blob.SerializeToString())
+        except DecodeError as e:
+            raise CaffeModelError(f"{where}: unreadable blob ({e}; truncated or corrupt file?)") from None
         values = compat.data if len(compat.data) else compat.double_data
         if len(values) or arr is None:
             arr = np.asarray(values, dtype=np.float32)
@@ -149,6 +158,13 @@ def _blob_array(blob, where: str) -> np.ndarray:
             "(truncated or corrupt file?)"
         )
     return arr.reshape(shape)
+
+
+def _text(value: str | bytes, path: Path) -> str:
+    """A layer name or type; protobuf hands back ``bytes`` when the string is not valid UTF-8 (corrupt file)."""
+    if isinstance(value, bytes):
+        raise CaffeModelError(f"{path}: layer name or type {value!r} is not valid UTF-8 (corrupt file?)")
+    return value
 
 
 def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
@@ -180,13 +196,15 @@ def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
     layers: list[CaffeLayer] = []
     for lp in net.layer:
         if lp.blobs:
-            layers.append(CaffeLayer(lp.name, lp.type, [_blob_array(b, f"{p}: layer {lp.name!r}") for b in lp.blobs]))
+            name, ltype = _text(lp.name, p), _text(lp.type, p)
+            layers.append(CaffeLayer(name, ltype, [_blob_array(b, f"{p}: layer {name!r}") for b in lp.blobs]))
     for lp in net.layers:
         name, blobs = lp.name, lp.blobs
         if lp.HasField("layer"):  # V0 inside V1
             name = name or lp.layer.name
             blobs = blobs or lp.layer.blobs
         if blobs:
+            name = _text(name, p)
             layers.append(CaffeLayer(name, f"V1:{lp.type}", [_blob_array(b, f"{p}: layer {name!r}") for b in blobs]))
     if not layers:
         raise CaffeModelError(f"{p}: parsed, but holds no layer with weights (not a Caffe model, or truncated)")

@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -74,12 +74,23 @@ def _validate(ckpt: Mapping[str, Any], where: str) -> None:
         raise CheckpointError(f"{where}: no 'model' state dict")
 
 
+def _torch_reason(e: Exception) -> str:
+    """The first sentence of the line that says what went wrong: torch's messages run to paragraphs of
+    advice (about ``weights_only=False``, which this project never uses)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    line = next((ln.split("WeightsUnpickler error:", 1)[1] for ln in lines if "WeightsUnpickler error:" in ln), "")
+    line = line.strip() or (lines[0] if lines else type(e).__name__)
+    return line.split(". ")[0].rstrip(".")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint dict (``torch.load(weights_only=True)``: no arbitrary pickles)."""
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for non-zip / unpickling failures
-        raise CheckpointError(f"{path}: cannot be read as a weights-only torch checkpoint ({e})") from None
+        raise CheckpointError(
+            f"{path}: cannot be read as a weights-only torch checkpoint ({_torch_reason(e)})"
+        ) from None
     _validate(ckpt, str(path))
     return ckpt
 
@@ -108,24 +119,54 @@ def model_from_checkpoint(ckpt: Mapping[str, Any], device: str | torch.device = 
     return net.eval()
 
 
-def _is_torch_zip(path: Path) -> bool:
+# torch.save's legacy (non-zip) format starts with its pickled magic number (torch.serialization.MAGIC_NUMBER).
+_TORCH_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+
+
+def _is_torch_file(path: Path) -> bool:
+    """A torch.save file: zip (the default since torch 1.6) or the legacy pickle format (a pickle PROTO opcode,
+    then the magic number); everything else is offered to the Caffe reader."""
     with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
+        head = f.read(64)
+    return head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and _TORCH_LEGACY_MAGIC in head)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> GoturnNet:
+def _refuse_backbone(where: str) -> NoReturn:
+    raise CheckpointError(
+        f"{where}: a backbone-only model (CaffeNet conv weights, e.g. bvlc_reference_caffenet / tracker_init, "
+        f"with an untrained head) cannot track; it only initialises training (`python -m train --init {where}`)"
+    )
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, allow_backbone: bool = False
+) -> GoturnNet:
     """A `GoturnNet` in eval mode from a checkpoint (ours or a trainer's) or directly from a ``.caffemodel``.
 
     The variant and normalization come from the file; a ``.caffemodel`` goes through `model.import_caffe`.
+    Backbone-only files (conv weights, head from random fillers) are refused unless ``allow_backbone``: a
+    tracker built from one would run silently with a random head.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
-    if not _is_torch_zip(path):
-        from model.import_caffe import load_caffemodel
+    if _is_torch_file(path):
+        ckpt = load_checkpoint(path, map_location="cpu")
+        if not allow_backbone and (ckpt.get("backbone_only") or ckpt.get("kind") == "backbone"):
+            _refuse_backbone(str(path))
+        return model_from_checkpoint(ckpt, device=device)
+    from model.caffe_proto import CaffeModelError
+    from model.import_caffe import load_caffemodel
 
+    try:
         result = load_caffemodel(path)
-        net = GoturnNet(result.variant, init="none", normalization=DEFAULT_NORMALIZATION[result.variant])
-        net.load_state_dict(result.state_dict, strict=True)
-        return net.to(device).eval()
-    return model_from_checkpoint(load_checkpoint(path, map_location="cpu"), device=device)
+    except CaffeModelError as e:
+        if path.suffix.lower() == ".caffemodel":
+            raise
+        reason = str(e).removeprefix(f"{path}: ")
+        raise CheckpointError(f"{path}: neither a PyTorch checkpoint nor a usable Caffe model: {reason}") from None
+    if result.kind == "backbone" and not allow_backbone:
+        _refuse_backbone(str(path))
+    net = GoturnNet(result.variant, init="none", normalization=DEFAULT_NORMALIZATION[result.variant])
+    net.load_state_dict(result.state_dict, strict=True)
+    return net.to(device).eval()

@@ -11,7 +11,8 @@ Understood files (the variant is detected from the layer names):
 - ``backbone``: ``tracker_init.caffemodel`` or ``bvlc_reference_caffenet.caffemodel``: only conv weights are
   taken (CaffeNet's ``conv1..conv5`` go to both towers unless ``conv*_p`` copies exist); the head starts from
   the authors' Caffe fillers (``--seed``), as training from these files does. The checkpoint says
-  ``"backbone_only": True`` so a trainer may re-draw the head with its own seed.
+  ``"backbone_only": True`` so a trainer may re-draw the head with its own seed; `model.checkpoint.load_model`
+  refuses such files for tracking (their head is untrained).
 
 Every blob's shape is checked against the architecture (legacy 4-D ``num/channels/height/width`` shapes are
 accepted when they hold the same values). ``--prototxt`` optionally cross-checks the deploy file's layer
@@ -210,7 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.expect and got != args.expect:
             raise CaffeModelError(f"{args.caffemodel}: expected a {args.expect} model, found a {got} model")
         if args.prototxt is not None:
-            missing = check_prototxt(args.prototxt.read_text(), result)
+            try:
+                text = args.prototxt.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise CaffeModelError(f"{args.prototxt}: not a text .prototxt (binary file?)") from None
+            missing = check_prototxt(text, result)
             if missing:
                 raise CaffeModelError(f"{args.prototxt} declares layers {missing} that {args.caffemodel} lacks")
         _as_model(result.state_dict, result.variant)  # strict load: proves the state dict is complete

@@ -10,7 +10,9 @@ Two variants, chosen by the weights (``GoturnNet.variant``):
   rectangle, edge-replicated padding, cvRound'ed patch, bit-exact ``INTER_LINEAR_EXACT`` resize, BGR minus
   128, float32 decode with cvRound, intersection with the image (helpers at the end of `model.geometry`).
 
-Never crashes on a lost target (documented deviations, only where the reference would fail or degenerate):
+The initial box must have a positive size and overlap the frame (`check_init_box`, a ValueError otherwise);
+frames must not be empty. Once tracking, a box may drift out of the frame: the tracker never crashes on a lost
+target (documented deviations, only where the reference would fail or degenerate):
 
 - a non-finite network output keeps the previous box;
 - ``authors``: the decode clamps each corner to the image as the C++ does; a box thinner than ``min_size`` (1
@@ -47,12 +49,31 @@ FrameLike = Union[np.ndarray, torch.Tensor, "Image.Image"]  # noqa: UP007 - PIL 
 # ------------------------------------------------------------------------------------------------------------
 
 
+_ACCEPTED_DTYPES = "uint8, uint16 (scaled >> 8) or float (0..255 values)"
+_PIL_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def _to_uint8(t: torch.Tensor) -> torch.Tensor:
+    """One conversion for numpy, torch and PIL frames alike: uint16 keeps its high byte (as ``cv2.imread``
+    does for 16-bit images), float is rounded then clipped to 0..255."""
+    if t.dtype == torch.uint8:
+        return t
+    if t.dtype == torch.uint16:
+        return (t.to(torch.int32) >> 8).to(torch.uint8)  # torch has no shift for uint16
+    if t.is_floating_point():
+        return t.round().clamp(0, 255).to(torch.uint8)
+    raise TypeError(f"unsupported frame dtype {t.dtype}; frames must be {_ACCEPTED_DTYPES}")
+
+
 def frame_to_tensor(frame: FrameLike, device: torch.device | str = "cpu") -> torch.Tensor:
     """Any supported frame -> ``(3, H, W)`` uint8 RGB tensor on ``device``.
 
-    numpy ``HxWx3`` RGB / ``HxW`` or ``HxWx1`` gray / ``HxWx4`` (alpha dropped) uint8; PIL images (any mode,
-    converted to RGB); torch ``(3|1|4, H, W)`` or ``(H, W)`` tensors (float tensors are read as 0-255 values).
-    A tensor already on ``device`` stays there (no copy for uint8 RGB).
+    numpy ``HxWx3`` RGB / ``HxW`` or ``HxWx1`` gray / ``HxWx4`` (alpha dropped); torch ``(3|1|4, H, W)`` or
+    ``(H, W)`` tensors; PIL images (16-bit ``I;16*`` and float ``F`` read as the numpy arrays they hold, other
+    modes converted to RGB). numpy and torch dtypes: uint8; uint16, scaled to 8 bit by ``>> 8`` as OpenCV reads
+    16-bit images; float holding 0..255 values (not 0..1), rounded then clipped. Any other dtype is a
+    TypeError, a frame with no rows or columns a ValueError. A uint8 RGB tensor already on ``device`` stays
+    there (no copy).
     """
     if isinstance(frame, torch.Tensor):
         t = frame
@@ -60,7 +81,7 @@ def frame_to_tensor(frame: FrameLike, device: torch.device | str = "cpu") -> tor
             t = t.unsqueeze(0)
         if t.dim() != 3 or t.shape[0] not in (1, 3, 4):
             raise ValueError(f"torch frames must be (C, H, W) with C in 1, 3, 4 or (H, W); got {tuple(t.shape)}")
-        t = t.to(device, non_blocking=True)
+        t = _to_uint8(t).to(device, non_blocking=True)
     else:
         if not isinstance(frame, np.ndarray):
             try:
@@ -68,7 +89,7 @@ def frame_to_tensor(frame: FrameLike, device: torch.device | str = "cpu") -> tor
             except ImportError:  # pragma: no cover - Pillow is a dependency
                 Image = None
             if Image is not None and isinstance(frame, Image.Image):
-                frame = np.array(frame.convert("RGB"))
+                frame = np.array(frame if frame.mode in (*_PIL_16BIT, "F") else frame.convert("RGB"))
             else:
                 raise TypeError(f"unsupported frame type {type(frame).__name__}")
         a = frame
@@ -76,13 +97,16 @@ def frame_to_tensor(frame: FrameLike, device: torch.device | str = "cpu") -> tor
             a = a[:, :, None]
         if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
             raise ValueError(f"numpy frames must be HxW, HxWx1, HxWx3 or HxWx4; got shape {a.shape}")
-        if a.dtype != np.uint8:
-            a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        kind, size = a.dtype.kind, a.dtype.itemsize
+        if not ((kind == "u" and size <= 2) or (kind == "f" and size <= 8)):
+            raise TypeError(f"unsupported frame dtype {a.dtype}; frames must be {_ACCEPTED_DTYPES}")
+        if not a.dtype.isnative:  # big-endian data (PIL I;16B): torch reads native byte order only
+            a = a.astype(a.dtype.newbyteorder("="))
         elif not a.flags.writeable:  # torch.from_numpy warns on read-only memory; one frame copy is cheap
             a = a.copy()
-        t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).to(device)
-    if t.dtype != torch.uint8:
-        t = t.round().clamp(0, 255).to(torch.uint8)
+        t = _to_uint8(torch.from_numpy(np.ascontiguousarray(a))).permute(2, 0, 1).to(device)
+    if t.shape[1] == 0 or t.shape[2] == 0:
+        raise ValueError(f"empty frame: {t.shape[1]}x{t.shape[2]} pixels")
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
     elif t.shape[0] == 4:
@@ -103,10 +127,18 @@ def _crop_pairs(prev: torch.Tensor, curr: torch.Tensor, crop) -> tuple[torch.Ten
     return crop(prev), crop(curr)
 
 
-def _fix_degenerate(new: np.ndarray, prev: np.ndarray, sizes: np.ndarray, min_size: float) -> np.ndarray:
+def _fix_degenerate(
+    new: np.ndarray, prev: np.ndarray, sizes: np.ndarray, min_size: float, raw: np.ndarray | None = None
+) -> np.ndarray:
     """Lost-target guard: a non-finite row keeps the previous box; an axis thinner than ``min_size`` becomes
-    ``min_size`` wide around its centre, shifted inside the image (``sizes``: (N, 2) of W, H)."""
-    out = np.where(np.isfinite(new).all(axis=-1, keepdims=True), new, prev)
+    ``min_size`` wide around its centre, shifted inside the image (``sizes``: (N, 2) of W, H).
+
+    ``raw``: the network outputs ``new`` was decoded from, tested too (the decode clamps +-inf to the image
+    border, which would otherwise pass as a finite box)."""
+    finite = np.isfinite(new).all(axis=-1, keepdims=True)
+    if raw is not None:
+        finite &= np.isfinite(raw).all(axis=-1, keepdims=True)
+    out = np.where(finite, new, prev)
     for lo, hi, size in ((0, 2, sizes[:, 0]), (1, 3, sizes[:, 1])):
         thin = out[:, hi] - out[:, lo] < min_size
         if thin.any():
@@ -203,7 +235,7 @@ def track_step(
         if raw_outputs is not None:
             raw_outputs.append(raw)
         new = G.unscale_uncenter(raw.astype(np.float64), geom, sizes[:, 0], sizes[:, 1])
-        return _fix_degenerate(new, boxes, sizes, min_size)
+        return _fix_degenerate(new, boxes, sizes, min_size, raw=raw)
 
     # opencv: integer (x, y, w, h) state
     rects = np.rint(G.corners_to_xywh(boxes)).astype(np.int64)
@@ -222,7 +254,8 @@ def track_step(
         raw_outputs.append(out)
     new = rects.copy()
     for i in range(n):
-        raw = G.opencv_decode_raw(out[i], patches[i])
+        with np.errstate(invalid="ignore", over="ignore"):  # a non-finite output is caught just below
+            raw = G.opencv_decode_raw(out[i], patches[i])
         if not (np.isfinite(raw).all() and (np.abs(raw) < 2**31).all()):
             continue
         r = G.opencv_intersect(G.cv_round(raw), int(sizes[i, 0]), int(sizes[i, 1]))
@@ -256,17 +289,37 @@ def _prepare_net(
     return net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def check_init_box(box_xywh: Sequence[float] | np.ndarray, width: int, height: int) -> np.ndarray:
+    """The 0-based ``(x, y, w, h)`` as float64, or a ValueError unless it is 4 finite numbers with ``w, h > 0``
+    overlapping the ``width`` x ``height`` frame: there is nothing to track otherwise. Both variants and the
+    CLIs apply this one rule; the message says what is wrong, callers prefix it with the box as the user wrote
+    it."""
+    try:
+        b = np.asarray(box_xywh, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        b = np.zeros(0)
+    if b.shape != (4,) or not np.isfinite(b).all() or b[2] <= 0 or b[3] <= 0:
+        raise ValueError("expected 4 finite numbers x, y, w, h with w, h > 0")
+    x, y, w, h = b
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise ValueError(f"does not overlap the {width}x{height} frame")
+    return b
+
+
 def _initial_state(frame: FrameLike, box_xywh, variant: str, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
     """(frame tensor, corner box) to start tracking from; ``opencv``: the box rounded and clipped as OpenCV does."""
-    b = np.asarray(box_xywh, dtype=np.float64).reshape(-1)
-    if b.shape != (4,) or not np.isfinite(b).all() or b[2] <= 0 or b[3] <= 0:
-        raise ValueError(f"initial box must be 4 finite numbers (x, y, w, h) with w, h > 0; got {box_xywh!r}")
     prev = frame_to_tensor(frame, device)
+    H, W = prev.shape[1:]
+    try:
+        b = check_init_box(box_xywh, W, H)
+    except ValueError as e:
+        raise ValueError(f"initial box {box_xywh!r}: {e}") from None
     if variant == "opencv":
-        H, W = prev.shape[1:]
         r = G.opencv_intersect(np.rint(b).astype(np.int64), W, H)
         if r[2] <= 0 or r[3] <= 0:
-            raise ValueError(f"initial box {box_xywh!r} does not overlap the {W}x{H} image")
+            raise ValueError(
+                f"initial box {box_xywh!r}: empty once rounded to whole pixels and clipped to the frame, as OpenCV does"
+            )
         b = r.astype(np.float64)
     return prev, G.xywh_to_corners(b)
 
@@ -283,7 +336,8 @@ def _frame_hw(frame: FrameLike) -> tuple[int, int]:
 class GoturnTracker:
     """Track one object: ``init(frame, box_xywh)`` then ``update(frame) -> xywh`` per frame.
 
-    ``weights``: a checkpoint / ``.caffemodel`` path or a `GoturnNet` (moved to ``device`` in place). On CUDA
+    ``weights``: a checkpoint / ``.caffemodel`` path or a `GoturnNet` (moved to ``device`` in place); a
+    backbone-only file (CaffeNet convs, untrained head) is refused by `model.checkpoint.load_model`. On CUDA
     the frames are moved to the GPU once and every crop is a GPU op; ``cuda_graph=True`` (``authors`` variant
     on CUDA only) captures the whole step -- crop geometry, crops, normalisation, network, decode -- in one
     CUDA graph per frame size (bit-identical results, no per-step host work but the upload and the graph
@@ -401,7 +455,7 @@ def device_step(net: GoturnNet, prev: torch.Tensor, curr: torch.Tensor, box: tor
     crops = G.to_uint8(G.crop_and_resize(torch.cat([prev, curr], dim=0), window))
     mode = net.normalization
     pred = net(_net_input(net, crops[:, :3], mode), _net_input(net, crops[:, 3:], mode)).float()
-    return _fix_degenerate_torch(G.unscale_uncenter_torch(pred, offset, canvas, size), box, size, min_size)
+    return _fix_degenerate_torch(G.unscale_uncenter_torch(pred, offset, canvas, size), box, size, min_size, raw=pred)
 
 
 class _GraphStep:
@@ -469,10 +523,15 @@ class _GraphStep:
         return self.box
 
 
-def _fix_degenerate_torch(new: torch.Tensor, prev: torch.Tensor, size: torch.Tensor, min_size: float) -> torch.Tensor:
+def _fix_degenerate_torch(
+    new: torch.Tensor, prev: torch.Tensor, size: torch.Tensor, min_size: float, raw: torch.Tensor | None = None
+) -> torch.Tensor:
     """`_fix_degenerate` in torch ops (same arithmetic, both axes at once), for the graph-captured step;
     ``size`` is the ``(W, H)`` tensor of `model.geometry.crop_step_geometry_torch`."""
-    out = torch.where(torch.isfinite(new).all(dim=-1, keepdim=True), new, prev)
+    finite = torch.isfinite(new).all(dim=-1, keepdim=True)
+    if raw is not None:
+        finite &= torch.isfinite(raw).all(dim=-1, keepdim=True)
+    out = torch.where(finite, new, prev)
     lo, hi = out[..., :2], out[..., 2:]
     thin = hi - lo < min_size
     m = torch.clamp(size, max=min_size)

@@ -217,3 +217,22 @@ def test_matches_got10k_loader(otb_tree: Path) -> None:
         s = ours[name]
         assert [Path(p) for p in img_files] == list(s.frames), name
         np.testing.assert_array_equal(anno, s.gt)
+
+
+def test_hidden_files_bom_and_bad_tokens(tmp_path: Path) -> None:
+    """Archives made on macOS carry ``._0001.jpg`` resource forks (got10k's glob skips them); Windows editors
+    write a UTF-8 byte-order mark; a bad token must name the file and line."""
+    rows = _rows(4, 0)
+    d = make_seq(tmp_path, "Mac", 4, {"groundtruth_rect.txt": rows})
+    (d / "img" / "._0001.jpg").write_bytes(b"\x00\x05\x16\x07")
+    (d / "groundtruth_rect.txt").write_text("\ufeff" + (d / "groundtruth_rect.txt").read_text(), encoding="utf-8")
+    s = D.load_sequence(d)
+    assert [p.name for p in s.frames] == ["0001.jpg", "0002.jpg", "0003.jpg", "0004.jpg"]
+    np.testing.assert_array_equal(s.gt, rows)
+    assert [t.name for t in D.find_sequences(tmp_path).sequences] == ["Mac"]
+
+    (d / "groundtruth_rect.txt").write_text("1,2,3,4\n5,6,7,8\n1,2,3,x\n1,2,3,4\n")
+    with pytest.raises(ValueError, match=r"groundtruth_rect\.txt:3: not a number in '1,2,3,x'"):
+        D.load_sequence(d)
+    with pytest.raises(ValueError, match=r"no target 'Mac-2'; targets: Mac"):
+        D.load_sequence(d, name="Mac-2")

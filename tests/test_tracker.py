@@ -228,3 +228,57 @@ def test_track_step_crops_grouped_by_frame_size_equal_per_sequence_crops() -> No
         for k, i in enumerate(idx):
             torch.testing.assert_close(target[k], G.crop_and_resize(prev[i], windows[i])[0], rtol=0, atol=0)
             torch.testing.assert_close(search[k], G.crop_and_resize(curr[i], windows[i])[0], rtol=0, atol=0)
+
+
+def test_infinite_output_keeps_previous_box_in_both_step_paths() -> None:
+    """The decode clamps +-inf to the image border: finiteness must be tested on the raw output, eager and
+    captured (`device_step`) alike."""
+    f = frame_to_tensor(frames(1, 100, 100)[0])
+    box = np.array([[40.0, 40.0, 60.0, 60.0]])
+    inf = float("inf")
+    for out in ([2.5, 2.5, inf, inf], [-inf, 2.5, 7.5, 7.5], [2.5, -inf, 7.5, inf]):
+        net = constant_net(out)
+        np.testing.assert_array_equal(track_step(net, [f], box, [f]), box)
+        with torch.inference_mode():
+            np.testing.assert_array_equal(device_step(net, f, f, torch.from_numpy(box), 1.0).numpy(), box)
+    for variant in ("authors", "opencv"):
+        t = GoturnTracker(constant_net([inf, inf, inf, inf], variant))
+        t.init(frames(1)[0], (50.0, 40.0, 20.0, 10.0))
+        np.testing.assert_array_equal(t.update(frames(1)[0]), [50, 40, 20, 10])
+
+
+def test_frame_dtypes_convert_alike_for_numpy_torch_and_pil() -> None:
+    rng = np.random.default_rng(0)
+    a16 = rng.integers(0, 65536, (6, 8), dtype=np.uint16)
+    a16[0, :4] = [0, 255, 256, 65535]
+    want = np.broadcast_to((a16 >> 8).astype(np.uint8), (3, 6, 8))
+    for frame in (a16, a16.astype(">u2"), torch.from_numpy(a16), Image.fromarray(a16)):
+        np.testing.assert_array_equal(frame_to_tensor(frame).numpy(), want)  # 16 bit -> high byte, as cv2
+    f32 = rng.uniform(-20, 280, (6, 8)).astype(np.float32)
+    f32[0, :6] = [0.4, 0.5, 1.5, 2.5, 254.6, 100.7]
+    want = np.broadcast_to(np.clip(np.rint(f32), 0, 255).astype(np.uint8), (3, 6, 8))
+    for frame in (f32, f32.astype(np.float64), torch.from_numpy(f32), Image.fromarray(f32, "F")):
+        np.testing.assert_array_equal(frame_to_tensor(frame).numpy(), want)  # float: 0..255, round then clip
+    for bad in (a16.astype(np.int32), a16 > 1000, torch.from_numpy(a16.astype(np.int64))):
+        with pytest.raises(TypeError, match="uint8, uint16"):
+            frame_to_tensor(bad)
+
+
+@pytest.mark.parametrize("variant", ["authors", "opencv"])
+def test_init_box_off_frame_or_empty_and_empty_frames_are_value_errors(variant: str) -> None:
+    net = constant_net([2.5, 2.5, 7.5, 7.5] if variant == "authors" else [56.75, 56.75, 170.25, 170.25], variant)
+    f = frames(1)[0]  # 160 x 120
+    t, m = GoturnTracker(net), MultiTracker(net)
+    for box in ((500.0, 40.0, 20.0, 20.0), (-100.0, -100.0, 20.0, 20.0), (160.0, 0.0, 5.0, 5.0), (0, -9, 5, 9)):
+        for start in (t.init, lambda fr, b: m.start("k", fr, b)):
+            with pytest.raises(ValueError, match=r"does not overlap the 160x120 frame"):
+                start(f, box)
+    for box in ((10.0, 10.0, 0.0, 5.0), (10.0, 10.0, 5.0, -1.0), (1, 2, 3), (1.0, 2.0, float("nan"), 3.0)):
+        with pytest.raises(ValueError, match="w, h > 0"):
+            t.init(f, box)
+    t.init(f, (-50.0, -50.0, 400.0, 300.0))  # larger than the frame: overlaps, accepted
+    for empty in (np.zeros((0, 0, 3), np.uint8), np.zeros((5, 0), np.uint8), torch.zeros((3, 0, 4))):
+        with pytest.raises(ValueError, match="empty frame"):
+            t.update(empty)
+        with pytest.raises(ValueError, match="empty frame"):
+            t.init(empty, (0.0, 0.0, 1.0, 1.0))

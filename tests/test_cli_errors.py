@@ -1,0 +1,150 @@
+"""Bad weights files and bad command lines: a clear error (``error: ...``, non-zero exit, no traceback) or an
+explicit opt-in, never a crash or a silently wrong tracker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from evaluate import otb as O
+from evaluate import track as T
+from model.caffe_proto import CaffeModelError, NetParameter, write_caffemodel
+from model.checkpoint import CheckpointError, load_model, make_checkpoint, save_checkpoint
+from model.import_caffe import checkpoint_from_import, load_caffemodel
+from model.import_caffe import main as import_main
+from model.net import CONV_SPECS, GoturnNet
+from model.tracker import GoturnTracker
+
+pytestmark = pytest.mark.xdist_group("net")
+
+
+@pytest.fixture(scope="module")
+def backbone_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A CaffeNet-like conv-only ``.caffemodel`` and the backbone checkpoint `model.import_caffe` makes of it."""
+    d = tmp_path_factory.mktemp("backbone")
+    rng = np.random.default_rng(0)
+    layers = [
+        (name, "Convolution", [rng.normal(0, 0.01, (cout, cin // g, k, k)), np.zeros(cout)])
+        for name, cin, cout, k, _, _, g, _ in CONV_SPECS
+    ]
+    caffemodel = d / "bvlc_reference_caffenet.caffemodel"
+    write_caffemodel(caffemodel, layers)
+    ckpt = save_checkpoint(d / "backbone.pt", checkpoint_from_import(load_caffemodel(caffemodel), "caffenet"))
+    return caffemodel, ckpt
+
+
+def test_backbone_only_weights_refused_for_tracking(backbone_files: tuple[Path, Path]) -> None:
+    caffemodel, ckpt = backbone_files
+    for path in (caffemodel, ckpt):
+        with pytest.raises(CheckpointError, match=r"backbone-only.*python -m train --init"):
+            load_model(path)
+        with pytest.raises(CheckpointError, match="backbone-only"):
+            GoturnTracker(path)
+        assert load_model(path, allow_backbone=True).variant == "authors"  # explicit opt-in still works
+    from train.loop import init_state  # the trainer's --init path reads them as before
+
+    assert init_state(str(caffemodel))[2] and init_state(str(ckpt))[2]
+
+
+def test_legacy_torch_checkpoint_is_not_sent_to_the_caffe_reader(tmp_path: Path) -> None:
+    net = GoturnNet("opencv", init="none")
+    with torch.no_grad():
+        net.fc8.bias.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    torch.save(make_checkpoint(net), tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    back = load_model(tmp_path / "legacy.pt")
+    assert back.variant == "opencv" and back.fc8.bias.tolist() == [1.0, 2.0, 3.0, 4.0]
+    torch.save({"format": "other"}, tmp_path / "other.pt", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="not a goturn-checkpoint-v1 checkpoint"):
+        load_model(tmp_path / "other.pt")
+    (tmp_path / "garbage.pt").write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)))
+    with pytest.raises(CheckpointError, match="neither a PyTorch checkpoint nor a usable Caffe model"):
+        load_model(tmp_path / "garbage.pt")
+
+
+def test_corrupt_caffemodel_is_a_caffe_model_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    net = NetParameter()
+    blob = net.layer.add(name="conv1", type="Convolution").blobs.add()
+    blob.shape.dim.extend([1])
+    blob.data = b"\x00\x00\x80?\x00"  # 5 bytes: not a whole number of float32s
+    (tmp_path / "odd.caffemodel").write_bytes(net.SerializeToString())
+    with pytest.raises(CaffeModelError, match="not a whole number of 4-byte floats"):
+        load_caffemodel(tmp_path / "odd.caffemodel")
+
+    write_caffemodel(tmp_path / "ok.caffemodel", [(n, "Convolution", [np.zeros((2, 2))]) for n in ("conv1", "ip2")])
+    raw = (tmp_path / "ok.caffemodel").read_bytes()
+    (tmp_path / "name.caffemodel").write_bytes(raw.replace(b"conv1", b"\xffonv1"))  # one corrupted byte
+    with pytest.raises(CaffeModelError, match="not valid UTF-8"):
+        load_caffemodel(tmp_path / "name.caffemodel")
+
+    for name in ("odd", "name"):
+        assert import_main(["--caffemodel", str(tmp_path / f"{name}.caffemodel"), "--out", str(tmp_path / "x.pt")])
+        assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_import_caffe_binary_prototxt_is_an_error(
+    backbone_files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    binary = tmp_path / "deploy.prototxt"
+    binary.write_bytes(b"\x96\x9d\xff\x00" * 10)
+    argv = ["--caffemodel", str(backbone_files[0]), "--prototxt", str(binary), "--out", str(tmp_path / "x.pt")]
+    assert import_main(argv) == 2
+    assert "not a text .prototxt" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_otb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An OTB root with one 3-frame sequence ``Seq`` (64x48)."""
+    root = tmp_path_factory.mktemp("otb")
+    (root / "Seq" / "img").mkdir(parents=True)
+    for i in range(1, 4):
+        Image.new("RGB", (64, 48), (i * 40, 90, 30)).save(root / "Seq" / "img" / f"{i:04d}.jpg")
+    (root / "Seq" / "groundtruth_rect.txt").write_text("10,10,20,16\n" * 3)
+    return root
+
+
+def _cli_error(main, argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Run a CLI ``main`` that must fail cleanly; returns its one-line message (argparse's last line)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    code = exc.value.code
+    msg = code if isinstance(code, str) else capsys.readouterr().err.strip().splitlines()[-1]
+    assert code != 0 and msg.startswith(("error: ", "python -m")) and "error: " in msg, msg
+    return msg
+
+
+_G = "GARBAGE"  # replaced by a garbage weights file
+CLI_CASES = {
+    "otb-garbage-weights": ("otb", ["--weights", _G, "--device", "cpu"], "neither a PyTorch checkpoint"),
+    "otb-bogus-device": ("otb", ["--weights", _G, "--device", "bogus"], "unknown device 'bogus'"),
+    "otb-cuda-missing": ("otb", ["--weights", _G, "--device", "cuda"], "CUDA is not available"),
+    "otb-batch-0": ("otb", ["--weights", _G, "--batch-sequences", "0"], "--batch-sequences: must be a positive"),
+    "otb-max-frames-neg": ("otb", ["--weights", _G, "--max-frames", "-1"], "--max-frames: must be a positive"),
+    "track-garbage-weights": ("track", ["--weights", _G, "--device", "cpu"], "neither a PyTorch checkpoint"),
+    "track-missing-weights": ("track", ["--weights", "nope.pt", "--device", "cpu"], "nope.pt: no such file"),
+    "track-bogus-device": ("track", ["--weights", _G, "--device", "bogus"], "unknown device 'bogus'"),
+    "track-unknown-target": ("track", ["--weights", _G, "--target", "Seq-2"], "no target 'Seq-2'; targets: Seq"),
+    "track-init-arity": ("track", ["--weights", _G, "--init", "1,2,3"], "expected 4 numbers"),
+    "track-init-zero-size": ("track", ["--weights", _G, "--init", "10,10,0,0"], "w, h > 0"),
+    "track-init-outside": ("track", ["--weights", _G, "--init", "100,10,5,5"], "does not overlap the 64x48 frame"),
+    "track-max-frames-0": ("track", ["--weights", _G, "--max-frames", "0"], "--max-frames: must be a positive"),
+}
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_evaluate_cli_errors(case: str, tiny_otb: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    cli, argv, expected = CLI_CASES[case]
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x96\x9d" * 100)
+    argv = [str(garbage) if a == _G else a for a in argv]
+    if cli == "otb":
+        main, argv = O.main, [*argv, "--otb-root", str(tiny_otb), "--out", str(tmp_path / "out"), "--quiet"]
+    else:
+        main, argv = T.main, [*argv, "--sequence", str(tiny_otb / "Seq"), "--out", str(tmp_path / "t")]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert expected in _cli_error(main, argv, capsys)
