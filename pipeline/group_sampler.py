@@ -2,8 +2,8 @@
 
 Why: ``train.cpp`` draws ``rand() % n_images`` then an object of that image, and ``rand() % n_videos`` then
 ``rand() % (n_ann - 1)`` (goturn_spec.md 3.1-3.2), with replacement. Reading every shard sample once per epoch
-instead weights an image by its number of objects and a video by its number of pairs: in ALOV300++ the ten
-long-duration videos alone would supply several times their authors' share. Shards hold one sample per object
+instead weights an image by its number of objects and a video by its number of pairs, i.e. by its length (ALOV300++
+videos run from tens to thousands of frames, annotated every fifth). Shards hold one sample per object
 (pair), so the group of a sample is its key without the last component (``imagenet/<folder>/<file>``,
 ``alov/<video>``; ``shards/SCHEMA.md``).
 
@@ -66,6 +66,7 @@ class GroupSampler:
     """
 
     def __init__(self, shard_set: ShardSet, batch_size: int) -> None:
+        self._fds: dict[int, int] = {}  # tar index -> open descriptor, opened on first read
         self.batch_size = int(batch_size)
         self.tars = list(shard_set.tars)
         self.members = MEMBERS if shard_set.has_pairs else MEMBERS[1:]  # stills only: no prev.jpg output
@@ -85,7 +86,6 @@ class GroupSampler:
         self.group_members = np.argsort(group_of, kind="stable")  # sample ids, grouped
         self.group_size = np.bincount(group_of)
         self.group_start = np.concatenate([[0], np.cumsum(self.group_size)[:-1]])
-        self._fds: dict[int, int] = {}
 
     @property
     def num_groups(self) -> int:
