@@ -55,6 +55,10 @@ class BuildLocked(RuntimeError):
     """Another build holds the output directory's lock."""
 
 
+class OutputInUse(RuntimeError):
+    """``--out`` holds shards of a source this build does not read: building would delete them."""
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything a build depends on (``workers`` and ``progress`` do not change the output, so the manifest,
@@ -71,6 +75,7 @@ class BuildConfig:
     keep_vot_overlap: bool = False
     seed: int = 0
     progress: bool = True
+    overwrite: bool = False  # allow deleting shards of sources this build does not read
 
 
 @dataclass
@@ -230,11 +235,25 @@ def build(cfg: BuildConfig) -> BuildReport:
         lock.close()
         raise BuildLocked(f"another build is writing to {out}") from None
     try:
+        _check_foreign_shards(cfg)
         for p in list(out.glob("*" + PARTIAL)) + list((out / STATE_DIR).glob("*" + PARTIAL)):
             p.unlink()
         return _build_locked(cfg, t_start)
     finally:
         lock.close()
+
+
+def _check_foreign_shards(cfg: BuildConfig) -> None:
+    """``--out`` is the builder's (stale shards are removed), so shards of a source this build does not read,
+    e.g. an ImageNet build followed by an ALOV-only command, would be deleted: refuse unless ``overwrite``."""
+    reads = {src for src, ann in (("imagenet", cfg.imagenet_annotations), ("alov", cfg.alov_annotations)) if ann}
+    found = sorted({parsed[0] for p in cfg.out.iterdir() if (parsed := parse_shard_name(p.name))} - reads)
+    if found and not cfg.overwrite:
+        raise OutputInUse(
+            f"{cfg.out} holds {' and '.join(found)} shards, which this build (reading {' and '.join(sorted(reads))}) "
+            f"would delete. Build every source in one command (as the README shows), use another --out, or pass "
+            f"--overwrite to replace them."
+        )
 
 
 def _build_locked(cfg: BuildConfig, t_start: float) -> BuildReport:
@@ -346,6 +365,11 @@ def parse_args(argv: list[str] | None) -> BuildConfig:
     p.add_argument("--keep-vot-overlap", action="store_true", help="keep the 7 ALOV videos that overlap VOT-2014")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="allow deleting shards in --out of a source this build does not read (refused otherwise)",
+    )
     a = p.parse_args(argv)
     for x, y in (("imagenet_images", "imagenet_annotations"), ("alov_frames", "alov_annotations")):
         if (getattr(a, x) is None) != (getattr(a, y) is None):
@@ -379,6 +403,7 @@ def parse_args(argv: list[str] | None) -> BuildConfig:
         keep_vot_overlap=a.keep_vot_overlap,
         seed=a.seed,
         progress=not a.no_progress,
+        overwrite=a.overwrite,
     )
 
 
@@ -413,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = parse_args(argv)
     try:
         report = build(cfg)
-    except (BuildLocked, InputLayoutError) as e:
+    except (BuildLocked, InputLayoutError, OutputInUse) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except WorkerDied as e:

@@ -628,6 +628,23 @@ def test_annotation_roots_one_level_off_stop_the_build(tmp_path, capsys):
     assert "no ImageNet DET sample" in err and "missing_image 2" in err and f"read as {root / 'alov_frames'}/" in err
 
 
+def test_a_build_never_silently_deletes_another_sources_shards(tmp_path, capsys):
+    """ImageNet built into --out, then an ALOV-only command into the same --out: refused (the ImageNet shards
+    would be stale for this build and deleted) unless --overwrite."""
+    cfg = tiny_config(tmp_path)
+    alov_only = replace(cfg, imagenet_images=None, imagenet_annotations=None)
+    assert main(cli_args(replace(cfg, alov_frames=None, alov_annotations=None))) == 0
+    before = sorted(p.name for p in cfg.out.glob("imagenet-*"))
+    assert before
+    assert main(cli_args(alov_only)) == 2
+    err = capsys.readouterr().err
+    assert "holds imagenet shards" in err and "--overwrite" in err
+    assert sorted(p.name for p in cfg.out.glob("imagenet-*")) == before and (cfg.out / "manifest.json").is_file()
+    assert main(cli_args(cfg)) == 0  # both sources in one command: fine
+    assert main([*cli_args(alov_only), "--overwrite"]) == 0
+    assert not list(cfg.out.glob("imagenet-*")) and list(cfg.out.glob("alov-*"))
+
+
 def test_annotations_at_other_depths_are_reported(tmp_path):
     cfg = tiny_config(tmp_path)
     nested = cfg.imagenet_annotations / "ILSVRC2013_train" / "n02"  # ILSVRC2015 layout: two levels down
