@@ -110,7 +110,8 @@ def open_dataset(
     """A ``webdataset.WebDataset`` pipeline of decoded samples (see `decode_sample`).
 
     Shards are split across ranks with ``wds.split_by_node`` and across DataLoader workers with
-    ``wds.split_by_worker`` (both split per shard, so give it at least ranks x workers shards).
+    ``wds.split_by_worker``, per shard: a worker left without a shard yields nothing (``empty_check=False``:
+    more workers than shards is no error), so spread data over at least ranks x workers shards to use them all.
     ``shardshuffle``: a shard-shuffle buffer size (False = file order, True = 100); ``handler``: a webdataset
     error handler (default: raise), e.g. ``wds.warn_and_continue`` to skip bad samples.
     """
@@ -130,5 +131,6 @@ def open_dataset(
         workersplitter=wds.split_by_worker,
         handler=handler,
         seed=seed,
+        empty_check=False,
     )
     return ds.map(decode_sample, handler=handler)

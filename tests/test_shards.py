@@ -69,6 +69,15 @@ def test_split_by_node_and_worker(sample_build, monkeypatch):
             monkeypatch.setenv("NUM_WORKERS", "2")
             parts.append([s["__key__"] for s in open_dataset(root / "out", "alov", "train")])
     assert all(parts) and sorted(k for p in parts for k in p) == everything
+    # More workers than shards (SCHEMA's DataLoader example on a small build): the spare workers yield nothing.
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("NUM_WORKERS", str(len(urls) + 1))
+    parts = []
+    for worker in range(len(urls) + 1):
+        monkeypatch.setenv("WORKER", str(worker))
+        parts.append([s["__key__"] for s in open_dataset(root / "out", "alov", "train")])
+    assert parts[-1] == [] and sorted(k for p in parts for k in p) == everything
 
 
 def test_dali_reads_the_shards(sample_build):
