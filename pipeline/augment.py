@@ -406,29 +406,38 @@ def dump_batches(loader: GoturnLoader, n_batches: int, path: str | Path) -> dict
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m pipeline.augment --shards DIR --dump FILE.npz``: write the first batches for auditing."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pipeline.augment", description=__doc__.splitlines()[0])
     ap.add_argument("--shards", required=True, help="directory of {source}-{split}-NNNNNN.tar (+ .idx)")
-    ap.add_argument("--split", default="train")
-    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    ap.add_argument("--batches", type=int, default=1)
-    ap.add_argument("--pairs-per-batch", type=int, default=8)
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--sampling", choices=SAMPLINGS, default="epoch", help="see GoturnLoader (default epoch)")
-    ap.add_argument("--num-threads", type=int, default=None)
+    ap.add_argument("--split", default="train", help="train or val (default train)")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="DALI backend")
+    ap.add_argument("--batches", type=int, default=1, help="batches to write")
+    ap.add_argument("--pairs-per-batch", type=int, default=8, help="pairs per batch, a multiple of the sources")
+    ap.add_argument("--k", type=int, default=10, help="shifted examples per pair (authors: 10)")
+    ap.add_argument("--seed", type=int, default=0, help="augmentation seed")
+    ap.add_argument(
+        "--sampling", choices=SAMPLINGS, default="authors", help="how pairs are drawn (default: as the trainer)"
+    )
+    ap.add_argument("--num-threads", type=int, default=None, help="DALI CPU threads")
     ap.add_argument("--dump", required=True, help="output .npz")
     a = ap.parse_args(argv)
-    loader = GoturnLoader(
-        a.shards,
-        a.split,
-        a.device,
-        a.pairs_per_batch,
-        a.k,
-        a.seed,
-        num_threads=a.num_threads,
-        audit=True,
-        sampling=a.sampling,
-    )
+    if a.batches < 1 or a.pairs_per_batch < 1 or a.k < 0:
+        ap.error("--batches and --pairs-per-batch must be >= 1, --k >= 0")
+    if not Path(a.dump).parent.is_dir():
+        ap.error(f"--dump {a.dump}: folder {Path(a.dump).parent} does not exist")
+    try:
+        loader = GoturnLoader(
+            a.shards,
+            a.split,
+            a.device,
+            a.pairs_per_batch,
+            a.k,
+            a.seed,
+            num_threads=a.num_threads,
+            audit=True,
+            sampling=a.sampling,
+        )
+    except (FileNotFoundError, ValueError) as e:  # no such folder / split, bad batch size for the sources
+        ap.error(str(e))
     arrays = dump_batches(loader, a.batches, a.dump)
     n = len(arrays["bbox"])
     print(

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from model.geometry import INPUT_SIZE, SCALE_FACTOR
-from pipeline.augment import GoturnLoader, find_shards
+from pipeline.augment import SAMPLINGS, GoturnLoader, find_shards
 
 LABEL_H = 14
 
@@ -55,18 +56,28 @@ def render(batch: dict, k: int, max_pairs: int | None = None) -> Image.Image:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shards", required=True)
+    ap = argparse.ArgumentParser(prog="python -m pipeline.show_batch", description=__doc__.splitlines()[0])
+    ap.add_argument("--shards", required=True, help="shard folder ({source}-{split}-NNNNNN.tar + .idx)")
     ap.add_argument("--out", required=True, help="output .png")
-    ap.add_argument("--split", default="train")
+    ap.add_argument("--split", default="train", help="train or val (default train)")
     ap.add_argument("--pairs", type=int, default=4, help="rows (pairs) to draw")
-    ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    ap.add_argument("--k", type=int, default=10, help="shifted examples per pair (authors: 10)")
+    ap.add_argument("--seed", type=int, default=0, help="augmentation seed")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="DALI backend")
+    ap.add_argument(
+        "--sampling", choices=SAMPLINGS, default="authors", help="how pairs are drawn (default: as the trainer)"
+    )
     a = ap.parse_args(argv)
-    n_src = len(find_shards(a.shards, a.split))
+    if a.pairs < 1 or a.k < 0:
+        ap.error("--pairs must be >= 1 and --k >= 0")
+    if not Path(a.out).parent.is_dir():
+        ap.error(f"--out {a.out}: folder {Path(a.out).parent} does not exist")
+    try:
+        n_src = len(find_shards(a.shards, a.split))
+    except (FileNotFoundError, ValueError) as e:
+        ap.error(str(e))
     ppb = max(n_src, -(-a.pairs // n_src) * n_src)
-    loader = GoturnLoader(a.shards, a.split, a.device, ppb, a.k, a.seed, audit=True, num_threads=2)
+    loader = GoturnLoader(a.shards, a.split, a.device, ppb, a.k, a.seed, audit=True, num_threads=2, sampling=a.sampling)
     batch = next(iter(loader))
     render(batch, a.k, a.pairs).save(a.out)
     print(

@@ -121,7 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default=None, help="only this split (default: all)")
     p.add_argument("--plot", type=Path, help="also write the histograms to this PNG")
     a = p.parse_args(argv)
-    values = read_boxes(shard_paths(a.directory, None, a.split))
+    if not a.directory.is_dir():
+        p.error(f"{a.directory}: no such directory")
+    if a.plot and not a.plot.parent.is_dir():
+        p.error(f"--plot {a.plot}: folder {a.plot.parent} does not exist")
+    try:
+        paths = shard_paths(a.directory, None, a.split)
+    except FileNotFoundError as e:  # a manifest listing a missing shard, an unfinished build
+        p.error(str(e))
+    if not paths:
+        p.error(f"{a.directory}: no shards" + (f" of split {a.split!r}" if a.split else ""))
+    values = read_boxes(paths)
     print(report(a.directory, values))
     if a.plot:
         plot(values, a.plot)

@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("directory", type=Path, help="build output directory (holds manifest.json)")
     p.add_argument("--workers", type=int, default=1, help="verify this many shards in parallel")
     a = p.parse_args(argv)
+    if not a.directory.is_dir():
+        p.error(f"{a.directory}: no such directory")
     problems, n_shards, n_samples = verify(a.directory, a.workers)
     if problems:
         print(f"FAILED: {a.directory}: {len(problems)} problem(s) in {n_shards} shards / {n_samples} samples")

@@ -148,3 +148,36 @@ def test_evaluate_cli_errors(case: str, tiny_otb: Path, tmp_path: Path, capsys, 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert expected in _cli_error(main, argv, capsys)
+
+
+DATA_CLI_CASES = {
+    "stats-no-dir": ("stats", ["{tmp}/nope"], "no such directory"),
+    "stats-plot-dir": ("stats", ["{shards}", "--plot", "{tmp}/missing/x.png"], "does not exist"),
+    "stats-bogus-split": ("stats", ["{shards}", "--split", "bogus"], "no shards of split 'bogus'"),
+    "verify-no-dir": ("verify", ["{tmp}/nope"], "no such directory"),
+    "augment-no-dir": ("augment", ["--shards", "{tmp}/nope", "--dump", "{tmp}/d.npz"], "does not exist"),
+    "augment-bogus-split": ("augment", ["--shards", "{shards}", "--split", "bogus", "--dump", "{tmp}/d.npz"], "bogus"),
+    "augment-odd-pairs": ("augment", ["--shards", "{shards}", "--pairs-per-batch", "3", "--dump", "{tmp}/d.npz"], "3"),
+    "show-no-dir": ("show", ["--shards", "{tmp}/nope", "--out", "{tmp}/g.png"], "does not exist"),
+    "show-out-dir": ("show", ["--shards", "{shards}", "--out", "{tmp}/missing/g.png"], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", DATA_CLI_CASES)
+def test_data_cli_errors(case: str, tmp_path: Path, capsys) -> None:
+    """shards.stats / shards.verify / pipeline.augment / pipeline.show_batch: a user's typo is one error line."""
+    import sys
+
+    from pipeline import augment, show_batch
+    from shards import stats, verify
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from shardkit import synthetic_samples, write_shards
+
+    shards = tmp_path / "shards"
+    write_shards(shards, "imagenet", synthetic_samples(4, "imagenet", seed=1, w=64, h=48), per_tar=4)
+    write_shards(shards, "alov", synthetic_samples(4, "alov", seed=2, w=64, h=48), per_tar=4)
+    cli, argv, expected = DATA_CLI_CASES[case]
+    main = {"stats": stats.main, "verify": verify.main, "augment": augment.main, "show": show_batch.main}[cli]
+    argv = [a.format(tmp=tmp_path, shards=shards) for a in argv]
+    assert expected in _cli_error(main, argv, capsys)
