@@ -50,7 +50,10 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any] | Got
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would make this one file unreadable to the user's group
         with os.fdopen(fd, "wb") as f:
             torch.save(ckpt, f)
             f.flush()

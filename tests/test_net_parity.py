@@ -8,6 +8,7 @@ the identity and the output depends strongly on the pixels (a bias-dominated out
 
 from __future__ import annotations
 
+import os
 import struct
 import zipfile
 from pathlib import Path
@@ -205,6 +206,9 @@ def test_forward_matches_opencv_dnn(authors_files, imported, shared_data) -> Non
 def test_checkpoint_round_trip(imported, tmp_path) -> None:
     path = save_checkpoint(tmp_path / "sub" / "goturn.pt", imported)
     assert not list(path.parent.glob("*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # like any file the user writes, not mkstemp's 0600
     ckpt = torch.load(path, weights_only=True)  # the contract: plain tensors and containers only
     assert ckpt["format"] == "goturn-checkpoint-v1" and ckpt["variant"] == "authors"
     assert ckpt["normalization"] == "caffe"
