@@ -67,6 +67,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--target", help="which target of a multi-target folder (e.g. Jogging-2)")
     p.add_argument("--device", default="auto")
     p.add_argument("--max-frames", type=positive_int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
@@ -117,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stepper = load_stepper(args.weights, device)
     except (CheckpointError, CaffeModelError) as e:
         raise SystemExit(f"error: --weights: {e}") from None
-    bar = tqdm(total=len(frames), unit="frame", desc=name)
+    bar = tqdm(total=len(frames), unit="frame", desc=name, disable=args.quiet)
     (out,) = track_lockstep(stepper, [TrackJob(name, frames, xywh_to_corners(init, one_based=True))], 1, bar.update)
     bar.close()
     xywh = corners_to_xywh(out.boxes, one_based=True)

@@ -99,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rc
     _done(t)
 
-    t = _stage(f"3/5 training on {device} (the sample preset: about 8 min on 2 CPU cores) into {args.run}")
+    length = f"{args.steps} steps" if args.steps is not None else "the sample preset: about 8 min on 2 CPU cores"
+    t = _stage(f"3/5 training on {device} ({length}) into {args.run}")
     from train import cli as train_cli
 
     targv = ["--preset", "sample", "--shards", str(args.shards), "--out", str(args.run), "--overwrite"]
@@ -138,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     seq = find_sequences(args.data / "otb").sequences[0]
     gif_args = ["--weights", str(trained), "--sequence", str(args.data / "otb" / seq.name)]
-    gif_args += ["--out", str(args.out / "gif"), "--gif", "--device", device]
+    gif_args += ["--out", str(args.out / "gif"), "--gif", "--device", device] + (["--quiet"] if args.quiet else [])
     if args.max_frames:
         gif_args += ["--max-frames", str(args.max_frames)]
     track.main(gif_args)

@@ -47,8 +47,10 @@ def render(batch: dict, k: int, max_pairs: int | None = None) -> Image.Image:
         j = p * e
         src = batch["source"][j] if "source" in batch else ""
         key = batch["keys"][j].rsplit(":", 1)[-1] if "keys" in batch else ""
+        key = key.removeprefix(f"{src}/")  # the key's end names the sample: keep it when the caption is cut
+        label = f"{src}: {key}" if len(src) + len(key) <= 34 else f"{src}: ...{key[-(31 - len(src)) :]}"
         tbox = batch["target_box"][j].cpu().numpy() if "target_box" in batch else None
-        grid.paste(_tile(target[j], tbox, "yellow", f"{src} {key}"[:36]), (0, p * ch))
+        grid.paste(_tile(target[j], tbox, "yellow", label), (0, p * ch))
         for i in range(e):
             lab = "true (prev box)" if i == 0 else f"shift {i}"
             grid.paste(_tile(search[j + i], bbox[j + i], "lime", lab), ((1 + i) * cw, p * ch))
