@@ -294,7 +294,11 @@ def find_sequences(
     for m in missing:
         log.warning("sequence %s not found under %s: skipped", m, root)
     if not targets:
-        raise FileNotFoundError(f"no OTB sequences found under {root} ({mode}; missing: {', '.join(missing)})")
+        hint = ""
+        if is_sequence_folder(root):  # --otb-root named one sequence instead of the folder holding them
+            hint = f"; {root} is itself a sequence folder: pass its parent, {root.parent}, and --sequences {root.name}"
+        what = f"missing: {', '.join(missing)}" if missing else "no sequence folder (img/ + groundtruth_rect*.txt)"
+        raise FileNotFoundError(f"no OTB sequences found under {root} ({mode}; {what}){hint}")
     seqs = [load_sequence(folder, gt, tname, protocol) for tname, folder, gt in targets]
     return Discovery(seqs, missing, mode)
 

@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"error: --target {args.target}: {seq_dir} has no groundtruth_rect*.txt")
         img_dir = seq_dir / "img" if (seq_dir / "img").is_dir() else seq_dir
         frames = list_images(img_dir) if img_dir.is_dir() else []
+    if not seq_dir.is_dir():
+        raise SystemExit(f"error: --sequence {seq_dir}: no such folder")
     if not frames:
         raise SystemExit(f"error: no images found in {seq_dir}")
     if args.max_frames:

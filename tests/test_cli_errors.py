@@ -181,3 +181,13 @@ def test_data_cli_errors(case: str, tmp_path: Path, capsys) -> None:
     main = {"stats": stats.main, "verify": verify.main, "augment": augment.main, "show": show_batch.main}[cli]
     argv = [a.format(tmp=tmp_path, shards=shards) for a in argv]
     assert expected in _cli_error(main, argv, capsys)
+
+
+def test_wrong_sequence_or_root_folder_is_named(tiny_otb: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    """A missing --sequence folder says so; --otb-root naming one sequence points at its parent."""
+    weights = save_checkpoint(tmp_path / "w.pt", GoturnNet("authors", init="random-features"))
+    monkeypatch.chdir(tmp_path)
+    argv = ["--weights", str(weights), "--sequence", str(tmp_path / "nope"), "--out", str(tmp_path / "t")]
+    assert "no such folder" in _cli_error(T.main, argv, capsys)
+    argv = ["--weights", str(weights), "--otb-root", str(tiny_otb / "Seq"), "--out", str(tmp_path / "o"), "--quiet"]
+    assert f"pass its parent, {tiny_otb}" in _cli_error(O.main, argv, capsys)
