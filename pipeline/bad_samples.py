@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -19,10 +20,20 @@ from shards.format import BOXES, CURR, PREV, split_member_name
 
 DATA_OPS_RE = re.compile(r"fn\.(decoders|readers|peek_image_shape)")  # DALI errors raised by the data ops
 _SOURCE_INFO_RE = re.compile(r"(?P<tar>[^\s'\"]+?\.tar):(?P<offset>\d+):(?P<member>[^\s'\"]+)")
+# The webdataset reader's check of a .idx against its tar (a truncated tar): "line" counts from 0, the header.
+_BAD_INDEX_RE = re.compile(r'Malformed index file at "(?P<stem>[^"]+?)\.idx" line (?P<line>\d+) - (?P<what>[^\n|]+)')
 
 
 class SampleDecodeError(RuntimeError):
     """A sample in a batch could not be read or decoded; the message names the shard and the key."""
+
+
+def _index_key(idx: str, line: int) -> str:
+    """The sample key on line ``line`` (0 = the header) of a DALI wds2idx index, or "?" when unreadable."""
+    try:
+        return split_member_name(Path(idx).read_text().splitlines()[line].split()[3])[0]
+    except (OSError, IndexError):
+        return "?"
 
 
 def split_source_info(info: str) -> tuple[str, str]:
@@ -123,6 +134,11 @@ def explain(
         if m:
             tar, key = split_source_info(f"{m['tar']}:{m['offset']}:{m['member']}")
             found = [f"key={key!r} in shard {tar} (member {m['member']!r})"]
+    if not found:
+        m = _BAD_INDEX_RE.search(text)
+        if m:
+            key = _index_key(f"{m['stem']}.idx", int(m["line"]))
+            found = [f"key={key!r} in shard {m['stem']}.tar: {m['what'].strip()} (truncated shard?)"]
     if found:
         what = "cannot read/decode sample " + " and ".join(found[:4])
         what += f" (+{len(found) - 4} more)" if len(found) > 4 else ""

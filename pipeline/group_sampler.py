@@ -106,10 +106,13 @@ class GroupSampler:
         if fd is None:
             fd = self._fds[t] = os.open(self.tars[t], os.O_RDONLY)
         out = []
-        for offset, size in self.spans[sample]:
+        for ext, (offset, size) in zip(self.members, self.spans[sample], strict=True):
             data = os.pread(fd, int(size), int(offset)) if size else b""
             if len(data) != size:
-                raise OSError(f"{self.tars[t]}: short read of key {self.keys[sample]!r} (truncated shard?)")
+                raise OSError(
+                    f"{self.tars[t]}: short read of {self.keys[sample]}.{ext} ({len(data)} of {size} bytes at offset "
+                    f"{offset}; truncated shard?)"
+                )
             out.append(np.frombuffer(data, dtype=np.uint8) if size else _EMPTY)
         return out
 
@@ -137,9 +140,16 @@ class _Feed:
         return len(self.sampler.members)
 
     def __call__(self, batch: int) -> tuple[list[np.ndarray], ...]:
+        """Batch ``batch``'s members. An unreadable sample (truncated shard, I/O error) is fed empty, so DALI fails
+        this batch as it fails a corrupt JPEG and the loader names the sample; raising here instead would leave
+        DALI's batch counter behind (every later batch would retry this one)."""
         cols: tuple[list[np.ndarray], ...] = tuple([] for _ in self.sampler.members)
         for i in self.sampler.draw(self.seed, batch).ids:
-            for col, data in zip(cols, self.sampler.read(int(i)), strict=True):
+            try:
+                members = self.sampler.read(int(i))
+            except OSError:
+                members = [_EMPTY] * len(cols)
+            for col, data in zip(cols, members, strict=True):
                 col.append(data)
         return cols
 
@@ -154,8 +164,12 @@ def drawn_problems(sampler: GroupSampler, seed: int, batch: int) -> list[tuple[s
     d = sampler.draw(seed, batch)
     bad = []
     for sample, key, tar in zip(d.ids, d.keys, d.tars, strict=True):
-        members = dict(zip(sampler.members, (a.tobytes() for a in sampler.read(int(sample))), strict=True))
-        problems = member_problems(members)
+        try:
+            raw = sampler.read(int(sample))
+        except OSError as e:  # truncated shard, vanished file: the sample cannot be read at all
+            bad.append((tar, key, [f"unreadable ({str(e).removeprefix(f'{tar}: ')})"]))
+            continue
+        problems = member_problems(dict(zip(sampler.members, (a.tobytes() for a in raw), strict=True)))
         if problems:
             bad.append((tar, key, problems))
     return bad

@@ -7,6 +7,7 @@ Shards are written with tests/shardkit.py (format v1). Real JPEGs (ImageNet val,
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -450,6 +451,30 @@ def test_corrupt_sample_names_shard_and_key(tmp_path):
     assert "alov_000005" in msg and "alov-train-000001.tar" in msg and "curr.jpg" in msg
     assert (ld.epoch, ld.batch) == (0, 3)
     assert len(list(ld)) == 1  # iteration continues after the lost batch
+
+
+@pytest.mark.parametrize("sampling", ["authors", "epoch"])
+def test_truncated_shard_names_shard_and_key_and_iteration_goes_on(tmp_path, sampling):
+    """A tar cut short (interrupted copy, full disk): the authors' sampling reads past its end, the epoch reader
+    trips over its index; either way a SampleDecodeError names the shard and a lost key, and the position moves on
+    past the lost batch as for a corrupt JPEG (an OSError used to escape the loader, stuck on that batch)."""
+    write_shards(tmp_path, "alov", synthetic_samples(6, "alov", seed=3, w=96, h=72), per_tar=3)
+    idx = (tmp_path / "alov-train-000001.idx").read_text().splitlines()
+    os.truncate(tmp_path / "alov-train-000001.tar", int(idx[1].split()[1]))  # alov_000003..5 lost
+    ld = loader(tmp_path, pairs_per_batch=1, k=1, num_threads=1, sampling=sampling)
+    errors, good = [], 0
+    while ld.epoch < 2:
+        try:
+            for _ in ld:
+                good += 1
+        except SampleDecodeError as e:
+            errors.append(((ld.epoch, ld.batch), str(e)))
+    assert errors and (good > 0) == (sampling == "authors")  # the epoch reader's pipeline is dead for the epoch
+    positions = [p for p, _ in errors]
+    assert positions == sorted(set(positions))  # each error lost a different batch
+    msg = errors[0][1]
+    assert "alov-train-000001.tar" in msg and any(f"alov_00000{i}" in msg for i in (3, 4, 5)), msg
+    assert "truncated shard" in msg
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from train import solver
-from train.checkpointing import LATEST, step_checkpoints
+from train import distributed, solver
+from train.checkpointing import LATEST, step_checkpoints, step_path
 from train.cli import main as train_main
 from train.cli import resolve
-from train.data import ExampleBatcher
-from train.loop import INITIAL
+from train.data import DataError, ExampleBatcher
+from train.loop import INITIAL, RunLog, Trainer, TrainingError
 
 pytestmark = pytest.mark.xdist_group("train")
 
@@ -38,6 +38,30 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     val = synthetic_samples(8, "alov", seed=3, w=160, h=120, prefix="val")
     write_shards(out, "alov", val, per_tar=8, split="val")
     return out
+
+
+@pytest.fixture(scope="module")
+def run_1step(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-step run started with settings off the authors preset (schedule, seed, batch, no validation)."""
+    run = tmp_path_factory.mktemp("resumable") / "run"
+    assert train_main(_run_1step_argv(shards, run)) == 0
+    return run
+
+
+def _run_1step_argv(shards: Path, run: Path, *extra: str) -> list[str]:
+    """`run_1step`'s command line, plus ``extra``."""
+    settings = ("--lr-step", "7", "--gamma", "0.5", "--seed", "3", "--no-val", "--log-every", "1", "--keep-last", "1")
+    return _argv(shards, run, 1, 11, "1e-6", *settings, *extra)
+
+
+def _trainer(argv: list[str]) -> Trainer:
+    """A Trainer as ``python -m train argv`` builds it (nothing run, nothing written)."""
+    cfg = resolve(argv)
+    ctx = distributed.setup(cfg.device)
+    try:
+        return Trainer(cfg, ctx)
+    finally:
+        distributed.teardown()
 
 
 def _rows(run: Path) -> list[dict]:
@@ -191,6 +215,23 @@ def test_batches_know_from_the_layout_which_examples_share_a_target_crop(per_ite
         next(iter(ExampleBatcher(Compact(), 30)))
 
 
+def test_a_loader_failing_a_whole_epoch_says_so_with_the_last_cause():
+    """Every batch undecodable (e.g. a truncated shard under the epoch reader): the error says that, with the last
+    cause, instead of suggesting an empty split."""
+    from pipeline.bad_samples import SampleDecodeError
+
+    class Broken(_ListLoader):
+        def __iter__(self):
+            while self.i < self.n:
+                self.i += 1
+                raise SampleDecodeError(f"cannot read/decode sample key='k{self.i}'")
+            self.i = 0
+            yield from ()  # a generator, as GoturnLoader.__iter__: the error comes at next(), not at iter()
+
+    with pytest.raises(DataError, match=r"every training loader batch of a whole epoch failed.*key='k6'$"):
+        next(iter(ExampleBatcher(Broken(), 30)))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Arguments
 # ------------------------------------------------------------------------------------------------------------
@@ -211,6 +252,9 @@ def test_bad_arguments_give_clear_errors(shards: Path, tmp_path: Path, capsys: p
         assert "no CUDA device" in error(["--shards", str(shards), "--out", str(tmp_path / "r"), "--device", "cuda"])
     assert "nothing to resume" in error(["--shards", str(shards), "--out", str(tmp_path / "r"), "--resume"])
     assert "--out is required" in error(["--shards", str(shards)])
+    (tmp_path / "afile").write_text("x")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
+        assert f"{tmp_path / 'afile'} is a file, not a directory" in error(["--shards", str(shards), "--out", str(out)])
     assert "must be positive" in error(["--shards", str(shards), "--out", str(tmp_path / "r"), "--steps", "0"])
     cfg = resolve(["--shards", str(shards), "--out", str(tmp_path / "r")])
     assert (cfg.preset, cfg.steps, cfg.batch_examples, cfg.lr, cfg.lr_step) == (
@@ -367,3 +411,133 @@ def test_two_process_gloo_ddp(shards: Path, tmp_path: Path):
     assert not torch.equal(c0["search"], c1["search"]) and not torch.equal(c0["bbox"], c1["bbox"])
     rows = _rows(run)
     assert [r["examples"] for r in rows] == [22, 44, 66]  # global batch = 2 ranks x 11
+
+
+def test_a_corrupt_val_sample_is_skipped_after_the_checkpoint(shards: Path, tmp_path: Path, monkeypatch, capsys):
+    """An undecodable val sample costs its batch (counted, named in a warning), not the run; and the step's
+    checkpoint is written before validating, so no validation failure can lose it."""
+    from shardkit import synthetic_samples, write_shards
+
+    data = tmp_path / "shards"
+    data.mkdir()
+    for f in shards.glob("*-train-*"):
+        (data / f.name).symlink_to(f)
+    val = synthetic_samples(8, "alov", seed=3, w=160, h=120, prefix="val")
+    val[5].curr = val[5].curr[: len(val[5].curr) // 3]
+    write_shards(data, "alov", val, per_tar=8, split="val")
+    run = tmp_path / "run"
+    seen = []
+    validate = Trainer.validate
+
+    def spy(self: Trainer) -> dict:
+        seen.append((self.step, step_path(run, self.step).is_file()))
+        return validate(self)
+
+    monkeypatch.setattr(Trainer, "validate", spy)
+    assert train_main(_argv(data, run, 1, 11, "1e-6", "--val-every", "1", "--log-every", "1")) == 0
+    assert seen == [(1, True)]  # step 1 both checkpoints and validates: the checkpoint came first
+    (row,) = _rows(run)
+    assert row["val_skipped_batches"] == 1 and row["val_loss"] > 0 and 0 <= row["val_mean_iou"] <= 1
+    assert "validation skipped a loader batch" in capsys.readouterr().err
+
+
+def test_validation_shows_a_progress_bar_only_with_progress(shards: Path, tmp_path: Path, capsys):
+    trainer = _trainer(_argv(shards, tmp_path / "run", 1, 11, "1e-6", "--val-batches", "2"))
+    capsys.readouterr()
+    trainer.validate()
+    assert capsys.readouterr().err == ""  # --no-progress
+    trainer.cfg.progress = True
+    trainer.validate()
+    err = capsys.readouterr().err
+    assert "val:" in err and "/2 [" in err
+
+
+def test_random_frozen_convs_are_warned_about_once(shards: Path, tmp_path: Path):
+    """The authors' recipe starts from CaffeNet convs: without --init they are Caffe-filler noise, frozen. The
+    sample preset's random-features convs are deliberate, and --train-backbone trains them: no warning there."""
+
+    def warnings(*extra: str) -> list[str]:
+        trainer = _trainer(_argv(shards, tmp_path / "run", 1, 11, "1e-6", *extra))
+        return [m for m in trainer.messages if "random" in m]
+
+    (warning,) = warnings()
+    assert warning.startswith("warning: ") and "frozen" in warning and "--train-backbone" in warning
+    assert "--init bvlc_reference_caffenet.caffemodel" in warning and "tracker_init.caffemodel" in warning
+    assert warnings("--preset", "sample") == warnings("--train-backbone") == []
+
+
+def test_resume_drops_a_torn_log_line(tmp_path: Path, capsys):
+    """A run killed mid-write leaves half a line at the end of log.jsonl; resuming drops it, and says so."""
+    rows = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}, {"step": 3, "loss": 0.8}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')
+    RunLog(tmp_path, True, resume_step=2).close()
+    assert _rows(tmp_path) == rows[:2]
+    assert "dropped 1 unparsable line" in capsys.readouterr().err
+
+
+def test_resume_continues_with_the_runs_saved_settings(run_1step: Path, shards: Path, tmp_path: Path, capsys):
+    """--resume takes the run's own settings (its checkpoint's), not the preset's: --shards may be left out, and
+    only the options given change them, listed on stderr."""
+    cfg = resolve(["--out", str(run_1step), "--resume", "--steps", "2"])
+    got = (cfg.shards, cfg.steps, cfg.lr_step, cfg.gamma, cfg.seed, cfg.batch_examples, cfg.loader_pairs)
+    assert got == (str(shards), 2, 7, 0.5, 3, 11, 2)
+    assert (cfg.optimizer, cfg.val_shards, cfg.keep_last, cfg.progress) == ("caffe-sgd", None, 1, True)
+    err = capsys.readouterr().err
+    assert "overridden: --steps 1 -> 2" in err and "--lr-step" not in err and "--progress" not in err
+    cfg = resolve(["--shards", str(shards), "--out", str(run_1step), "--resume", "--steps", "2", "--lr", "2e-6"])
+    assert (cfg.lr_step, cfg.batch_examples, cfg.lr) == (7, 11, 2e-6)
+    assert "--lr 1e-06 -> 2e-06" in capsys.readouterr().err
+    # ... and trains on: hard links for the checkpoints (replaced, never rewritten), copies of the rest.
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for f in run_1step.iterdir():
+        if f.suffix == ".pt":
+            os.link(f, clone / f.name)
+        else:
+            (clone / f.name).write_bytes(f.read_bytes())
+    assert train_main(["--out", str(clone), "--resume", "--steps", "2", "--no-progress"]) == 0
+    assert [r["step"] for r in _rows(clone)] == [1, 2]
+    assert json.loads((clone / "config.json").read_text())["lr_step"] == 7
+
+
+def test_resume_applies_a_changed_momentum_and_weight_decay(run_1step: Path, shards: Path, capsys):
+    """optimizer.load_state_dict restores the checkpoint's groups: the command line's --momentum and
+    --weight-decay must be put back (biases keep no decay), with a message; random-conv warning only at the start."""
+    trainer = _trainer(_run_1step_argv(shards, run_1step, "--resume", "--momentum", "0.5", "--weight-decay", "1e-3"))
+    groups = {g["name"]: g for g in trainer.optimizer.param_groups}
+    assert groups["fc_weight"]["momentum"] == groups["fc_bias"]["momentum"] == 0.5
+    assert (groups["fc_weight"]["weight_decay"], groups["fc_bias"]["weight_decay"]) == (1e-3, 0.0)
+    assert any("momentum 0.9 -> 0.5" in m and "weight decay 0.0005 -> 0.001" in m for m in trainer.messages)
+    assert not any("random" in m for m in trainer.messages)
+
+
+def test_resume_refuses_another_optimizer(run_1step: Path, shards: Path):
+    with pytest.raises(TrainingError, match=r"--optimizer caffe-sgd, which cannot continue as --optimizer adam"):
+        _trainer(_run_1step_argv(shards, run_1step, "--resume", "--optimizer", "adam"))
+
+
+def test_resume_exactness_ignores_the_shards_spelling_not_the_sampling(run_1step: Path, shards: Path):
+    """The loader compares the shards' names and counts itself: another spelling of the folder resumes exactly.
+    Another --sampling draws other batches: an inexact resume, said so, rather than a silent replay."""
+    argv = _run_1step_argv(shards, run_1step, "--resume")
+    argv[argv.index("--shards") + 1] += "/"
+    trainer = _trainer(argv)
+    assert trainer.cfg.shards == f"{shards}/"
+    assert trainer.last_position is not None and not any("not exact" in m for m in trainer.messages)
+    trainer = _trainer(_run_1step_argv(shards, run_1step, "--resume", "--sampling", "epoch"))
+    assert trainer.last_position is None
+    assert any("resume is not exact (changed sampling)" in m for m in trainer.messages)
+
+
+def test_training_on_a_truncated_shard_stops_with_one_clear_line(tmp_path: Path, capsys):
+    """The epoch reader on a tar cut short fails every batch: the run ends with one error line saying so and
+    naming the shard, not a traceback suggesting an empty split."""
+    from shardkit import synthetic_samples, write_shards
+
+    data = tmp_path / "shards"
+    write_shards(data, "imagenet", synthetic_samples(6, "imagenet", seed=1, w=96, h=72), per_tar=3)
+    write_shards(data, "alov", synthetic_samples(6, "alov", seed=2, w=96, h=72), per_tar=3)
+    os.truncate(data / "alov-train-000001.tar", 4096)
+    assert train_main(_argv(data, tmp_path / "run", 2, 11, "1e-6", "--no-val", "--sampling", "epoch")) == 1
+    (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert "every training loader batch of a whole epoch failed" in line and "alov-train-000001.tar" in line

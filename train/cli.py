@@ -19,7 +19,8 @@ EPILOG = f"""presets:
            {_S["steps"]} steps or {_S["time_limit"]:g} minutes, lr {_S["lr"]:g}, convs {_CONVS}, {_VAL}
   authors  (default with --shards) the paper: 450k steps of 50 examples, base lr 1e-6 (FC x10/x20), momentum
            0.9, weight decay 5e-4 on weights, lr x0.1 every 100k steps, convs frozen
-  explicit options override the preset's values.
+  explicit options override the preset's values. --resume continues with the run's saved settings instead
+  (from its checkpoint; --shards may be left out): only the options given override them.
 
 multi-GPU / multi-process:
 {DDP_SEMANTICS}
@@ -51,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--resume",
         action="store_true",
-        help="continue from OUT/checkpoint-latest.pt (model, solver, RNG, data)",
+        help="continue from OUT/checkpoint-latest.pt (model, solver, RNG, data) with the run's saved settings; "
+        "options given override them",
     )
     a("--overwrite", action="store_true", default=None, help="start afresh even if OUT holds a run")
     a("--steps", type=int, help="total solver steps (authors: 450000)")
@@ -68,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="DALI backend (default: as --device)",
     )
-    a("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast for the forward pass")
+    a("--amp", choices=["none", "bf16"], help="bf16 autocast for the forward pass (default none)")
     a(
         "--train-backbone",
         action=argparse.BooleanOptionalAction,
@@ -108,17 +110,67 @@ def _has_split(shards: Path, split: str) -> bool:
     return any(shards.glob(f"*-{split}-*.tar"))
 
 
+def _saved_settings(parser: argparse.ArgumentParser, latest: Path) -> dict:
+    """The configuration a run stored in its checkpoint (the one its state belongs to), read without loading the
+    tensors (mmap), so that --resume continues the run as it was started."""
+    import torch
+
+    try:
+        ckpt = torch.load(latest, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 - unreadable / foreign file: say which and why, no traceback
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        parser.error(f"--resume: {latest} is not a readable checkpoint of python -m train ({why})")
+    saved = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if not isinstance(saved, dict):
+        parser.error(f"--resume: {latest} holds no training settings (not a checkpoint of python -m train)")
+    return {k: v for k, v in saved.items() if k in FIELD_NAMES}
+
+
+# Not reported as overridden on resume: set per invocation, or (--init) ignored by a resume, as the trainer says.
+_UNLISTED = ("out", "resume", "overwrite", "progress", "init")
+
+
 def resolve(argv: list[str] | None = None) -> TrainConfig:
-    """Parse ``argv`` into a checked `TrainConfig`; any problem exits via ``parser.error`` (no traceback)."""
+    """Parse ``argv`` into a checked `TrainConfig`; any problem exits via ``parser.error`` (no traceback).
+
+    A new run starts from its preset; ``--resume`` starts from the run's saved settings (its checkpoint's
+    ``config``), so it keeps the schedule, data and solver it was started with, and only options given on the
+    command line change them (listed on stderr). ``--device auto`` / ``--loader-device auto`` count as not given.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    from train.checkpointing import LATEST  # imports torch: only once the arguments parse
+
     preset = args.preset or ("authors" if args.shards else "sample")
     values = dict(PRESETS[preset])
     values["preset"] = preset
-    for name, v in vars(args).items():
-        if name in FIELD_NAMES and v is not None and name not in ("device",):
-            values[name] = v
+    given = {
+        name: v
+        for name, v in vars(args).items()
+        if name in FIELD_NAMES and v is not None and name not in ("device", "loader_device", "resume")
+    }
+    if args.out:
+        existing = next((p for p in (Path(args.out), *Path(args.out).parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            parser.error(f"--out {args.out}: {existing} is a file, not a directory")
+    saved = None
+    if args.resume:
+        out = args.out or values.get("out")
+        if not out:
+            parser.error("--out is required with --resume (the run directory)")
+        latest = Path(out) / LATEST
+        if not latest.is_file():
+            parser.error(f"--resume: {latest} does not exist (nothing to resume; drop --resume to start)")
+        saved = _saved_settings(parser, latest)
+        if args.preset and args.preset != saved.get("preset"):
+            parser.error(
+                f"--preset {args.preset}: the run in {out} was started with the {saved.get('preset')} preset and "
+                "--resume continues with its saved settings; give only the options to change"
+            )
+        values = {**saved, "out": str(out)}
+    values.update(given)
     values["progress"] = not args.no_progress
+    values["resume"] = args.resume
     if args.resume:
         values["overwrite"] = False
     cfg = TrainConfig(**{k: v for k, v in values.items() if k in FIELD_NAMES})
@@ -126,14 +178,21 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
     import torch
 
     # ---- device -------------------------------------------------------------------------------------------
-    if args.device == "cuda" and not torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
         parser.error("--device cuda: no CUDA device is available (torch.cuda.is_available() is False)")
-    cfg.device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.device != "auto":
+        cfg.device = args.device
+    elif saved is None:
+        cfg.device = "cuda" if cuda else "cpu"
+    elif cfg.device == "cuda" and not cuda:
+        parser.error("--resume: the run trained on --device cuda and no CUDA device is available; pass --device cpu")
     if args.loader_device == "gpu" and cfg.device != "cuda":
         parser.error("--loader-device gpu needs --device cuda")
-    cfg.loader_device = (
-        args.loader_device if args.loader_device != "auto" else ("gpu" if cfg.device == "cuda" else "cpu")
-    )
+    if args.loader_device != "auto":
+        cfg.loader_device = args.loader_device
+    elif saved is None or (cfg.loader_device == "gpu" and cfg.device != "cuda"):
+        cfg.loader_device = "gpu" if cfg.device == "cuda" else "cpu"
     if cfg.amp == "bf16" and cfg.device == "cuda" and not torch.cuda.is_bf16_supported():
         parser.error("--amp bf16: this GPU does not support bfloat16")
 
@@ -142,7 +201,10 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
         parser.error("--shards is required")
     shards = Path(cfg.shards)
     if not shards.is_dir():
-        hint = " (build it with: python -m pipeline.build_shards)" if preset == "sample" else ""
+        if args.resume and not args.shards:
+            hint = " (the run's saved --shards; pass --shards where the folder is now)"
+        else:
+            hint = " (build it with: python -m pipeline.build_shards)" if preset == "sample" else ""
         parser.error(f"shard folder {shards} does not exist{hint}")
     if not _has_split(shards, "train"):
         parser.error(f"{shards} holds no training shards (*-train-*.tar)")
@@ -151,8 +213,8 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
     elif args.val_shards:
         if not Path(args.val_shards).is_dir() or not _has_split(Path(args.val_shards), "val"):
             parser.error(f"--val-shards {args.val_shards}: no *-val-*.tar shards there")
-    elif _has_split(shards, "val"):
-        cfg.val_shards = str(shards)
+    elif saved is None or saved.get("val_shards") == saved.get("shards"):  # the default: --shards' val split
+        cfg.val_shards = str(shards) if _has_split(shards, "val") else None
 
     # ---- numbers ------------------------------------------------------------------------------------------
     for name in ("steps", "batch_examples", "log_every", "loader_pairs", "lr_step", "prefetch"):
@@ -168,13 +230,19 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
     if not cfg.out:
         parser.error("--out is required with --shards (the run directory)")
     out = Path(cfg.out)
-    latest = out / "checkpoint-latest.pt"
-    if cfg.init and not Path(cfg.init).is_file():
+    if cfg.init and not cfg.resume and not Path(cfg.init).is_file():  # a resume ignores --init
         parser.error(f"--init {cfg.init}: no such file")
-    if cfg.resume and not latest.is_file():
-        parser.error(f"--resume: {latest} does not exist (nothing to resume; drop --resume to start)")
-    if not cfg.resume and latest.exists() and not cfg.overwrite:
+    if not cfg.resume and (out / LATEST).exists() and not cfg.overwrite:
         parser.error(f"{out} already holds a run: pass --resume to continue it or --overwrite to start afresh")
+    if saved is not None and int(os.environ.get("RANK", "0")) == 0:
+        new = cfg.to_dict()
+        changed = [
+            f"--{k.replace('_', '-')} {saved[k]} -> {new[k]}"
+            for k in saved
+            if k not in _UNLISTED and saved[k] != new[k]
+        ]
+        if changed:
+            print(f"[train] --resume: the run's saved settings, overridden: {', '.join(changed)}", file=sys.stderr)
     return cfg
 
 

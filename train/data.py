@@ -26,6 +26,10 @@ KEYS = ("target", "search", "bbox")
 MAX_BAD_ITEMS = 100  # consecutive undecodable loader batches before the run gives up
 
 
+class DataError(RuntimeError):
+    """The training data cannot go on (nothing decodes, empty split); the trainer reports it in one line."""
+
+
 @dataclass
 class Batch:
     """One training batch plus the data position right after it (what a checkpoint taken after it stores)."""
@@ -95,9 +99,10 @@ class ExampleBatcher:
 
         A batch the loader cannot decode (``SampleDecodeError``: a corrupt sample, named in the message) is
         reported and skipped, as the loader allows, instead of ending a days-long run; only a loader that fails
-        ``MAX_BAD_ITEMS`` times in a row stops it.
+        ``MAX_BAD_ITEMS`` times in a row, or for a whole epoch, stops it (`DataError`, with the last cause).
         """
         empty = bad = 0
+        last_error: Exception | None = None
         while True:
             n = 0
             it = iter(self.loader)
@@ -107,9 +112,12 @@ class ExampleBatcher:
                 except StopIteration:
                     break
                 except Exception as e:
-                    if type(e).__name__ != "SampleDecodeError" or bad + 1 >= MAX_BAD_ITEMS:
+                    if type(e).__name__ != "SampleDecodeError":
                         raise
+                    if bad + 1 >= MAX_BAD_ITEMS:
+                        raise DataError(f"{bad + 1} training loader batches in a row failed; the last: {e}") from e
                     bad += 1
+                    last_error = e
                     self.skipped_items += 1
                     print(f"[train] warning: skipped a loader batch: {e}", file=sys.stderr)
                     it = iter(self.loader)  # the loader continues with the next batch
@@ -121,8 +129,12 @@ class ExampleBatcher:
                     continue
                 yield item
             empty = 0 if n else empty + 1
-            if empty >= 2:  # one empty pass is a loader restored exactly at an epoch's end
-                raise RuntimeError("the training loader produced no batch in a whole epoch (empty split?)")
+            if empty >= 2 and bad:  # one empty pass is a loader restored exactly at an epoch's end
+                raise DataError(
+                    f"every training loader batch of a whole epoch failed ({bad} in a row); the last: {last_error}"
+                )
+            if empty >= 2:
+                raise DataError("the training loader produced no batch in a whole epoch (empty split?)")
 
     def __iter__(self) -> Iterator[Batch]:
         B = self.batch_examples

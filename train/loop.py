@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from model.net import pair_runs, unique_consecutive_crops
 from train import checkpointing, distributed, solver
 from train.config import TrainConfig
-from train.data import ExampleBatcher, Prefetcher, position_to_cpu
+from train.data import DataError, ExampleBatcher, Prefetcher, position_to_cpu
 
 
 class TrainingError(RuntimeError):
@@ -129,10 +129,22 @@ class RunLog:
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
-            # Rows after the checkpoint belong to the interrupted tail that is about to be recomputed.
-            keep = [
-                ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step
-            ]
+            # Rows after the checkpoint belong to the interrupted tail that is about to be recomputed; a line the
+            # interruption tore (killed mid-write, full disk) is dropped too rather than blocking the resume.
+            keep, torn = [], 0
+            for ln in self.path.read_text(errors="replace").splitlines():
+                try:
+                    step = json.loads(ln)["step"] if ln.strip() else None
+                except (ValueError, KeyError, TypeError):
+                    torn += 1
+                    continue
+                if step is not None and step <= resume_step:
+                    keep.append(ln)
+            if torn:
+                print(
+                    f"[train] {self.path}: dropped {torn} unparsable line(s) (torn by an interruption?)",
+                    file=sys.stderr,
+                )
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(ln + "\n" for ln in keep))
             tmp.replace(self.path)
@@ -189,8 +201,15 @@ class Trainer:
         self._fresh_epoch = 0
         if cfg.init and ckpt is None:
             self.messages.append(load_init(self.model, cfg.init))
-        elif cfg.init:
+        elif cfg.init and cfg.init != ckpt.get("config", {}).get("init"):  # the run's own --init is no news
             self.messages.append(f"--init {cfg.init} ignored: resuming from {self.run_dir / checkpointing.LATEST}")
+        elif ckpt is None and cfg.conv_init == "caffe" and not cfg.train_backbone:
+            # The authors start from CaffeNet's convs; without them the frozen towers give near-constant features.
+            self.messages.append(
+                "warning: no --init: the conv towers start from random Caffe fillers and stay frozen, so only the "
+                "FC head learns, on random features. Pass CaffeNet weights (--init bvlc_reference_caffenet.caffemodel "
+                "or --init tracker_init.caffemodel) or train the convs too (--train-backbone)."
+            )
         groups = solver.param_groups(self.model, cfg.train_backbone, cfg.weight_decay)
         self.optimizer = solver.make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum)
         self.scheduler = solver.CaffeStepLR(self.optimizer, cfg.lr, cfg.gamma, cfg.lr_step)
@@ -245,6 +264,13 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         if ckpt.get("variant", cfg.variant) != cfg.variant:
             raise TrainingError(f"--resume: checkpoint variant {ckpt.get('variant')!r} != {cfg.variant!r}")
+        saved = ckpt.get("config", {})
+        if saved.get("optimizer", cfg.optimizer) != cfg.optimizer:  # their states differ (momentum vs Adam moments)
+            raise TrainingError(
+                f"--resume: the run was trained with --optimizer {saved['optimizer']}, which cannot continue as "
+                f"--optimizer {cfg.optimizer}; drop --optimizer, or start a new run (another --out) from these "
+                f"weights with --init {self.run_dir / checkpointing.LATEST}"
+            )
         self.model.load_state_dict(ckpt["model"])
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -253,13 +279,15 @@ class Trainer:
                 f"--resume: the optimizer state does not fit this run's parameter groups ({e}); "
                 "was the run started with a different --train-backbone?"
             ) from None
+        self._apply_solver_settings()
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.step = int(ckpt["step"])
         ranks = ckpt.get("ranks") or []
-        saved = ckpt.get("config", {})
+        # Settings that change the data stream. The shard *path* is not one: the loader compares the shards' file
+        # names and counts itself, so a moved folder or a trailing slash still resumes exactly.
         changed = [
             k
-            for k in ("seed", "batch_examples", "loader_pairs", "k", "shards")
+            for k in ("seed", "batch_examples", "loader_pairs", "k", "sampling", "loader_device")
             if k in saved and saved[k] != getattr(cfg, k)
         ]
         if len(ranks) != ctx.world_size or changed:
@@ -276,6 +304,22 @@ class Trainer:
         mine = ranks[ctx.rank]
         checkpointing.set_rng_state(mine["rng"], self.device)
         return mine["data"]
+
+    def _apply_solver_settings(self) -> None:
+        """Put this run's --momentum / --weight-decay back into the groups ``optimizer.load_state_dict`` just
+        replaced with the checkpoint's, so a value changed on resume takes effect (biases keep decay_mult 0)."""
+        cfg = self.cfg
+        changes = set()
+        for g in self.optimizer.param_groups:
+            decay_mult = g.get("decay_mult", 1.0)
+            if "momentum" in g and g["momentum"] != cfg.momentum:  # CaffeSGD only; Adam has no momentum
+                changes.add(f"momentum {g['momentum']:g} -> {cfg.momentum:g}")
+                g["momentum"] = cfg.momentum
+            if decay_mult and g["weight_decay"] != cfg.weight_decay * decay_mult:
+                changes.add(f"weight decay {g['weight_decay'] / decay_mult:g} -> {cfg.weight_decay:g}")
+            g["weight_decay"] = cfg.weight_decay * decay_mult
+        if changes:
+            self.messages.append(f"resume: {', '.join(sorted(changes))} (the command line's values replace the run's)")
 
     def checkpoint_dict(self) -> dict:
         """This run's state, gathered from every rank (a collective: all ranks must call it)."""
@@ -357,20 +401,44 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Val loss (per ``batch_examples`` examples, the training loss' unit), mean IoU of true examples."""
+        """Val loss (per ``batch_examples`` examples, the training loss' unit), mean IoU of true examples.
+
+        A val batch with an undecodable sample is skipped with a warning and counted (``val_skipped_batches``), as
+        training skips one: a corrupt val sample must not end the run. A tqdm bar shows progress (rank 0, with
+        progress on): a closing validation over the whole split can outlast a short run's training.
+        """
+        from pipeline.augment import SampleDecodeError
+
         cfg = self.cfg
         try:
             loader = build_loader(cfg.val_shards, "val", cfg, self.ctx, seed=cfg.seed + 1)
         except (ValueError, FileNotFoundError) as e:
             raise TrainingError(f"validation data in {cfg.val_shards}: {e} (use --no-val or --val-shards)") from None
         self.model.eval()
-        acc = torch.zeros(4, dtype=torch.float64, device=self.device)
+        acc = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, examples, IoU, true ones, skipped
         per_pair = cfg.k + 1
         # Every loader batch starts at a pair and holds whole pairs, so one layout serves all (no pixel compare).
         runs = tuple(r.to(self.device) for r in pair_runs(loader.examples_per_batch, 0, per_pair))
-        for i, item in enumerate(loader):
-            if cfg.val_batches and i >= cfg.val_batches:
+        total = min(cfg.val_batches, len(loader)) if cfg.val_batches else len(loader)
+        bar = None
+        if cfg.progress and self.ctx.is_main:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="val", unit="batch", leave=False, dynamic_ncols=True, file=sys.stderr)
+        it = iter(loader)
+        for _ in range(total):
+            try:
+                item = next(it)
+            except StopIteration:
                 break
+            except SampleDecodeError as e:  # every rank still reaches the all-reduce below
+                acc[4] += 1
+                print(f"[train] warning: validation skipped a loader batch: {e}", file=sys.stderr)
+                it, item = iter(loader), None  # the loader continues with the next batch
+            if bar is not None:
+                bar.update(1)
+            if item is None:
+                continue
             t = item["target"].to(self.device, non_blocking=True)
             s = item["search"].to(self.device, non_blocking=True)
             bb = item["bbox"].to(self.device, non_blocking=True).float()
@@ -381,13 +449,16 @@ class Trainer:
             acc[3] += bb[::per_pair].shape[0]
             if item["search"].is_cuda:  # zero-copy DALI GPU buffers: finish reading them before the loader reuses them
                 torch.cuda.current_stream(self.device).synchronize()
+        if bar is not None:
+            bar.close()
         del loader
         self.model.train()
         distributed.all_reduce_sum(acc, self.ctx)
-        loss_sum, n, iou_sum, n_true = acc.tolist()
-        if n == 0:
-            return {}
-        return {"val_loss": loss_sum / n * cfg.batch_examples, "val_mean_iou": iou_sum / max(n_true, 1)}
+        loss_sum, n, iou_sum, n_true, skipped = acc.tolist()
+        out = {"val_skipped_batches": int(skipped)} if skipped else {}
+        if n:
+            out.update(val_loss=loss_sum / n * cfg.batch_examples, val_mean_iou=iou_sum / max(n_true, 1))
+        return out
 
     # ---- main loop ----------------------------------------------------------------------------------------
 
@@ -427,7 +498,10 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 lr = self.scheduler.rate()
-                b = next(prefetch)
+                try:
+                    b = next(prefetch)
+                except DataError as e:
+                    raise TrainingError(str(e)) from None
                 loss = self.train_step(b.target, b.search, b.bbox, b.runs)
                 self.step += 1
                 window_steps += 1
@@ -477,6 +551,8 @@ class Trainer:
                 }
                 pending.clear()
                 stop = interrupted or timed_out
+                if do_ckpt or stop or (last and cfg.final_checkpoint):  # before validating: a failure there
+                    self.save_checkpoint()  # must not cost the step's checkpoint
                 if do_val or (cfg.val_shards and (last or timed_out)):  # always a closing validation
                     row.update(self.validate())
                 log.row(row)
@@ -485,8 +561,6 @@ class Trainer:
                     if "val_mean_iou" in row:
                         post["val_iou"] = f"{row['val_mean_iou']:.3f}"
                     bar.set_postfix(post, refresh=False)
-                if do_ckpt or stop or (last and cfg.final_checkpoint):
-                    self.save_checkpoint()
                 if stop:
                     stop_reason = "interrupted" if interrupted else "time limit"
                     break
