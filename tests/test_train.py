@@ -256,6 +256,7 @@ def test_bad_arguments_give_clear_errors(shards: Path, tmp_path: Path, capsys: p
     for out in (tmp_path / "afile", tmp_path / "afile" / "run"):
         assert f"{tmp_path / 'afile'} is a file, not a directory" in error(["--shards", str(shards), "--out", str(out)])
     assert "must be positive" in error(["--shards", str(shards), "--out", str(tmp_path / "r"), "--steps", "0"])
+    assert "finite" in error(["--shards", str(shards), "--out", str(tmp_path / "r"), "--lr", "nan"])
     cfg = resolve(["--shards", str(shards), "--out", str(tmp_path / "r")])
     assert (cfg.preset, cfg.steps, cfg.batch_examples, cfg.lr, cfg.lr_step) == (
         "authors",

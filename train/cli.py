@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -223,6 +224,9 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
     for name in ("ckpt_every", "keep_last", "val_every", "val_batches", "k", "seed", "loader_threads"):
         if getattr(cfg, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    reals = (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.gamma, cfg.time_limit)
+    if not all(math.isfinite(v) for v in reals):  # nan passes every comparison below
+        parser.error("--lr, --momentum, --weight-decay, --gamma and --time-limit must be finite numbers")
     if cfg.lr <= 0 or cfg.momentum < 0 or cfg.weight_decay < 0 or not 0 < cfg.gamma <= 1 or cfg.time_limit < 0:
         parser.error("--lr must be > 0, --momentum/--weight-decay/--time-limit >= 0, 0 < --gamma <= 1")
 
