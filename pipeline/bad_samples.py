@@ -10,12 +10,11 @@ from __future__ import annotations
 import io
 import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from pipeline.augment_graph import READER_EXTS
-from pipeline.shard_sets import ShardSet
+from pipeline.shard_sets import ShardSet, index_entries
 from shards.format import BOXES, CURR, PREV, split_member_name
 
 DATA_OPS_RE = re.compile(r"fn\.(decoders|readers|peek_image_shape)")  # DALI errors raised by the data ops
@@ -28,11 +27,11 @@ class SampleDecodeError(RuntimeError):
     """A sample in a batch could not be read or decoded; the message names the shard and the key."""
 
 
-def _index_key(idx: str, line: int) -> str:
-    """The sample key on line ``line`` (0 = the header) of a DALI wds2idx index, or "?" when unreadable."""
+def _index_key(stem: str, line: int) -> str:
+    """The sample key on line ``line`` (0 = the header) of the DALI index ``<stem>.idx``, or "?" when unreadable."""
     try:
-        return split_member_name(Path(idx).read_text().splitlines()[line].split()[3])[0]
-    except (OSError, IndexError):
+        return index_entries(f"{stem}.tar", f"{stem}.idx")[line - 1][0] if line >= 1 else "?"
+    except (OSError, IndexError, ValueError):
         return "?"
 
 
@@ -137,7 +136,7 @@ def explain(
     if not found:
         m = _BAD_INDEX_RE.search(text)
         if m:
-            key = _index_key(f"{m['stem']}.idx", int(m["line"]))
+            key = _index_key(m["stem"], int(m["line"]))
             found = [f"key={key!r} in shard {m['stem']}.tar: {m['what'].strip()} (truncated shard?)"]
     if found:
         what = "cannot read/decode sample " + " and ".join(found[:4])

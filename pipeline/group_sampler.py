@@ -15,39 +15,16 @@ DALI ``.idx`` files (tar headers when an index is missing) and fed to the DALI g
 from __future__ import annotations
 
 import os
-import tarfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from pipeline.bad_samples import member_problems
-from pipeline.shard_sets import ShardSet
-from shards.format import BOXES, CURR, PREV, split_member_name
+from pipeline.shard_sets import ShardSet, index_entries
+from shards.format import BOXES, CURR, PREV
 
 MEMBERS = (PREV, CURR, BOXES)  # the external source's outputs, as the reader's READER_EXTS (stills: no PREV)
 _EMPTY = np.zeros(0, dtype=np.uint8)
-
-
-def _index_entries(tar: str, idx: str | None) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """Per sample: (key, {ext: (data offset, size)}), from the ``.idx`` (cheap) or the tar headers."""
-    if idx is not None:
-        lines = Path(idx).read_text().splitlines()
-        if not lines or not lines[0].startswith("v1"):
-            raise ValueError(f"{idx}: not a DALI wds2idx v1.x index")
-        out = []
-        for line in lines[1:]:
-            f = line.split()
-            members = {f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f) - 3, 4)}
-            out.append((split_member_name(f[3])[0], members))
-        return out
-    by_key: dict[str, dict[str, tuple[int, int]]] = {}
-    with tarfile.open(tar) as tf:
-        for m in tf:
-            key, ext = split_member_name(m.name)
-            if m.isfile() and ext:
-                by_key.setdefault(key, {})[ext] = (m.offset_data, m.size)
-    return list(by_key.items())
 
 
 @dataclass(frozen=True)
@@ -74,7 +51,7 @@ class GroupSampler:
         self.keys: list[str] = []
         tar_of, spans = [], []
         for t, (tar, idx) in enumerate(zip(self.tars, idxs, strict=True)):
-            for key, members in _index_entries(tar, idx):
+            for key, members in index_entries(tar, idx):
                 self.keys.append(key)
                 tar_of.append(t)
                 spans.append([members.get(ext, (0, 0)) for ext in self.members])

@@ -34,21 +34,27 @@ class ShardSet:
         return sum(self.counts)
 
 
-def _scan_members(tar: Path, idx: Path | None) -> list[set[str]]:
-    """Extensions per sample, from the .idx (cheap) or the tar headers (fallback)."""
+def index_entries(tar: str | Path, idx: str | Path | None) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Per sample, in tar order: (key, {ext: (data offset, size)}), from the DALI ``.idx`` (cheap: one line per
+    sample, ``ext offset size name`` per member) or, without one, the tar headers."""
     if idx is not None:
-        lines = idx.read_text().splitlines()
+        lines = Path(idx).read_text().splitlines()
         head = lines[0].split() if lines else []
         if not head or not head[0].startswith("v1"):
             raise ValueError(f"{idx}: not a DALI wds2idx v1.x index")
-        return [set(line.split()[0::4]) for line in lines[1:]]
-    by_key: dict[str, set[str]] = {}
+        out = []
+        for line in lines[1:]:
+            f = line.split()
+            members = {f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f) - 3, 4)}
+            out.append((split_member_name(f[3])[0], members))
+        return out
+    by_key: dict[str, dict[str, tuple[int, int]]] = {}
     with tarfile.open(tar) as tf:
         for m in tf:
             key, ext = split_member_name(m.name)
             if m.isfile() and ext:
-                by_key.setdefault(key, set()).add(ext)
-    return list(by_key.values())
+                by_key.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    return list(by_key.items())
 
 
 def find_shards(shards: str | Path, split: str = "train", sources: Sequence[str] | None = None) -> list[ShardSet]:
@@ -71,7 +77,7 @@ def find_shards(shards: str | Path, split: str = "train", sources: Sequence[str]
         have_idx = all(i.is_file() for i in idxs)
         counts, pairs, stills = [], False, False
         for t, i in zip(tars, idxs, strict=True):
-            members = _scan_members(t, i if have_idx else None)
+            members = [set(exts) for _, exts in index_entries(t, i if have_idx else None)]
             counts.append(len(members))
             pairs |= any(PREV in s for s in members)
             stills |= any(PREV not in s for s in members)
