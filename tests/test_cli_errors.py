@@ -23,9 +23,10 @@ pytestmark = pytest.mark.xdist_group("net")
 
 
 @pytest.fixture(scope="module")
-def backbone_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def backbone_files(module_scratch: Path) -> tuple[Path, Path]:
     """A CaffeNet-like conv-only ``.caffemodel`` and the backbone checkpoint `model.import_caffe` makes of it."""
-    d = tmp_path_factory.mktemp("backbone")
+    d = module_scratch / "backbone"
+    d.mkdir()
     rng = np.random.default_rng(0)
     layers = [
         (name, "Convolution", [rng.normal(0, 0.01, (cout, cin // g, k, k)), np.zeros(cout)])

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.xdist_group("demo")
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
+def demo_run(module_scratch: Path) -> Path:
+    root = module_scratch
     argv = ["--size", "small", "--steps", "2", "--train-minutes", "3", "--max-frames", "6", "--device", "cpu"]
     argv += ["--data", str(root / "data"), "--shards", str(root / "shards"), "--run", str(root / "run")]
     argv += ["--out", str(root / "report"), "--quiet"]

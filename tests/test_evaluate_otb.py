@@ -40,11 +40,11 @@ def random_net():
 
 
 @pytest.fixture(scope="module")
-def random_checkpoint(random_net, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def random_checkpoint(random_net, module_scratch: Path) -> Path:
     """One random-weight checkpoint for the module (the net is 113M parameters: build and save it once)."""
     from model.checkpoint import save_checkpoint
 
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "random.pt", random_net)
+    return save_checkpoint(module_scratch / "random.pt", random_net)
 
 
 def _frames(n: int, h: int, w: int, seed: int) -> list[np.ndarray]:

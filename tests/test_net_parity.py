@@ -32,10 +32,10 @@ pytestmark = pytest.mark.xdist_group("net")
 
 
 @pytest.fixture(scope="module")
-def authors_files(tmp_path_factory) -> tuple[dict, Path, Path]:
+def authors_files(module_scratch: Path) -> tuple[dict, Path, Path]:
     """Random authors-architecture weights written as deploy prototxt + caffemodel (once per module)."""
     weights = K.random_weights("authors", seed=1)
-    proto, model = K.write_model(tmp_path_factory.mktemp("authors"), "authors", weights, "tracker")
+    proto, model = K.write_model(module_scratch, "authors", weights, "tracker")
     return weights, proto, model
 
 

@@ -84,9 +84,9 @@ def man(shared_data) -> tuple[list[np.ndarray], np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def opencv_model(tmp_path_factory) -> tuple[dict, Path, Path]:
+def opencv_model(module_scratch: Path) -> tuple[dict, Path, Path]:
     weights = sane_opencv_weights(SEED)
-    proto, model = K.write_model(tmp_path_factory.mktemp("goturn"), "opencv", weights, "goturn")
+    proto, model = K.write_model(module_scratch, "opencv", weights, "goturn")
     return weights, proto, model
 
 

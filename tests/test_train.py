@@ -41,9 +41,9 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run_1step(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_1step(shards: Path, module_scratch: Path) -> Path:
     """A 1-step run started with settings off the authors preset (schedule, seed, batch, no validation)."""
-    run = tmp_path_factory.mktemp("resumable") / "run"
+    run = module_scratch / "run"
     assert train_main(_run_1step_argv(shards, run)) == 0
     return run
 
