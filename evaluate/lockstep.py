@@ -30,6 +30,8 @@ Frame = Any  # a path (decoded here) or anything the stepper's `prepare` accepts
 class BatchStepper(Protocol):
     """What the driver needs from a tracker (adapters in `evaluate.steppers`)."""
 
+    variant: str  # "authors" or "opencv": which rule turns a user's initial box into the start box
+
     def prepare(self, frame: np.ndarray) -> Any:
         """One decoded HxWx3 uint8 RGB frame -> the tracker's frame object (e.g. a device tensor), once."""
         ...
@@ -89,10 +91,13 @@ def track_lockstep(
     progress: Callable[[int], Any] | None = None,
     workers: int = min(8, os.cpu_count() or 1),
     prefetch: int = 2,
+    on_done: Callable[[int, TrackOutput], Any] | None = None,
 ) -> list[TrackOutput]:
     """Track every job, ``batch_size`` at a time in lockstep; outputs in job order.
 
-    ``progress(n)`` is called with the number of frames finished after every step (e.g. ``tqdm.update``).
+    ``progress(n)`` is called with the number of frames finished after every step (e.g. ``tqdm.update``);
+    ``on_done(i, output)`` as soon as job ``i`` has its last box, so a caller can save finished sequences
+    before a later one fails (an unreadable frame raises `evaluate.otb_data.FrameReadError`).
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -119,6 +124,8 @@ def track_lockstep(
         if progress:
             progress(1)
         if len(job.frames) == 1:
+            if on_done:
+                on_done(j, outs[j])
             return None
         s = _Slot(j, 0, prev, box)
         top_up(s)
@@ -151,6 +158,8 @@ def track_lockstep(
             for k, s in enumerate(slots):
                 if s is not None and s.t == len(jobs[s.job].frames) - 1:
                     slots[k] = None
+                    if on_done:
+                        on_done(s.job, outs[s.job])
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return outs

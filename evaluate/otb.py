@@ -31,9 +31,10 @@ import numpy as np
 from tqdm import tqdm
 
 from evaluate import metrics as M
-from evaluate.lockstep import BatchStepper, TrackJob, track_lockstep
-from evaluate.otb_data import VERSIONS, Discovery, OTBSequence, find_sequences, read_frame
+from evaluate.lockstep import BatchStepper, TrackJob, TrackOutput, track_lockstep
+from evaluate.otb_data import VERSIONS, Discovery, FrameReadError, OTBSequence, find_sequences, frame_size, read_frame
 from evaluate.results import (
+    META_FILE,
     find_result,
     read_meta,
     read_result,
@@ -42,7 +43,8 @@ from evaluate.results import (
     write_meta,
     write_result,
 )
-from model.geometry import corners_to_xywh, xywh_to_corners
+from model.geometry import corners_to_xywh
+from model.tracker import initial_corners
 
 log = logging.getLogger("evaluate.otb")
 
@@ -63,6 +65,11 @@ class TrackerScores:
     device: str
     missing: list[str] = field(default_factory=list)
 
+    @property
+    def complete(self) -> bool:
+        """Results for every evaluated sequence: only such trackers are ranked and plotted against each other."""
+        return not self.missing
+
 
 def init_box(seq: OTBSequence, protocol: str) -> np.ndarray:
     """The 1-based xywh the tracker starts from (pysot's test.py adds 0.5 px via its centre round trip)."""
@@ -82,23 +89,39 @@ def run_tracker(
     max_frames: int | None = None,
     show_progress: bool = True,
 ) -> dict:
-    """Track every sequence in lockstep batches and write its result and time files; returns run facts."""
+    """Track every sequence in lockstep batches and write its result and time files; returns run facts.
+
+    Each sequence's files are written as soon as it ends, so an unreadable frame later on
+    (`evaluate.otb_data.FrameReadError`, raised with the count of sequences saved) loses no finished work.
+    """
     inits = [init_box(s, protocol) for s in sequences]
+    starts = start_boxes(sequences, inits, stepper.variant)
     jobs = [
-        TrackJob(s.name, s.frames[:max_frames] if max_frames else s.frames, xywh_to_corners(b, one_based=True))
-        for s, b in zip(sequences, inits, strict=True)
+        TrackJob(s.name, s.frames[:max_frames] if max_frames else s.frames, b)
+        for s, b in zip(sequences, starts, strict=True)
     ]
+    (Path(tracker_dir) / META_FILE).unlink(missing_ok=True)  # an earlier run's facts must not describe this one
+    saved: list[str] = []
+
+    def save(i: int, out: TrackOutput) -> None:
+        xywh = corners_to_xywh(out.boxes, one_based=True)
+        xywh[0] = inits[i]  # both toolkits record the given box for frame 1
+        write_result(tracker_dir, result_name(sequences[i], protocol), xywh, out.times)
+        saved.append(sequences[i].name)
+
     _warm_up(stepper, jobs[0])
     total = sum(len(j.frames) for j in jobs)
     bar = tqdm(total=total, unit="frame", desc=f"tracking {len(jobs)} sequences", disable=not show_progress)
     t0 = time.perf_counter()
-    outs = track_lockstep(stepper, jobs, batch_size=min(batch_sequences, len(jobs)), progress=bar.update)
+    try:
+        outs = track_lockstep(
+            stepper, jobs, batch_size=min(batch_sequences, len(jobs)), progress=bar.update, on_done=save
+        )
+    except FrameReadError as e:
+        raise FrameReadError(f"{e}; the {len(saved)} sequence(s) finished before it are saved in {tracker_dir}") from e
+    finally:
+        bar.close()
     wall = time.perf_counter() - t0
-    bar.close()
-    for seq, out, b in zip(sequences, outs, inits, strict=True):
-        xywh = corners_to_xywh(out.boxes, one_based=True)
-        xywh[0] = b
-        write_result(tracker_dir, result_name(seq, protocol), xywh, out.times)
     facts = {
         "device": device,
         "fps": M.tracking_fps([o.times for o in outs]),
@@ -110,6 +133,29 @@ def run_tracker(
     }
     write_meta(tracker_dir, facts)
     return facts
+
+
+class InitBoxError(ValueError):
+    """A sequence's first ground-truth row cannot start a track (empty, non-finite, outside the frame)."""
+
+
+def start_boxes(sequences: Sequence[OTBSequence], inits: Sequence[np.ndarray], variant: str) -> list[np.ndarray]:
+    """The 0-based corner box each sequence starts from: its 1-based initial box through the tracker's own rule
+    (`model.tracker.initial_corners`: checked, and rounded and clipped for the opencv variant), so an evaluation
+    starts exactly where ``GoturnTracker.init`` would. Checked before any tracking: a first ground-truth row
+    that cannot start a track is an `InitBoxError` naming the sequence."""
+    out = []
+    for seq, b in zip(sequences, inits, strict=True):
+        f = seq.frames[0]
+        w, h = (f.shape[1], f.shape[0]) if isinstance(f, np.ndarray) else frame_size(f)
+        try:
+            out.append(initial_corners(b - [1.0, 1.0, 0.0, 0.0], w, h, variant))
+        except ValueError as e:
+            raise InitBoxError(
+                f"{seq.name}: first row of {seq.gt_file} (1-based {b.tolist()}): {e}; "
+                "fix the annotation or leave the sequence out with --sequences"
+            ) from None
+    return out
 
 
 def write_first_box_baseline(
@@ -135,13 +181,22 @@ def score_tracker(
     sequences: Sequence[OTBSequence],
     protocol: str = "got10k",
     max_frames: int | None = None,
+    exact: bool = False,
 ) -> TrackerScores | None:
-    """Score the result files in ``tracker_dir``; sequences lacking a usable result are missing."""
+    """Score the result files in ``tracker_dir``; sequences lacking a usable result are missing.
+
+    ``exact``: read only the file name this protocol writes (a run just made), never another toolkit's spelling
+    of the same sequence that an older run may have left in the folder.
+    """
     per: dict[str, M.Curves] = {}
     times: list[np.ndarray] = []
     missing: list[str] = []
     for seq in sequences:
-        path = find_result(tracker_dir, seq)
+        if exact:
+            path = tracker_dir / f"{result_name(seq, protocol)}.txt"
+            path = path if path.is_file() else None
+        else:
+            path = find_result(tracker_dir, seq, protocol)
         if path is None:
             missing.append(seq.name)
             continue
@@ -173,7 +228,8 @@ def score_tracker(
 
 
 def build_report(scores: Sequence[TrackerScores]) -> dict:
-    """report.json: ``{"trackers": {NAME: {"overall": {...}, "sequences": {SEQ: {...}}}}}``."""
+    """report.json: ``{"trackers": {NAME: {"overall": {...}, "complete": bool, "missing": [SEQ, ...],
+    "sequences": {SEQ: {...}}}}}``; an incomplete tracker's overall scores cover its own sequences only."""
     trackers = {}
     for s in scores:
         trackers[s.name] = {
@@ -185,6 +241,8 @@ def build_report(scores: Sequence[TrackerScores]) -> dict:
                 "fps": s.fps,
                 "device": s.device,
             },
+            "complete": s.complete,
+            "missing": list(s.missing),
             "sequences": {
                 n: {"success_auc": c.success_auc, "precision_20": c.precision_20, "frames": c.frames}
                 for n, c in s.per_sequence.items()
@@ -210,21 +268,34 @@ def markdown_report(scores: Sequence[TrackerScores], protocol: str, discovery: D
     lines += [f"- {n}" for n in notes]
     if discovery.missing:
         lines.append(f"- Missing under the root (skipped): {', '.join(discovery.missing)}")
-    lines += [
-        "",
+    header = [
         "| Tracker | Success AUC | P@20 | Norm. precision | Sequences | Frames | FPS (tracking) "
         "| FPS (end-to-end) | Device |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for s in sorted(scores, key=lambda s: -s.overall.success_auc):
-        lines.append(
+
+    def rows(group: Sequence[TrackerScores]) -> list[str]:
+        return [
             f"| {s.name} | {s.overall.success_auc:.4f} | {s.overall.precision_20:.4f} | "
             f"{s.overall.norm_precision_score:.4f} | {len(s.per_sequence)} | {s.overall.frames} | "
             f"{_fmt_fps(s.fps)} | {_fmt_fps(s.fps_end_to_end)} | {s.device} |"
-        )
-    for s in scores:
-        if s.missing:
-            lines.append(f"\n{s.name}: no result for {', '.join(s.missing)}")
+            for s in sorted(group, key=lambda s: -s.overall.success_auc)
+        ]
+
+    lines += ["", *header, *rows([s for s in scores if s.complete])]
+    incomplete = [s for s in scores if not s.complete]
+    if incomplete:
+        lines += [
+            "",
+            "## Not ranked: results missing for some sequences",
+            "",
+            "Their scores cover fewer sequences, so they are not comparable with the table above and are left out",
+            "of the plots; to compare on a common subset, pass `--sequences`.",
+            "",
+            *header,
+            *rows(incomplete),
+        ]
+        lines += [f"\n{s.name}: no result for {', '.join(s.missing)}" for s in incomplete]
     names = [s.name for s in scores]
     lines += ["", "## Per sequence (success AUC / P@20)", ""]
     lines.append("| Sequence | Frames | " + " | ".join(names) + " |")
@@ -250,7 +321,7 @@ def write_outputs(
     (out / "report.json").write_text(json.dumps(build_report(scores), indent=2) + "\n")
     md = markdown_report(scores, protocol, discovery, notes)
     (out / "report.md").write_text(md)
-    curves = {s.name: s.overall for s in scores}
+    curves = {s.name: s.overall for s in scores if s.complete}
     suffix = f" ({protocol}, {len(discovery.sequences)} seq.)"
     success_plot(curves, out / "success_plot.png", "Success plots of OPE" + suffix)
     precision_plot(curves, out / "precision_plot.png", "Precision plots of OPE" + suffix)
@@ -326,6 +397,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         notes.append(msg)
     if args.max_frames:
         notes.append(f"SMOKE TEST: only the first {args.max_frames} frames of each sequence (not a benchmark)")
+    others: list[Path] = []  # result folders to score beside the run
+    if args.results is not None:
+        if not args.results.is_dir():
+            raise SystemExit(f"error: results folder {args.results} not found")
+        others = result_folders(args.results)
+        if run_model:
+            this_run = (out / args.name).resolve()
+            others = [t for t in others if t.resolve() != this_run]  # scored as the run, from its own files
+            if any(t.name == args.name for t in others):
+                raise SystemExit(
+                    f"error: {args.results / args.name} has the name of the tracker being run (--name "
+                    f"{args.name}): pass another --name so the report can tell them apart"
+                )
     scores: list[TrackerScores] = []
     if run_model:
         from evaluate.steppers import device_name, load_stepper, resolve_device
@@ -348,16 +432,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         tdir = out / args.name
         if args.dtype != "float32":
             notes.append(f"network in {args.dtype}")
-        facts = run_tracker(
-            stepper,
-            disc.sequences,
-            tdir,
-            args.protocol,
-            batch,
-            device_name(dev),
-            args.max_frames,
-            not args.quiet,
-        )
+        try:
+            facts = run_tracker(
+                stepper,
+                disc.sequences,
+                tdir,
+                args.protocol,
+                batch,
+                device_name(dev),
+                args.max_frames,
+                not args.quiet,
+            )
+        except (InitBoxError, FrameReadError) as e:
+            raise SystemExit(f"error: {e}") from None
         log.info(
             "tracked %d frames: %.1f frames/s tracking, %.1f end to end on %s (batch %d)",
             facts["frames"],
@@ -366,15 +453,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             facts["device"],
             facts["batch_sequences"],
         )
-        s = score_tracker(tdir, disc.sequences, args.protocol, args.max_frames)
+        s = score_tracker(tdir, disc.sequences, args.protocol, args.max_frames, exact=True)
         assert s is not None
         scores.append(s)
     if args.results is not None:
-        if not args.results.is_dir():
-            raise SystemExit(f"error: results folder {args.results} not found")
-        for tdir in result_folders(args.results):
-            if run_model and tdir.resolve() == (out / args.name).resolve():
-                continue
+        for tdir in others:
             s = score_tracker(tdir, disc.sequences, args.protocol, args.max_frames)
             if s is None:
                 log.warning("%s: no result file matches the sequences (skipped)", tdir)
@@ -382,6 +465,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 scores.append(s)
         if not scores:
             raise SystemExit(f"error: no tracker results for these sequences under {args.results}")
+        if not any(s.complete for s in scores):
+            raise SystemExit(
+                f"error: no tracker under {args.results} has usable results for all {len(disc.sequences)} "
+                "sequences (see the warnings above): pass --sequences to evaluate the ones they cover"
+            )
     md = write_outputs(out, scores, args.protocol, disc, notes)
     if not args.quiet:
         print(md)

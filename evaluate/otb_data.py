@@ -147,11 +147,23 @@ def otb_valid_mask(gt: np.ndarray) -> np.ndarray:
     return np.all(np.isfinite(g) & (g > 0), axis=-1)
 
 
+def _natural_key(path: Path) -> list[str | int]:
+    """``frame2.jpg`` before ``frame10.jpg``: digit runs compare as numbers (OTB's zero-padded names keep their
+    plain order)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
 def list_images(folder: Path) -> list[Path]:
-    """Image files of ``folder`` sorted by name (zero-padded names make this frame order); hidden files such as
-    macOS's ``._0001.jpg`` resource forks are skipped, as got10k's glob does."""
+    """Image files of ``folder`` in frame order: sorted by name with numbers compared as numbers, so a folder of
+    ``1.jpg ... 12.jpg`` plays in order too. Hidden files such as macOS's ``._0001.jpg`` resource forks are
+    skipped, as got10k's glob does."""
     return sorted(
-        p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        (
+            p
+            for p in folder.iterdir()
+            if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        ),
+        key=_natural_key,
     )
 
 
@@ -160,12 +172,28 @@ def read_annotation_text(path: Path) -> str:
     return path.read_text(encoding="utf-8-sig")
 
 
+class FrameReadError(ValueError):
+    """A frame file that cannot be decoded (truncated, corrupt, not an image); the message names the file."""
+
+
 def read_frame(path: str | Path) -> np.ndarray:
     """Decode a frame to ``HxWx3`` uint8 RGB; single-channel images are expanded by content."""
-    with Image.open(path) as im:
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        return np.asarray(im, dtype=np.uint8).copy()
+    try:
+        with Image.open(path) as im:
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.asarray(im, dtype=np.uint8).copy()
+    except (OSError, Image.DecompressionBombError) as e:
+        raise FrameReadError(f"{path}: cannot read the frame ({e})") from e
+
+
+def frame_size(path: str | Path) -> tuple[int, int]:
+    """``(width, height)`` of a frame file from its header alone (no decode)."""
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, Image.DecompressionBombError) as e:
+        raise FrameReadError(f"{path}: cannot read the frame ({e})") from e
 
 
 def annotation_files(folder: Path) -> list[Path]:

@@ -8,6 +8,7 @@ other trackers downloaded in it can be scored next to ours (``python -m evaluate
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,8 @@ import numpy as np
 from evaluate.otb_data import OTBSequence, name_aliases, parse_gt_text, read_annotation_text
 
 META_FILE = "meta.json"
+
+log = logging.getLogger(__name__)
 
 
 def result_name(seq: OTBSequence, protocol: str) -> str:
@@ -36,14 +39,25 @@ def write_result(tracker_dir: str | Path, stem: str, boxes_xywh: np.ndarray, tim
     return path
 
 
-def find_result(tracker_dir: str | Path, seq: OTBSequence) -> Path | None:
-    """The result file of ``seq`` under any toolkit's spelling (``Jogging-1``, ``Jogging.1``, ...)."""
+def find_result(tracker_dir: str | Path, seq: OTBSequence, protocol: str = "got10k") -> Path | None:
+    """The result file of ``seq``: the ``protocol``'s own spelling first, then any other toolkit's
+    (``Jogging-1``, ``Jogging.1``, ...). When several spellings exist (runs under both protocols in one folder)
+    the protocol's wins and the others are named in a warning."""
     tracker_dir = Path(tracker_dir)
-    for stem in name_aliases(seq):
+    found: list[Path] = []
+    for stem in dict.fromkeys([result_name(seq, protocol), *name_aliases(seq)]):
         p = tracker_dir / f"{stem}.txt"
-        if p.is_file():
-            return p
-    return None
+        if p.is_file() and not any(p.samefile(q) for q in found):  # case-insensitive file systems
+            found.append(p)
+    if len(found) > 1:
+        log.warning(
+            "%s: %s scored as %s; also there: %s",
+            tracker_dir.name,
+            found[0].name,
+            seq.name,
+            ", ".join(q.name for q in found[1:]),
+        )
+    return found[0] if found else None
 
 
 def read_result(path: str | Path) -> np.ndarray:

@@ -58,6 +58,11 @@ class GoturnStepper:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
 
+    @property
+    def variant(self) -> str:
+        """The net's variant: how the initial box is taken (`model.tracker.initial_corners`)."""
+        return self.net.variant
+
     def prepare(self, frame: np.ndarray) -> torch.Tensor:
         return frame_to_tensor(frame, self.device)
 

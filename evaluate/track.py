@@ -21,10 +21,18 @@ from tqdm import tqdm
 
 from evaluate.lockstep import TrackJob, track_lockstep
 from evaluate.otb import positive_int
-from evaluate.otb_data import list_images, load_sequence, parse_gt_text, read_frame, target_names
+from evaluate.otb_data import (
+    FrameReadError,
+    frame_size,
+    list_images,
+    load_sequence,
+    parse_gt_text,
+    read_frame,
+    target_names,
+)
 from evaluate.results import write_result
 from model.geometry import corners_to_xywh, xywh_to_corners
-from model.tracker import check_init_box
+from model.tracker import check_init_box, initial_corners
 
 PRED_COLOR = (255, 40, 40)
 GT_COLOR = (40, 220, 40)
@@ -94,12 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_frames:
         frames = frames[: args.max_frames]
         gt = gt[: args.max_frames] if gt is not None else None
+    try:
+        w, h = frame_size(frames[0])
+    except FrameReadError as e:
+        raise SystemExit(f"error: {e}") from None
     if args.init:
         try:
             rows = parse_gt_text(args.init, "--init")
             if len(rows) != 1:
                 raise ValueError(f"expected one box x,y,w,h, got {len(rows)}")
-            h, w = read_frame(frames[0]).shape[:2]
             check_init_box(rows[0] - [1, 1, 0, 0], w, h)  # the tracker's own rule, on the 0-based box
         except ValueError as e:
             raise SystemExit(f"error: --init {args.init}: {str(e).removeprefix('--init:1: ')}") from None
@@ -120,9 +131,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         stepper = load_stepper(args.weights, device)
     except (CheckpointError, CaffeModelError) as e:
         raise SystemExit(f"error: --weights: {e}") from None
+    try:  # where GoturnTracker.init would start (checked; rounded and clipped for the opencv variant)
+        start = initial_corners(init - [1.0, 1.0, 0.0, 0.0], w, h, stepper.variant)
+    except ValueError as e:
+        where = f"--init {args.init}" if args.init else f"first ground-truth row of {name}"
+        raise SystemExit(f"error: {where}: {e}") from None
     bar = tqdm(total=len(frames), unit="frame", desc=name, disable=args.quiet)
-    (out,) = track_lockstep(stepper, [TrackJob(name, frames, xywh_to_corners(init, one_based=True))], 1, bar.update)
-    bar.close()
+    try:
+        (out,) = track_lockstep(stepper, [TrackJob(name, frames, start)], 1, bar.update)
+    except FrameReadError as e:
+        raise SystemExit(f"error: {e}") from None
+    finally:
+        bar.close()
     xywh = corners_to_xywh(out.boxes, one_based=True)
     xywh[0] = init
     args.out.mkdir(parents=True, exist_ok=True)

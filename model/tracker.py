@@ -306,22 +306,37 @@ def check_init_box(box_xywh: Sequence[float] | np.ndarray, width: int, height: i
     return b
 
 
-def _initial_state(frame: FrameLike, box_xywh, variant: str, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
-    """(frame tensor, corner box) to start tracking from; ``opencv``: the box rounded and clipped as OpenCV does."""
-    prev = frame_to_tensor(frame, device)
-    H, W = prev.shape[1:]
+def initial_corners(box_xywh: Sequence[float] | np.ndarray, width: int, height: int, variant: str) -> np.ndarray:
+    """The 0-based corner box tracking starts from, for a 0-based ``(x, y, w, h)`` on a ``width`` x ``height``
+    frame: `check_init_box`'s rule, then for ``opencv`` the box rounded and clipped as OpenCV's ``init`` does.
+    The tracker, the batched evaluator and the CLIs all start here, so they start from the same box."""
     try:
-        b = check_init_box(box_xywh, W, H)
+        b = check_init_box(box_xywh, width, height)
     except ValueError as e:
-        raise ValueError(f"initial box {box_xywh!r}: {e}") from None
+        raise ValueError(f"initial box {_box_text(box_xywh)}: {e}") from None
     if variant == "opencv":
-        r = G.opencv_intersect(np.rint(b).astype(np.int64), W, H)
+        r = G.opencv_intersect(np.rint(b).astype(np.int64), width, height)
         if r[2] <= 0 or r[3] <= 0:
             raise ValueError(
-                f"initial box {box_xywh!r}: empty once rounded to whole pixels and clipped to the frame, as OpenCV does"
+                f"initial box {_box_text(box_xywh)}: empty once rounded to whole pixels and clipped to the frame, "
+                "as OpenCV does"
             )
         b = r.astype(np.float64)
-    return prev, G.xywh_to_corners(b)
+    return G.xywh_to_corners(b)
+
+
+def _box_text(box_xywh) -> str:
+    """A box as the user wrote it, for messages (numpy arrays print without their type)."""
+    if isinstance(box_xywh, np.ndarray | torch.Tensor):
+        return repr(np.asarray(box_xywh).tolist())
+    return repr(box_xywh)
+
+
+def _initial_state(frame: FrameLike, box_xywh, variant: str, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
+    """(frame tensor, corner box) to start tracking from (`initial_corners`)."""
+    prev = frame_to_tensor(frame, device)
+    H, W = prev.shape[1:]
+    return prev, initial_corners(box_xywh, W, H, variant)
 
 
 def _frame_hw(frame: FrameLike) -> tuple[int, int]:

@@ -3,6 +3,7 @@ explicit opt-in, never a crash or a silently wrong tracker."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -185,10 +186,18 @@ def test_data_cli_errors(case: str, tmp_path: Path, capsys) -> None:
 
 
 def test_wrong_sequence_or_root_folder_is_named(tiny_otb: Path, tmp_path: Path, capsys, monkeypatch) -> None:
-    """A missing --sequence folder says so; --otb-root naming one sequence points at its parent."""
+    """A missing --sequence folder says so; --otb-root naming one sequence points at its parent; a corrupt frame
+    is one line naming the file, from both CLIs."""
     weights = save_checkpoint(tmp_path / "w.pt", GoturnNet("authors", init="random-features"))
     monkeypatch.chdir(tmp_path)
     argv = ["--weights", str(weights), "--sequence", str(tmp_path / "nope"), "--out", str(tmp_path / "t")]
     assert "no such folder" in _cli_error(T.main, argv, capsys)
     argv = ["--weights", str(weights), "--otb-root", str(tiny_otb / "Seq"), "--out", str(tmp_path / "o"), "--quiet"]
     assert f"pass its parent, {tiny_otb}" in _cli_error(O.main, argv, capsys)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_otb, broken)
+    (broken / "Seq" / "img" / "0002.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    argv = ["--weights", str(weights), "--sequence", str(broken / "Seq"), "--out", str(tmp_path / "t"), "--quiet"]
+    assert "0002.jpg: cannot read the frame" in _cli_error(T.main, argv, capsys)
+    argv = ["--weights", str(weights), "--otb-root", str(broken), "--out", str(tmp_path / "o"), "--quiet"]
+    assert "0002.jpg: cannot read the frame" in _cli_error(O.main, argv, capsys)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from evaluate import otb as O
 from evaluate.lockstep import TrackJob, track_lockstep
-from evaluate.otb_data import find_sequences, parse_gt_text
+from evaluate.otb_data import FrameReadError, find_sequences, parse_gt_text
 from evaluate.results import read_result, write_result
 from evaluate.steppers import GoturnStepper
 from model.geometry import corners_to_xywh, xywh_to_corners
@@ -69,6 +69,8 @@ def _otb_folder(root: Path, name: str, frames: list[np.ndarray], gt: np.ndarray,
 
 class _ShiftStepper:
     """Fake tracker: each step moves the box by the value stored in the current frame (cheap, exact)."""
+
+    variant = "authors"
 
     def prepare(self, frame):
         return frame
@@ -156,7 +158,8 @@ def test_man_end_to_end(shared_data: Path, random_checkpoint: Path, tmp_path: Pa
     rep = json.loads((out / "report.json").read_text())
     assert set(rep) == {"trackers"} and set(rep["trackers"]) == {"GOTURN"}
     t = rep["trackers"]["GOTURN"]
-    assert set(t) == {"overall", "sequences"} and set(t["overall"]) == OVERALL_KEYS
+    assert set(t) == {"overall", "complete", "missing", "sequences"} and set(t["overall"]) == OVERALL_KEYS
+    assert t["complete"] is True and t["missing"] == []
     assert set(t["sequences"]) == {"Man"} and set(t["sequences"]["Man"]) == SEQ_KEYS
     assert t["overall"]["frames"] == 6 and t["overall"]["fps"] > 0 and t["overall"]["device"].startswith("cpu")
     assert 0 <= t["overall"]["success_auc"] <= 20 / 21 and 0 <= t["overall"]["precision_20"] <= 1
@@ -196,8 +199,93 @@ def test_results_mode_several_trackers(tmp_path: Path) -> None:
     assert rep["Perfect"]["overall"]["precision_20"] == 1.0 and rep["Perfect"]["overall"]["fps"] == -1
     assert set(rep["Perfect"]["sequences"]) == {"Jogging-1", "Jogging-2", "Walker"}
     assert set(rep["Shifted"]["sequences"]) == {"Jogging-1", "Jogging-2"}
-    assert "Shifted: no result for Walker" in (out / "report.md").read_text()
+    assert rep["Shifted"]["complete"] is False and rep["Shifted"]["missing"] == ["Walker"]
+    assert rep["Perfect"]["complete"] is True and rep["FirstBox"]["complete"] is True
+    md = (out / "report.md").read_text()
+    ranked, unranked = md.split("## Not ranked: results missing for some sequences")
+    assert "| Perfect |" in ranked and "| FirstBox |" in ranked and "| Shifted |" not in ranked
+    assert "| Shifted |" in unranked.split("## Per sequence")[0] and "Shifted: no result for Walker" in md
     assert (out / "success_plot.png").is_file() and (out / "precision_plot.png").is_file()
+    # Only trackers with every sequence are compared: none at all is an error that says how to narrow the set.
+    for t in ("Perfect", "FirstBox"):
+        (res / t / "Walker.txt").unlink()
+    with pytest.raises(SystemExit, match="no tracker under .* has usable results for all 3 sequences"):
+        O.main(["--results", str(res), "--otb-root", str(root), "--out", str(tmp_path / "o2"), "--quiet"])
+    assert O.main(["--results", str(res), "--otb-root", str(root), "--out", str(tmp_path / "o3"), "--quiet",
+                   "--sequences", "Jogging-1,Jogging-2"]) == 0  # fmt: skip
+
+
+def test_the_protocols_own_spelling_is_scored_first(tmp_path: Path) -> None:
+    """A folder holding both toolkits' files of a sequence (runs under both protocols): each protocol scores
+    its own file, and a run just made is scored from exactly the file it wrote, never an older spelling."""
+    gt = np.array([[11, 21, 15, 9]] * 4)
+    for k in (1, 2):
+        _otb_folder(tmp_path / "otb", "Jogging", _frames(4, 40, 60, k), gt, f"groundtruth_rect.{k}.txt")
+    seq = find_sequences(tmp_path / "otb").sequences[0]
+    assert seq.name == "Jogging-1"
+    tdir = tmp_path / "T"
+    write_result(tdir, "Jogging.1", gt)  # got10k's spelling: perfect
+    write_result(tdir, "Jogging-1", gt + [30, 0, 0, 0])  # pysot's spelling: far off
+    from evaluate.results import find_result
+
+    assert find_result(tdir, seq, "got10k").name == "Jogging.1.txt"
+    assert find_result(tdir, seq, "pysot").name == "Jogging-1.txt"
+    assert O.score_tracker(tdir, [seq], "got10k").overall.success_auc == pytest.approx(20 / 21)
+    assert O.score_tracker(tdir, [seq], "pysot").overall.success_auc == 0.0
+    (tdir / "Jogging.1.txt").unlink()
+    assert O.score_tracker(tdir, [seq], "got10k").per_sequence  # any spelling for results from elsewhere
+    assert O.score_tracker(tdir, [seq], "got10k", exact=True) is None  # but not for the run just written
+
+
+def test_a_results_folder_named_like_the_run_is_refused(random_checkpoint: Path, tmp_path: Path) -> None:
+    """Both would be keyed by one name in report.json and the plots, so one would silently vanish."""
+    _otb_folder(tmp_path / "otb", "Seq", _frames(3, 40, 60, 0), np.array([[11, 21, 15, 9]] * 3))
+    write_result(tmp_path / "res" / "GOTURN", "Seq", np.array([[11, 21, 15, 9]] * 3))
+    argv = ["--weights", str(random_checkpoint), "--otb-root", str(tmp_path / "otb"), "--quiet", "--device", "cpu"]
+    with pytest.raises(SystemExit, match="has the name of the tracker being run"):
+        O.main([*argv, "--results", str(tmp_path / "res"), "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()  # refused before tracking anything
+
+
+def test_an_unreadable_frame_names_its_file_and_keeps_finished_sequences(tmp_path: Path) -> None:
+    gt = np.array([[11, 21, 15, 9]] * 4)
+    for name in ("A", "B"):
+        _otb_folder(tmp_path / "otb", name, _frames(4, 40, 60, 0), gt)
+    bad = tmp_path / "otb" / "B" / "img" / "0003.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])  # truncated JPEG
+    seqs = find_sequences(tmp_path / "otb").sequences
+    tdir = tmp_path / "T"
+    with pytest.raises(FrameReadError, match=r"0003\.jpg: cannot read the frame.*1 sequence\(s\) finished"):
+        O.run_tracker(_ShiftStepper(), seqs, tdir, "got10k", 1, show_progress=False)
+    assert read_result(tdir / "A.txt").shape == (4, 4) and not (tdir / "B.txt").exists()
+
+
+def test_evaluation_starts_from_the_trackers_own_initial_box(tmp_path: Path) -> None:
+    """The opencv variant rounds and clips the first box to the frame as `GoturnTracker.init` does; a first row
+    that cannot start a track is an error naming the sequence, before anything is tracked."""
+
+    class Still(_ShiftStepper):
+        variant = "opencv"
+
+        def step(self, prev, boxes, curr):
+            return np.asarray(boxes, dtype=np.float64)
+
+    from model.tracker import initial_corners
+
+    gt = np.array([[-9.4, 21, 30, 9]] * 3)  # 1-based: starts 10.4 px left of the frame
+    _otb_folder(tmp_path / "otb", "Edge", _frames(3, 40, 60, 0), gt)
+    seqs = find_sequences(tmp_path / "otb").sequences
+    seqs[0].gt[:] = gt  # _otb_folder writes integers; keep the fractional box
+    O.run_tracker(Still(), seqs, tmp_path / "T", "got10k", 1, show_progress=False)
+    res = read_result(tmp_path / "T" / "Edge.txt")
+    np.testing.assert_allclose(res[0], gt[0])  # frame 1 records the given box, as both toolkits do
+    clipped = initial_corners(gt[0] - [1, 1, 0, 0], 60, 40, "opencv")
+    np.testing.assert_array_equal(clipped, [0, 20, 20, 29])  # OpenCV: round, then intersect with the frame
+    np.testing.assert_allclose(res[1:], np.tile(corners_to_xywh(clipped, one_based=True), (2, 1)), atol=1e-9)
+    seqs[0].gt[0] = [70, 21, 30, 9]  # wholly right of the 60 px frame
+    with pytest.raises(O.InitBoxError, match="Edge: first row of groundtruth_rect.txt .*does not overlap"):
+        O.run_tracker(Still(), seqs, tmp_path / "T2", "got10k", 1, show_progress=False)
+    assert not (tmp_path / "T2").exists()
 
 
 def test_no_arguments_without_sample_run_explains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

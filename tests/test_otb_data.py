@@ -236,3 +236,16 @@ def test_hidden_files_bom_and_bad_tokens(tmp_path: Path) -> None:
         D.load_sequence(d)
     with pytest.raises(ValueError, match=r"no target 'Mac-2'; targets: Mac"):
         D.load_sequence(d, name="Mac-2")
+
+
+def test_frames_are_ordered_by_number_and_unreadable_ones_named(tmp_path: Path) -> None:
+    """A folder of ``1.jpg ... 12.jpg`` plays 1, 2, ..., 12 (a plain sort would go 1, 10, 11, 12, 2); a corrupt
+    frame raises `FrameReadError` naming its file."""
+    for i in range(1, 13):
+        Image.new("RGB", (8, 6), (i, 0, 0)).save(tmp_path / f"{i}.jpg")
+    assert [p.name for p in D.list_images(tmp_path)] == [f"{i}.jpg" for i in range(1, 13)]
+    (tmp_path / "13.jpg").write_bytes(b"not a jpeg")
+    assert D.frame_size(tmp_path / "1.jpg") == (8, 6)
+    for read in (D.read_frame, D.frame_size):
+        with pytest.raises(D.FrameReadError, match=r"13\.jpg: cannot read the frame"):
+            read(tmp_path / "13.jpg")
