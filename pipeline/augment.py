@@ -116,7 +116,18 @@ class GoturnLoader:
             raise ValueError(f"shard_id {shard_id} not in [0, {num_shards})")
         if k < 0:
             raise ValueError("k must be >= 0")
+        if pairs_per_batch < 1:
+            raise ValueError(f"pairs_per_batch must be >= 1, got {pairs_per_batch}")
+        if device == "gpu" and not torch.cuda.is_available():
+            raise ValueError("device='gpu' needs a CUDA GPU and none is visible; use device='cpu'")
         self.shard_sets = find_shards(shards, split, sources)
+        for s in self.shard_sets:  # every source feeds every batch: each must have data for every rank
+            if s.num_samples < max(1, num_shards if sampling == "epoch" else 1):
+                raise ValueError(
+                    f"{s.source} {split} has {s.num_samples} samples in {len(s.tars)} shard(s), "
+                    + ("none to draw from" if s.num_samples == 0 else f"fewer than the {num_shards} ranks reading it")
+                    + "; rebuild the shards or leave the source out (sources=...)"
+                )
         n_src = len(self.shard_sets)
         if pairs_per_batch % n_src:
             raise ValueError(f"pairs_per_batch={pairs_per_batch} must be a multiple of the {n_src} sources")
@@ -147,6 +158,7 @@ class GoturnLoader:
         self.epoch, self.batch = 0, 0
         self._pipe = None
         self._pipe_pos: tuple[int, int] | None = None  # (epoch, batches already returned) of the live pipeline
+        self._after_error = False  # the live pipeline's last run failed: its DALI checkpoint lags by that batch
         self._restore: bytes | str | None = None
 
     # -- public API ------------------------------------------------------------------------------------------------
@@ -168,7 +180,8 @@ class GoturnLoader:
         """Data position (epoch, batch) plus this rank's DALI checkpoint for an instant exact resume."""
         cpt = self._restore  # loaded but not yet used: pass it on unchanged
         if self._pipe is not None and self._pipe_pos == (self.epoch, self.batch) and self.batch > 0:
-            cpt = self._pipe.checkpoint()
+            # After a failed batch DALI's checkpoint does not count it: leave it out, resume by skipping (exact).
+            cpt = None if self._after_error else self._pipe.checkpoint()
         return {
             "format": "goturn-loader-v1",
             "epoch": self.epoch,
@@ -196,13 +209,13 @@ class GoturnLoader:
             except RuntimeError as e:
                 failed = self.batch
                 self.batch += 1
-                self._pipe_pos = (self.epoch, self.batch)
+                self._pipe_pos, self._after_error = (self.epoch, self.batch), True
                 bad = self._diagnose(failed)
                 if bad or DATA_OPS_RE.search(str(e)):
                     raise explain(e, bad, self.shard_sets) from e
                 raise
             self.batch += 1
-            self._pipe_pos = (self.epoch, self.batch)
+            self._pipe_pos, self._after_error = (self.epoch, self.batch), False
             yield self._assemble(outs, pipe.audit_names, self.batch - 1)
         self._close()
         self.epoch, self.batch = self.epoch + 1, 0
@@ -239,7 +252,7 @@ class GoturnLoader:
         if self._pipe is not None:
             del self._pipe
             self._pipe = None
-        self._pipe_pos = None
+        self._pipe_pos, self._after_error = None, False
 
     def _epoch_seed(self) -> tuple[int, int]:
         """(pipeline seed for this rank, reader shuffle seed shared by all ranks) of the current epoch."""
@@ -438,7 +451,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (FileNotFoundError, ValueError) as e:  # no such folder / split, bad batch size for the sources
         ap.error(str(e))
-    arrays = dump_batches(loader, a.batches, a.dump)
+    try:
+        arrays = dump_batches(loader, a.batches, a.dump)
+    except SampleDecodeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     n = len(arrays["bbox"])
     print(
         f"wrote {a.dump}: {n} examples ({arrays['batch_index'].max() + 1} batches of {loader.examples_per_batch}) "

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from model.geometry import INPUT_SIZE, SCALE_FACTOR
-from pipeline.augment import SAMPLINGS, GoturnLoader, find_shards
+from pipeline.augment import SAMPLINGS, GoturnLoader, SampleDecodeError, find_shards
 
 LABEL_H = 14
 
@@ -76,11 +76,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error(f"--out {a.out}: folder {Path(a.out).parent} does not exist")
     try:
         n_src = len(find_shards(a.shards, a.split))
+        ppb = max(n_src, -(-a.pairs // n_src) * n_src)
+        loader = GoturnLoader(
+            a.shards, a.split, a.device, ppb, a.k, a.seed, audit=True, num_threads=2, sampling=a.sampling
+        )
     except (FileNotFoundError, ValueError) as e:
         ap.error(str(e))
-    ppb = max(n_src, -(-a.pairs // n_src) * n_src)
-    loader = GoturnLoader(a.shards, a.split, a.device, ppb, a.k, a.seed, audit=True, num_threads=2, sampling=a.sampling)
-    batch = next(iter(loader))
+    try:
+        batch = next(iter(loader))
+    except SampleDecodeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     render(batch, a.k, a.pairs).save(a.out)
     print(
         f"wrote {a.out}: {min(a.pairs, ppb)} pairs x (target + {1 + a.k} search crops); yellow = previous box in "

@@ -112,6 +112,8 @@ def open_dataset(
     Shards are split across ranks with ``wds.split_by_node`` and across DataLoader workers with
     ``wds.split_by_worker``, per shard: a worker left without a shard yields nothing (``empty_check=False``:
     more workers than shards is no error), so spread data over at least ranks x workers shards to use them all.
+    Ranks then hold different sample counts: under DDP use ``resampled=True`` and ``.with_epoch(n)`` so every
+    rank runs the same number of steps (SCHEMA.md).
     ``shardshuffle``: a shard-shuffle buffer size (False = file order, True = 100); ``handler``: a webdataset
     error handler (default: raise), e.g. ``wds.warn_and_continue`` to skip bad samples.
     """

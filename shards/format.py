@@ -24,6 +24,7 @@ REQUIRED_MEMBERS = frozenset({CURR, BOXES, META})
 SHARD_RE = re.compile(r"^(?P<source>imagenet|alov)-(?P<split>train|val)-(?P<index>\d{6})\.tar$")
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*$")
 MAX_KEY_LEN = 90  # keeps "<key>.<ext>" within a plain ustar name field (100 bytes), no PAX/GNU extensions
+_MAX_MEMBER_LEN = 30  # an over-long key's last component is cut to this, leaving the group most of the room
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -67,12 +68,26 @@ def key_part(text: str) -> str:
     return safe
 
 
+def _shorten(text: str, length: int) -> str:
+    """``text`` cut to ``length`` characters as a readable prefix + ``_`` + 16 hex digits of its SHA-1."""
+    return f"{text[: max(0, length - 17)].rstrip('/')}_{hashlib.sha1(text.encode()).hexdigest()[:16]}"
+
+
 def make_key(*parts: str) -> str:
-    """Join sanitized components with ``/``; over-long keys keep a readable prefix + a hash of the key."""
-    key = "/".join(key_part(p) for p in parts)
+    """Join sanitized components with ``/``. An over-long key keeps its last component (the member) and
+    shortens the part before it (the *group*) to a prefix + a hash of the whole group, so two groups never
+    merge and one group's members stay together (readers draw by group, SCHEMA.md); an over-long member is
+    shortened the same way."""
+    comps = [key_part(p) for p in parts]
+    key = "/".join(comps)
     if len(key) > MAX_KEY_LEN:
-        digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-        key = f"{key[: MAX_KEY_LEN - 17].rstrip('/')}_{digest}"
+        *group, member = comps
+        if len(member) > _MAX_MEMBER_LEN:
+            member = _shorten(member, _MAX_MEMBER_LEN)
+        g = "/".join(group)
+        if len(g) + 1 + len(member) > MAX_KEY_LEN:
+            g = _shorten(g, MAX_KEY_LEN - 1 - len(member))
+        key = f"{g}/{member}" if g else member
     if not KEY_RE.match(key):
         raise ValueError(f"could not build a valid key from {parts!r}")
     return key

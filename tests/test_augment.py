@@ -454,6 +454,64 @@ def test_corrupt_sample_names_shard_and_key(tmp_path):
 
 
 @pytest.mark.parametrize("sampling", ["authors", "epoch"])
+def test_state_taken_right_after_a_lost_batch_resumes_exactly(tmp_path, sampling):
+    """DALI's checkpoint after a failed run does not count the failed batch: restored, it would shift the epoch
+    by a batch (epoch reader) or the shifts (authors'). The state then carries no checkpoint and the restored
+    loader replays to the position instead, giving the very batches the original goes on with."""
+    ss = synthetic_samples(8, "alov", seed=3, w=96, h=72)
+    ss[5].curr = ss[5].curr[: len(ss[5].curr) // 3]  # truncated JPEG
+    write_shards(tmp_path, "alov", ss, per_tar=4)
+    kw = {"pairs_per_batch": 2, "k": 2, "num_threads": 1, "shuffle_buffer": 0, "sampling": sampling}
+    ld = loader(tmp_path, **kw)
+    it = iter(ld)
+    while True:
+        try:
+            next(it)
+        except SampleDecodeError:
+            break
+        except StopIteration:
+            if ld.epoch > 4:
+                pytest.fail("no batch drew the corrupt sample")
+            it = iter(ld)
+    state = ld.state_dict()
+    assert state["dali_checkpoint"] is None and state["batch"] > 0
+    rest = []
+    while len(rest) < 3:  # the original goes on (across the epoch end)
+        try:
+            rest += [b["bbox"].clone() for b in ld]
+        except SampleDecodeError:
+            rest.append(None)
+    other = loader(tmp_path, **kw)
+    other.load_state_dict(state)
+    again = []
+    while len(again) < 3:
+        try:
+            again += [b["bbox"].clone() for b in other]
+        except SampleDecodeError:
+            again.append(None)
+    for x, y in zip(rest[:3], again[:3], strict=True):
+        assert (x is None and y is None) or torch.equal(x, y)
+
+
+def test_every_source_must_have_samples_for_every_rank(tmp_path):
+    """A small source used to pass construction and then fail every batch with a raw DALI assertion (fewer
+    samples than ranks) or a misleading decode error (no samples); pairs_per_batch=0 divided by zero."""
+    write_shards(tmp_path, "imagenet", synthetic_samples(12, "imagenet", seed=1, w=64, h=48), per_tar=6)
+    write_shards(tmp_path, "alov", synthetic_samples(2, "alov", seed=2, w=64, h=48), per_tar=2)
+    with pytest.raises(ValueError, match="alov train has 2 samples in 1 shard.*fewer than the 3 ranks"):
+        loader(tmp_path, pairs_per_batch=2, shard_id=0, num_shards=3)
+    assert len(loader(tmp_path, pairs_per_batch=2, shard_id=0, num_shards=3, sampling="authors")) == 4
+    assert len(loader(tmp_path, pairs_per_batch=2, shard_id=0, num_shards=2)) == 6  # 12 stills / 2 ranks / 1
+    with pytest.raises(ValueError, match="pairs_per_batch must be >= 1"):
+        loader(tmp_path, pairs_per_batch=0)
+    (tmp_path / "alov-train-000000.tar").write_bytes(b"")  # an empty shard (its index too)
+    (tmp_path / "alov-train-000000.idx").write_text("v1.2 0\n")
+    for sampling in ("epoch", "authors"):
+        with pytest.raises(ValueError, match="alov train has 0 samples"):
+            loader(tmp_path, pairs_per_batch=2, sampling=sampling)
+
+
+@pytest.mark.parametrize("sampling", ["authors", "epoch"])
 def test_truncated_shard_names_shard_and_key_and_iteration_goes_on(tmp_path, sampling):
     """A tar cut short (interrupted copy, full disk): the authors' sampling reads past its end, the epoch reader
     trips over its index; either way a SampleDecodeError names the shard and a lost key, and the position moves on
@@ -497,6 +555,22 @@ def test_dump_and_show_batch_clis(synth, tmp_path):
     png = tmp_path / "grid.png"
     assert show_batch.main(["--shards", str(synth), "--out", str(png), "--pairs", "2"]) == 0
     assert Image.open(png).size[0] >= 227 * 12
+
+
+def test_data_clis_report_a_corrupt_first_batch_in_one_line(tmp_path, capsys):
+    from pipeline import augment, show_batch
+
+    ss = synthetic_samples(2, "alov", seed=3, w=96, h=72)
+    ss[0].curr = ss[0].curr[:200]
+    ss[1].curr = ss[1].curr[:200]
+    write_shards(tmp_path, "alov", ss, per_tar=2)
+    argv = ["--shards", str(tmp_path), "--sampling", "epoch"]
+    assert augment.main([*argv, "--pairs-per-batch", "1", "--dump", str(tmp_path / "d.npz")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "alov-train-000000.tar" in err and "Traceback" not in err
+    assert show_batch.main([*argv, "--pairs", "1", "--out", str(tmp_path / "g.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "alov-train-000000.tar" in err and not (tmp_path / "g.png").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU with DALI's GPU backend")

@@ -449,6 +449,10 @@ def test_keys_have_no_dots_and_stay_unique():
     assert "." not in a and a != b and b == "alov/Jogging_1/x"
     long = make_key("imagenet", "n" * 200)
     assert len(long) <= 90 and long != make_key("imagenet", "n" * 199)
+    # An over-long key keeps its member and a group of its own (readers draw a group, then a member).
+    a0, a1, b0 = (make_key("imagenet", "n01443537", c * 70, f"obj{i:02d}") for c, i in (("a", 0), ("a", 1), ("b", 0)))
+    assert max(map(len, (a0, a1, b0))) <= 90 and a0.endswith("/obj00") and a1.endswith("/obj01")
+    assert a0.rsplit("/", 1)[0] == a1.rsplit("/", 1)[0] != b0.rsplit("/", 1)[0]
 
 
 def test_imagenet_parsing_units():

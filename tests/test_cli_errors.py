@@ -162,12 +162,19 @@ DATA_CLI_CASES = {
     "augment-odd-pairs": ("augment", ["--shards", "{shards}", "--pairs-per-batch", "3", "--dump", "{tmp}/d.npz"], "3"),
     "show-no-dir": ("show", ["--shards", "{tmp}/nope", "--out", "{tmp}/g.png"], "does not exist"),
     "show-out-dir": ("show", ["--shards", "{shards}", "--out", "{tmp}/missing/g.png"], "does not exist"),
+    "show-too-many-pairs": (
+        "show",
+        ["--shards", "{shards}", "--out", "{tmp}/g.png", "--pairs", "200"],
+        "no full batch",
+    ),
+    "augment-gpu-no-cuda": ("augment", ["--shards", "{shards}", "--device", "gpu", "--dump", "{tmp}/d.npz"], "CUDA"),
 }
 
 
 @pytest.mark.parametrize("case", DATA_CLI_CASES)
-def test_data_cli_errors(case: str, tmp_path: Path, capsys) -> None:
+def test_data_cli_errors(case: str, tmp_path: Path, capsys, monkeypatch) -> None:
     """shards.stats / shards.verify / pipeline.augment / pipeline.show_batch: a user's typo is one error line."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # "gpu" must fail the same on a GPU machine
     import sys
 
     from pipeline import augment, show_batch

@@ -365,7 +365,7 @@ def test_validation_equals_the_expanded_batch_computation(shards: Path, tmp_path
         torch.nn.init.normal_(trainer.model.fc8.weight, std=0.05)  # a net whose boxes depend on its input
         got = trainer.validate()
         assert build_loader(cfg.shards, "train", cfg, ctx, 0).sampling == cfg.sampling == "authors"  # train.cpp's
-        assert build_loader(cfg.val_shards, "val", cfg, ctx, 0).sampling == "epoch"  # every val sample once
+        assert build_loader(cfg.val_shards, "val", cfg, ctx, 0).sampling == "epoch"  # no val sample twice
         loss = iou = n = n_true = 0.0
         net = trainer.model.eval()
         with torch.no_grad():
@@ -381,6 +381,7 @@ def test_validation_equals_the_expanded_batch_computation(shards: Path, tmp_path
     assert n == 44 and len({tuple(r) for r in b["bbox"][:: cfg.k + 1].tolist()}) > 1
     assert got["val_loss"] == pytest.approx(loss / n * cfg.batch_examples, rel=1e-5)
     assert got["val_mean_iou"] == pytest.approx(iou / n_true, rel=1e-5, abs=1e-7)
+    assert got["val_pairs"] == n_true == 4
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shards: Path, tmp_path: Path, capsys):

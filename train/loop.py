@@ -53,7 +53,8 @@ def build_loader(shards: str, split: str, cfg: TrainConfig, ctx: distributed.Dis
         "seed": seed,
         "shard_id": ctx.rank,
         "num_shards": ctx.world_size,
-        "sampling": cfg.sampling if split == "train" else "epoch",  # validation: every val sample once
+        # Validation reads the val split in epoch order (no sample twice), from the same epoch 0 every time.
+        "sampling": cfg.sampling if split == "train" else "epoch",
     }
     if cfg.loader_threads:
         kwargs["num_threads"] = cfg.loader_threads
@@ -401,7 +402,13 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict:
-        """Val loss (per ``batch_examples`` examples, the training loss' unit), mean IoU of true examples.
+        """Val loss (per ``batch_examples`` examples, the training loss' unit), mean IoU of true examples, and
+        ``val_pairs``, the pairs they cover.
+
+        Every validation of a run reads the same pairs with the same shifts: the loader's epoch 0 with seed
+        ``seed + 1``. As for a training epoch, each rank reads its share of the largest source and drops its last
+        ``< pairs_per_source`` samples (every rank runs the same number of batches), so ``val_pairs`` can be a
+        little below the split's size, and depends on the number of ranks (``--val-batches`` caps it too).
 
         A val batch with an undecodable sample is skipped with a warning and counted (``val_skipped_batches``), as
         training skips one: a corrupt val sample must not end the run. A tqdm bar shows progress (rank 0, with
@@ -457,7 +464,9 @@ class Trainer:
         loss_sum, n, iou_sum, n_true, skipped = acc.tolist()
         out = {"val_skipped_batches": int(skipped)} if skipped else {}
         if n:
-            out.update(val_loss=loss_sum / n * cfg.batch_examples, val_mean_iou=iou_sum / max(n_true, 1))
+            out.update(
+                val_loss=loss_sum / n * cfg.batch_examples, val_mean_iou=iou_sum / max(n_true, 1), val_pairs=int(n_true)
+            )
         return out
 
     # ---- main loop ----------------------------------------------------------------------------------------
