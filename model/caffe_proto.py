@@ -12,13 +12,16 @@ need (field numbers as in ``src/caffe/proto/caffe.proto``):
   ``diff`` 6, ``shape`` 7 (``BlobShape``: ``dim`` 1, packed int64), ``double_data`` 8.
 
 Fields not declared here (layer parameters, ``diff``...) are skipped by the parser. ``data`` is declared as
-``bytes``: a packed ``repeated float`` has exactly the wire form of a length-delimited byte string, so the 400
-MB of weights arrive as one buffer that numpy views without a per-float Python loop. Files written by old
-Caffe with unpacked floats fall back to a second class that declares the field as ``repeated float``.
+``repeated bytes``: a packed ``repeated float`` has exactly the wire form of a length-delimited byte string, so
+the 400 MB of weights arrive as one buffer (one per chunk, for writers that split a blob's floats into several
+packed runs) that numpy views without a per-float Python loop. Files written by old Caffe with unpacked floats
+fall back to a second class that declares the field as ``repeated float``. Writers append the bytes:
+``blob.data.append(array.astype("<f4").tobytes())``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +63,9 @@ def _build_classes(fast: bool) -> dict[str, type]:
     _field(blob, "channels", 2, _F.TYPE_INT64)
     _field(blob, "height", 3, _F.TYPE_INT64)
     _field(blob, "width", 4, _F.TYPE_INT64)
-    if fast:
-        _field(blob, "data", 5, _F.TYPE_BYTES)
-        _field(blob, "double_data", 8, _F.TYPE_BYTES)
+    if fast:  # each packed chunk of floats is one element (writers may split a blob's data into several)
+        _field(blob, "data", 5, _F.TYPE_BYTES, rep)
+        _field(blob, "double_data", 8, _F.TYPE_BYTES, rep)
     else:
         _field(blob, "data", 5, _F.TYPE_FLOAT, rep, packed=True)
         _field(blob, "double_data", 8, _F.TYPE_DOUBLE, rep, packed=True)
@@ -126,23 +129,31 @@ def _blob_shape(blob) -> tuple[int, ...]:
     return tuple(int(d) for d in legacy) if any(legacy) else ()
 
 
+def _packed(chunks) -> bytes:
+    """A blob's packed float bytes: its chunks joined (one chunk, as Caffe writes it, without a copy)."""
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def _blob_array(blob, where: str) -> np.ndarray:
     shape = _blob_shape(blob)
-    count = int(np.prod(shape)) if shape else None
+    if any(d < 0 for d in shape):
+        raise CaffeModelError(f"{where}: blob declares a negative dimension in shape {shape} (corrupt file?)")
+    count = math.prod(shape) if shape else None  # Python ints: no int64 overflow
     arr = None
-    for raw, itemsize in ((blob.data, 4), (blob.double_data, 8)):
+    data, double_data = _packed(blob.data), _packed(blob.double_data)
+    for raw, itemsize in ((data, 4), (double_data, 8)):
         if len(raw) % itemsize:  # np.frombuffer would raise a bare ValueError
             raise CaffeModelError(
                 f"{where}: blob holds {len(raw)} bytes of packed data, not a whole number of {itemsize}-byte "
                 "floats (truncated or corrupt file?)"
             )
-    if blob.data:
-        arr = np.frombuffer(blob.data, dtype="<f4")
-    elif blob.double_data:
-        arr = np.frombuffer(blob.double_data, dtype="<f8").astype(np.float32)
+    if data:
+        arr = np.frombuffer(data, dtype="<f4")
+    elif double_data:
+        arr = np.frombuffer(double_data, dtype="<f8").astype(np.float32)
     if arr is None or (count is not None and arr.size != count):
-        # Unpacked floats (old writers) or split packed chunks do not fit the bytes declaration: re-read this
-        # one blob with the field declared as `repeated float`.
+        # Unpacked floats (old writers) do not fit the bytes declaration (protobuf keeps them as unknown fields):
+        # re-read this one blob with the field declared as `repeated float`.
         try:
             compat = _COMPAT["BlobProto"].FromString(blob.SerializeToString())
         except DecodeError as e:
@@ -216,7 +227,7 @@ def make_blob(array: np.ndarray):
     a = np.ascontiguousarray(array, dtype="<f4")
     blob = BlobProto()
     blob.shape.dim.extend(int(d) for d in a.shape)
-    blob.data = a.tobytes()
+    blob.data.append(a.tobytes())
     return blob
 
 

@@ -293,7 +293,9 @@ def _shift_axis(
     extent = hi - lo
     centre = (lo + hi) / 2
     s = np.clip(sample_laplace(rng, p.lambda_scale, (n,)), p.min_scale, p.max_scale)
-    new_size = np.clip(extent * (1 + s), 1.0, size - 1)  # the width loop always ends after its first try
+    # max(1, min(size - 1, .)) in the C++ order (np.clip's order differs on a 1 px image); the width loop always
+    # ends after its first try
+    new_size = np.maximum(1.0, np.minimum(size - 1, extent * (1 + s)))
     d = sample_laplace(rng, p.lambda_shift, (n, MAX_NUM_TRIES))
     cand = np.clip(centre + extent * d, new_size[:, None] / 2, size - new_size[:, None] / 2)
     half = extent * CONTEXT_FACTOR / 2

@@ -151,14 +151,19 @@ def _fix_degenerate(
 
 
 def _authors_crops(
-    prev_frames: Sequence[torch.Tensor], curr_frames: Sequence[torch.Tensor], windows: np.ndarray
+    prev_frames: Sequence[torch.Tensor],
+    curr_frames: Sequence[torch.Tensor],
+    target_windows: np.ndarray,
+    search_windows: np.ndarray,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Target and search crops ``(N, 3, 227, 227)`` float, one `crop_and_resize` call per frame size.
 
-    Sequences whose previous and current frames share a size are cropped together with all others of that size
-    (per-sequence kernel launches, not the network, bound a batch of 64+ on a GPU); the rare sequence whose frame
-    size changed is cropped on its own. Crops are bit-identical however they are grouped.
+    Sequences whose previous and current frames share a size (then both windows are equal) are cropped together
+    with all others of that size (per-sequence kernel launches, not the network, bound a batch of 64+ on a GPU);
+    the rare sequence whose frame size changed is cropped on its own. Crops are bit-identical however they are
+    grouped.
     """
+    windows = search_windows
     n = len(curr_frames)
     groups: dict[tuple, list[int]] = {}
     for i in range(n):
@@ -175,8 +180,8 @@ def _authors_crops(
     for key, idx in groups.items():
         if key[0] == "own":
             i = idx[0]
-            target[i] = G.crop_and_resize(prev_frames[i], windows[i])[0]
-            search[i] = G.crop_and_resize(curr_frames[i], windows[i])[0]
+            target[i] = G.crop_and_resize(prev_frames[i], target_windows[i])[0]
+            search[i] = G.crop_and_resize(curr_frames[i], search_windows[i])[0]
             continue
         frames = torch.stack([*(prev_frames[i] for i in idx), *(curr_frames[i] for i in idx)])
         crops = G.crop_and_resize(frames, np.concatenate([windows[idx], windows[idx]]))
@@ -229,7 +234,12 @@ def track_step(
     dtype = next(net.parameters()).dtype
     if net.variant == "authors":
         geom = G.crop_geometry(boxes, sizes[:, 0], sizes[:, 1])
-        target, search = _authors_crops(prev_frames, curr_frames, geom.window)
+        # The authors crop the target from the previous image with that image's size (CropPadImage(bbox_prev,
+        # image_prev)); it matters only where the frame size changed.
+        prev_sizes = np.array([[f.shape[2], f.shape[1]] for f in prev_frames], dtype=np.float64)
+        same = (prev_sizes == sizes).all()
+        twin = geom.window if same else G.crop_geometry(boxes, prev_sizes[:, 0], prev_sizes[:, 1]).window
+        target, search = _authors_crops(prev_frames, curr_frames, twin, geom.window)
         t, s = _net_input(net, G.to_uint8(target), mode), _net_input(net, G.to_uint8(search), mode)
         raw = net(t, s).float().cpu().numpy()
         if raw_outputs is not None:

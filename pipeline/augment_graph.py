@@ -99,7 +99,7 @@ def _shift(fn, types, dmath, lo, hi, size, k: int, params: MotionParams, seeds: 
     centre = (lo + hi) / 2
     s_lap, us, vs = _laplace(fn, types, dmath, params.lambda_scale, [2, k], seeds[0:2])
     s = _clip(dmath, s_lap, _const64(s_lap, params.min_scale), _const64(s_lap, params.max_scale))
-    new = _clip(dmath, extent * (1.0 + s), 1.0, size - 1.0)  # (2, k)
+    new = dmath.max(dmath.min(extent * (1.0 + s), size - 1.0), 1.0)  # (2, k); the C++ order, as the geometry
     d, ud, vd = _laplace(fn, types, dmath, params.lambda_shift, [MAX_NUM_TRIES, 2, k], seeds[2:4])
     half_new = new / 2
     cand = _clip(dmath, centre + extent * d, half_new, size - half_new)  # (10, 2, k)

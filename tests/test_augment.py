@@ -195,6 +195,21 @@ def test_windows_boxes_targets_equal_geometry(synth, lambda_shift):
         assert (tries > 1).mean() > 0.3 and (tries == 10).any(), ((tries > 1).mean(), (tries == 10).mean())
 
 
+def test_one_pixel_wide_image_shifts_like_the_cpp(tmp_path):
+    """BoundingBox::Shift clamps the new width as max(1, min(W - 1, .)): on a 1 px wide image that is 1 px, where
+    np.clip's order gave 0. The DALI graph and the geometry module agree, draw for draw."""
+    img = np.random.default_rng(0).integers(0, 255, (40, 1, 3), dtype=np.uint8)
+    stills = [Sample(f"s{i}", jpeg_bytes(img), np.array([[0.0, 5.0, 1.0, 25.0]], np.float32)) for i in range(2)]
+    write_shards(tmp_path, "imagenet", stills)
+    (b,) = first_batches(loader(tmp_path, pairs_per_batch=2, k=5, debug_draws=True), 1)
+    for p in range(2):
+        j = p * 6
+        ms = G.shift_boxes(np.array([0.0, 5.0, 1.0, 25.0]), 1, 40, replay_rng(b, p, 0), 5)
+        np.testing.assert_array_equal(b["search_boxes"][j + 1 : j + 6].numpy(), ms.boxes)
+        assert (ms.boxes[:, 2] - ms.boxes[:, 0] == 1.0).all()
+    assert torch.isfinite(b["bbox"]).all()
+
+
 def test_motion_statistics_match_geometry_sampler(tmp_path):
     """dx, dy (box widths), scale x/y of 3200 DALI shifts vs 20000 geometry.shift_boxes draws.
 

@@ -71,7 +71,7 @@ def test_corrupt_caffemodel_is_a_caffe_model_error(tmp_path: Path, capsys: pytes
     net = NetParameter()
     blob = net.layer.add(name="conv1", type="Convolution").blobs.add()
     blob.shape.dim.extend([1])
-    blob.data = b"\x00\x00\x80?\x00"  # 5 bytes: not a whole number of float32s
+    blob.data.append(b"\x00\x00\x80?\x00")  # 5 bytes: not a whole number of float32s
     (tmp_path / "odd.caffemodel").write_bytes(net.SerializeToString())
     with pytest.raises(CaffeModelError, match="not a whole number of 4-byte floats"):
         load_caffemodel(tmp_path / "odd.caffemodel")

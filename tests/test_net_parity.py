@@ -322,9 +322,9 @@ def test_caffenet_backbone_v1_legacy_and_unpacked(tmp_path) -> None:
         layer = net.layers.add(name=name, type=4)
         for a, dims in ((w, w.shape), (b, (1, 1, 1, cout))):
             blob = layer.blobs.add(num=dims[0], channels=dims[1], height=dims[2], width=dims[3])
-            blob.data = a.tobytes()
+            blob.data.append(a.tobytes())
     fc8 = net.layers.add(name="fc8", type=14)  # CaffeNet's classifier: ignored
-    fc8.blobs.add(num=1, channels=1, height=10, width=3).data = np.zeros(30, np.float32).tobytes()
+    fc8.blobs.add(num=1, channels=1, height=10, width=3).data.append(np.zeros(30, np.float32).tobytes())
     raw = net.SerializeToString()
     # An extra V2 layer (NetParameter field 100) whose blob has legacy dims and unpacked floats (field 5, wire
     # type 5 per value), hand-encoded.
@@ -332,11 +332,22 @@ def test_caffenet_backbone_v1_legacy_and_unpacked(tmp_path) -> None:
     blob = b"".join(_varint(f << 3) + _varint(v) for f, v in ((1, 1), (2, 1), (3, 2), (4, 3)))
     blob += b"".join(_varint(5 << 3 | 5) + struct.pack("<f", v) for v in vals)
     raw += _ld(100, _ld(1, b"unpacked") + _ld(7, blob))
+    # And one whose packed floats come in two chunks (3 + 3 values), as some writers split long runs.
+    split = _ld(7, _ld(1, _varint(6))) + _ld(5, vals[:3].tobytes()) + _ld(5, vals[3:].tobytes())
+    raw += _ld(100, _ld(1, b"split") + _ld(7, split))
     path = tmp_path / "bvlc_reference_caffenet.caffemodel"
     path.write_bytes(raw)
 
     layers = {layer.name: layer for layer in read_caffemodel(path)}
     assert np.array_equal(layers["unpacked"].blobs[0], vals.reshape(1, 1, 2, 3))
+    assert np.array_equal(layers["split"].blobs[0], vals)
+    # Shapes that cannot be: a negative dimension, and one whose int64 product overflows to 0.
+    for dims, msg in (((-2, -3), "negative dimension"), ((2**32, 2**32), "holds 0 values")):
+        bad = tmp_path / "bad.caffemodel"
+        shape = _ld(1, b"".join(_varint(d & (2**64 - 1)) for d in dims))
+        bad.write_bytes(_ld(100, _ld(1, b"conv1") + _ld(7, _ld(7, shape))))
+        with pytest.raises(CP.CaffeModelError, match=msg):
+            read_caffemodel(bad)
     result = load_caffemodel(path, seed=5)
     assert result.kind == "backbone" and result.variant == "authors"
     for name, (w, b) in arrays.items():

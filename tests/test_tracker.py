@@ -223,11 +223,33 @@ def test_track_step_crops_grouped_by_frame_size_equal_per_sequence_crops() -> No
     boxes = np.array([[5.5, 6.25, 30, 20], [0, 0, 10, 8], [40.2, 30.7, 55.9, 39.9], [-3, 20, 12, 60], [8, 8, 20, 30]])
     sizes = np.array([[c.shape[2], c.shape[1]] for c in curr], dtype=np.float64)
     windows = G.crop_geometry(boxes, sizes[:, 0], sizes[:, 1]).window
+    psizes = np.array([[c.shape[2], c.shape[1]] for c in prev], dtype=np.float64)
+    twins = G.crop_geometry(boxes, psizes[:, 0], psizes[:, 1]).window
     for idx in ([0, 1, 2, 3, 4], [0, 1, 3]):  # mixed sizes, and the one-size fast path
-        target, search = _authors_crops([prev[i] for i in idx], [curr[i] for i in idx], windows[idx])
+        target, search = _authors_crops([prev[i] for i in idx], [curr[i] for i in idx], twins[idx], windows[idx])
         for k, i in enumerate(idx):
-            torch.testing.assert_close(target[k], G.crop_and_resize(prev[i], windows[i])[0], rtol=0, atol=0)
+            torch.testing.assert_close(target[k], G.crop_and_resize(prev[i], twins[i])[0], rtol=0, atol=0)
             torch.testing.assert_close(search[k], G.crop_and_resize(curr[i], windows[i])[0], rtol=0, atol=0)
+
+
+def test_target_is_cropped_with_the_previous_frames_size(random_net: GoturnNet) -> None:
+    """CropPadImage(bbox_prev, image_prev): when the frame size changes, the target window comes from the
+    previous frame's size and the search window (and the decode) from the current one's."""
+    from model.tracker import _net_input, track_step
+
+    rng = np.random.default_rng(2)
+    prev = torch.from_numpy(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).permute(2, 0, 1)
+    curr = torch.from_numpy(rng.integers(0, 255, (100, 100, 3), dtype=np.uint8)).permute(2, 0, 1)
+    box = np.array([[150.0, 150.0, 170.0, 170.0]])
+    seen = []
+    hook = random_net.target.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    try:
+        track_step(random_net, [prev], box, [curr])
+    finally:
+        hook.remove()
+    want = G.to_uint8(G.crop_and_resize(prev, G.crop_geometry(box, 200.0, 200.0).window))
+    assert not torch.equal(want, G.to_uint8(G.crop_and_resize(prev, G.crop_geometry(box, 100.0, 100.0).window)))
+    torch.testing.assert_close(seen[0], _net_input(random_net, want, random_net.normalization), rtol=0, atol=0)
 
 
 def test_infinite_output_keeps_previous_box_in_both_step_paths() -> None:
