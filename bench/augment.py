@@ -12,7 +12,9 @@ ALOV-style pairs, 1:1). Baselines, each one process:
 
 DALI is timed end to end through GoturnLoader (torch tensors out, including interleaving and the per-example
 target repeat), drawing pairs as the trainer does by default (the authors' sampling, `pipeline.group_sampler`),
-and once more with DALI's own sequential reader (``sampling="epoch"``). Medians over repeats.
+and once more with DALI's own sequential reader (``sampling="epoch"``). Repeats are interleaved (each round runs
+every configuration once, baselines included), so a burst of load on this shared machine hits all of them; the
+RESULT ratio is the median of the per-round ratios, printed with their range.
 
     python bench/augment.py                  # CPU backend, 2 threads
     python bench/augment.py --device gpu     # on a GPU machine (mixed decoder, GPU crops)
@@ -198,9 +200,19 @@ def bench_seed(pairs, n: int, repeats: int, k: int, normalise: bool, fn=seed_pai
 
 
 def bench_dali(
-    shards: Path, device: str, output: str, ppb: int, threads: int, batches: int, repeats: int, k: int, **kw
+    shards: Path,
+    device: str,
+    output: str,
+    ppb: int,
+    threads: int,
+    batches: int,
+    repeats: int,
+    k: int,
+    first_epoch: int = 0,
+    **kw,
 ) -> tuple[list[float], list[float]]:
-    """(examples/s, per CPU-second) over ``repeats`` epochs: each 3 warm-up batches (build, prefetch) + ``batches``.
+    """(examples/s, per CPU-second) over ``repeats`` epochs from ``first_epoch``: each 3 warm-up batches (build,
+    prefetch) + ``batches``.
 
     CPU time is the whole process's (DALI's worker threads included), so it shows efficiency independent of how
     busy the machine is; wall-clock is what a trainer gets.
@@ -210,7 +222,7 @@ def bench_dali(
         raise SystemExit(f"need {3 + batches} batches per epoch, the shards give {len(loader)}")
     sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
     rates, cpu = [], []
-    for r in range(repeats):
+    for r in range(first_epoch, first_epoch + repeats):
         loader.set_epoch(r)
         it = iter(loader)
         for _ in range(3):
@@ -234,8 +246,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shards", type=Path, default=None, help="existing shards (default: generate)")
     ap.add_argument("--threads", type=int, default=None, help="DALI num_threads (default 2 cpu / 8 gpu)")
     ap.add_argument("--pairs-per-batch", type=int, default=None, help="default 32 cpu / 256 gpu")
-    ap.add_argument("--batches", type=int, default=None, help="timed batches per repeat (default 5 cpu / 20 gpu)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=None, help="timed batches per repeat (default 6 cpu / 12 gpu)")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved rounds (every configuration once each)")
     ap.add_argument("--baseline-pairs", type=int, default=48, help="pairs per baseline repeat")
     ap.add_argument("--unique", type=int, default=48, help="distinct images per source")
     ap.add_argument("--skip-baseline", action="store_true")
@@ -259,27 +271,38 @@ def main(argv=None) -> int:
         )
     load0 = " ".join(f"{x:.2f}" for x in os.getloadavg())
     ncpu = len(os.sched_getaffinity(0))
-    rows = []
     authors = {"sampling": "authors"}  # the trainer's default: pairs drawn as train.cpp draws them
+    runs = {}  # row name, output -> one (examples/s, per CPU-s) measurement function for one round
     for output, extra, kw in (
         ("uint8", "", authors),
         ("uint8", " (epoch reader)", {"sampling": "epoch"}),
         ("uint8", " (channels_last)", {**authors, "channels_last": True}),
         ("float", "", authors),
     ):
-        r, c = bench_dali(shards, a.device, output, ppb, threads, batches, a.repeats, k, **kw)
-        rows.append((f"DALI {a.device}{extra}, {threads} threads, batch {ppb} pairs", output, r, c))
+        name = f"DALI {a.device}{extra}, {threads} threads, batch {ppb} pairs"
+        runs[name, output] = lambda rnd, o=output, kw=kw: bench_dali(
+            shards, a.device, o, ppb, threads, batches, 1, k, first_epoch=rnd, **kw
+        )
     if not a.skip_baseline:
         import cv2
 
         pairs = load_pairs(shards, a.unique)
-        r, c = bench_seed(pairs, a.baseline_pairs, a.repeats, k, True, seed_pair_as_written)
-        rows.append(("seed as written: pygoturn's per-pair work, 1 process", "float", r, c))
+        name = "seed as written: pygoturn's per-pair work, 1 process"
+        runs[name, "float"] = lambda rnd: bench_seed(pairs, a.baseline_pairs, 1, k, True, seed_pair_as_written)
         for norm in (True, False):
-            r, c = bench_seed(pairs, a.baseline_pairs, a.repeats, k, norm)
             name = f"tidied seed loop: cv2 decode+crop+resize, 1 process (cv2 threads {cv2.getNumThreads()})"
-            rows.append((name, "float" if norm else "uint8", r, c))
-    med = {(n.split(",")[0].split(":")[0], o): statistics.median(r) for n, o, r, _ in rows}
+            runs[name, "float" if norm else "uint8"] = lambda rnd, norm=norm: bench_seed(
+                pairs, a.baseline_pairs, 1, k, norm
+            )
+    got = {key: ([], []) for key in runs}
+    for rnd in range(a.repeats):  # interleaved: round rnd measures every configuration once
+        for key, run in runs.items():
+            r, c = run(rnd)
+            got[key][0].extend(r)
+            got[key][1].extend(c)
+    rows = [(n, o, *got[n, o]) for n, o in runs]
+    short = {(n.split(",")[0].split(":")[0], o): r for n, o, r, _ in rows}  # per-round rates by short name
+    med = {key: statistics.median(r) for key, r in short.items()}
     print(f"\nload average before/after: {load0} / {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {ncpu} CPUs")
     print(f"{'pipeline':<74} {'output':<7} {'examples/s median':>18} {'min':>7} {'max':>7} {'per CPU-s':>10}")
     for n, o, r, c in rows:
@@ -288,18 +311,23 @@ def main(argv=None) -> int:
         )
     head = med[("DALI " + a.device, "uint8")]
     if not a.skip_baseline:
+        dali_u, seed_w = short["DALI " + a.device, "uint8"], short["seed as written", "float"]
+        paired = [d / s for d, s in zip(dali_u, seed_w, strict=True)]
         seed_f = med[("seed as written", "float")]
         base_f, base_u = med[("tidied seed loop", "float")], med[("tidied seed loop", "uint8")]
         dali_f = med[("DALI " + a.device, "float")]
-        print("\nratios (medians):")
-        print(f"  DALI uint8 (normalised later on the GPU) / seed as written : {head / seed_f:.2f}x   <- RESULT ratio")
+        print("\nratios (of medians; the RESULT ratio is the median of the per-round ratios):")
+        print(
+            f"  DALI uint8 (normalised later on the GPU) / seed as written : {head / seed_f:.2f}x   per round: "
+            f"median {statistics.median(paired):.2f}x, range {min(paired):.2f}-{max(paired):.2f}x  <- RESULT ratio"
+        )
         print(f"  DALI float32 / seed as written                             : {dali_f / seed_f:.2f}x")
         print(f"  DALI uint8 / tidied loop float32                           : {head / base_f:.2f}x")
         print(f"  DALI float32 / tidied loop float32 (same work on the CPU)  : {dali_f / base_f:.2f}x")
         print(f"  DALI uint8 / tidied loop uint8 (neither normalises)        : {head / base_u:.2f}x")
         epoch = med[(f"DALI {a.device} (epoch reader)", "uint8")]
         print(f"  DALI uint8: authors' sampling / epoch reader               : {head / epoch:.2f}x")
-        ratio = f"{head / seed_f:.2f}"
+        ratio = f"{statistics.median(paired):.2f}"
     else:
         ratio = "n/a"
     if tmp is not None:
