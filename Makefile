@@ -9,10 +9,13 @@ STAMP := $(VENV)/.setup-stamp
 setup: $(STAMP)
 
 # Re-install only when the dependency list changes; `make setup` is a no-op otherwise.
-$(STAMP): pyproject.toml
+# editable_mode=compat puts the checkout on sys.path (a .pth line) instead of setuptools' import hook, so our
+# packages win over a same-named data folder in the working directory (e.g. ./shards/ holding tars), which the
+# hook loses to as an implicit namespace package.
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	@touch $(STAMP)
 
 test: setup

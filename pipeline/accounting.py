@@ -87,8 +87,11 @@ def imagenet_accounting(plan: SourcePlan, res: WriteResults, written: set[str]) 
         else:
             xml_skipped[first_fail or "no_kept_object"] += 1
     skips += _failure_skips(res, planned, where)
+    n_extra = sum(n for _, n in plan.extra_folders)  # negative-only XMLs the authors never read: skipped, counted
+    if n_extra:
+        xml_skipped["extra_folder"] += n_extra
     accounting = {
-        "xml_files": _quantity(len(plan.xmls), xml_written, xml_skipped),
+        "xml_files": _quantity(len(plan.xmls) + n_extra, xml_written, xml_skipped),
         "objects": _quantity(obj_total, obj_written, obj_skipped),
         "extra_folders": [{"path": p, "xml_files": n} for p, n in plan.extra_folders],
     }

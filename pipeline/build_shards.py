@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -87,6 +88,7 @@ class BuildReport:
     shards_written: int = 0
     shards_reused: int = 0
     images_decoded: int = 0
+    removed: list[str] = field(default_factory=list)  # shard / index files of earlier builds deleted from --out
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -190,15 +192,19 @@ def write_shard(out: Path, shard: ShardPlan, outcomes: Any, bar: tqdm, times: di
     return rec
 
 
-def _clean_stale(out: Path, keep: set[str], planned: set[str]) -> None:
-    """Remove shard/index files and records from earlier builds that the current plan does not produce."""
-    for p in out.iterdir():
+def _clean_stale(out: Path, keep: set[str], planned: set[str]) -> list[str]:
+    """Remove shard/index files and records from earlier builds that the current plan does not produce; returns
+    the names of the shard and index files removed (the CLI lists them)."""
+    removed = []
+    for p in sorted(out.iterdir()):
         name = p.name[: -len(".idx")] + ".tar" if p.name.endswith(".idx") else p.name
         if parse_shard_name(name) and name not in keep:
             p.unlink()
+            removed.append(p.name)
     for p in (out / STATE_DIR).glob("*.json"):
         if p.stem + ".tar" not in planned:
             p.unlink()
+    return removed
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -227,6 +233,8 @@ def build(cfg: BuildConfig) -> BuildReport:
     """Plan, write (or reuse) every shard, then write the manifest. Safe to re-run after any interruption."""
     t_start = time.perf_counter()
     out = cfg.out
+    created = not out.exists()
+    _check_out(cfg)
     (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
     lock = open(out / STATE_DIR / "lock", "w")  # noqa: SIM115 - held for the whole build
     try:
@@ -239,8 +247,27 @@ def build(cfg: BuildConfig) -> BuildReport:
         for p in list(out.glob("*" + PARTIAL)) + list((out / STATE_DIR).glob("*" + PARTIAL)):
             p.unlink()
         return _build_locked(cfg, t_start)
+    except InputLayoutError:
+        if created:  # refused while planning: leave no empty --out (with only .build/lock) behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         lock.close()
+
+
+def _check_out(cfg: BuildConfig) -> None:
+    """Shard files in an ``--out`` that no build of this tool has used (no ``.build/``, no manifest) are someone
+    else's, e.g. hand-made tars: a build would replace or delete them, so refuse unless ``overwrite``."""
+    out = cfg.out
+    if not out.is_dir() or cfg.overwrite or (out / STATE_DIR).is_dir() or (out / MANIFEST_NAME).is_file():
+        return
+    theirs = sorted(p.name for p in out.iterdir() if parse_shard_name(p.name))
+    if theirs:
+        raise OutputInUse(
+            f"{out} holds shard files that no build of this tool wrote ({', '.join(theirs[:3])}"
+            f"{', ...' if len(theirs) > 3 else ''}; no {STATE_DIR}/ or {MANIFEST_NAME}): a build would replace or "
+            "delete them. Use another --out, or pass --overwrite to replace them."
+        )
 
 
 def _check_foreign_shards(cfg: BuildConfig) -> None:
@@ -294,7 +321,7 @@ def _build_locked(cfg: BuildConfig, t_start: float) -> BuildReport:
         report.shards_written = len(todo)
 
     keep = {sh.name for sh in shards if records[sh.name]["samples"] > 0}
-    _clean_stale(out, keep, {sh.name for sh in shards})
+    report.removed = _clean_stale(out, keep, {sh.name for sh in shards})
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "format": FORMAT_NAME,
@@ -368,7 +395,8 @@ def parse_args(argv: list[str] | None) -> BuildConfig:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="allow deleting shards in --out of a source this build does not read (refused otherwise)",
+        help="allow replacing or deleting shards in --out that this build did not write: another source's, or "
+        "hand-made ones (refused otherwise)",
     )
     a = p.parse_args(argv)
     for x, y in (("imagenet_images", "imagenet_annotations"), ("alov_frames", "alov_annotations")):
@@ -449,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     print(summary_text(report))
+    if report.removed:
+        print(f"removed from {cfg.out} (earlier builds' files this plan does not produce): {', '.join(report.removed)}")
     print(f"manifest: {cfg.out / MANIFEST_NAME}")
     return 0
 

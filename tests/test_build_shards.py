@@ -198,8 +198,10 @@ def test_sample_counts_follow_the_rules(sample_build):
         "objects": n_obj,
     }
     xml_files = m["accounting"]["imagenet"]["xml_files"]
-    assert xml_files["total"] == len(kept) + 1  # + the malformed XML
+    extra = sm["imagenet"]["extra_images"]  # one XML each, in the negative-only folder
+    assert xml_files["total"] == len(kept) + 1 + extra  # + the malformed XML
     assert xml_files["skipped"]["xml_error"] == 1 and xml_files["skipped"]["corrupt_image"] == 1
+    assert xml_files["skipped"]["extra_folder"] == extra
     # ALOV: consecutive lines whose frame file exists; the last int(0.2 n) videos per category are val
     expect: Counter = Counter()
     ann_root = data / "alov" / "alov300++_rectangleAnnotation_full"
@@ -296,12 +298,13 @@ def test_edge_imagenet(edge_build):
     root, report = edge_build
     acc = report.manifest["accounting"]["imagenet"]
     assert acc["xml_files"] == {
-        "total": 17,
+        "total": 18,
         "written": 8,
         "skipped": {
             "corrupt_image": 1,
             "duplicate_image": 1,
             "empty_image": 1,
+            "extra_folder": 1,  # every XML file is accounted for, the negative-only folder's too
             "missing_image": 1,
             "unsupported_format": 1,
             "xml_error": 4,
@@ -630,6 +633,8 @@ def test_annotation_roots_one_level_off_stop_the_build(tmp_path, capsys):
     assert main(cli_args(cfg)) == 2
     err = capsys.readouterr().err
     assert "no ImageNet DET sample" in err and "missing_image 2" in err and f"read as {root / 'alov_frames'}/" in err
+    for c in ("flat", "deep", "noimages"):  # a refused build leaves no --out behind (it used to hold .build/lock)
+        assert not (tmp_path / c / "out").exists()
 
 
 def test_a_build_never_silently_deletes_another_sources_shards(tmp_path, capsys):
@@ -647,6 +652,24 @@ def test_a_build_never_silently_deletes_another_sources_shards(tmp_path, capsys)
     assert main(cli_args(cfg)) == 0  # both sources in one command: fine
     assert main([*cli_args(alov_only), "--overwrite"]) == 0
     assert not list(cfg.out.glob("imagenet-*")) and list(cfg.out.glob("alov-*"))
+
+
+def test_hand_made_tars_in_out_are_refused_and_removed_files_listed(tmp_path, capsys):
+    """A folder of someone's tars (no .build/, no manifest) used to lose them silently to the stale-shard clean-up;
+    --overwrite replaces them and the CLI names every file it deleted."""
+    cfg = tiny_config(tmp_path)
+    cfg.out.mkdir(parents=True)
+    mine = cfg.out / "alov-val-000003.tar"
+    mine.write_bytes(b"not ours")
+    assert main(cli_args(cfg)) == 2
+    err = capsys.readouterr().err
+    assert "holds shard files that no build of this tool wrote (alov-val-000003.tar" in err and "--overwrite" in err
+    assert mine.read_bytes() == b"not ours" and not (cfg.out / ".build").exists()
+    assert main([*cli_args(cfg), "--overwrite"]) == 0
+    assert "removed from" in (out := capsys.readouterr().out) and "alov-val-000003.tar" in out
+    assert not mine.exists()
+    assert main(cli_args(cfg)) == 0  # the folder is the builder's now: reruns resume without --overwrite
+    assert "removed from" not in capsys.readouterr().out
 
 
 def test_annotations_at_other_depths_are_reported(tmp_path):

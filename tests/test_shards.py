@@ -253,3 +253,17 @@ def test_unfinished_build_is_refused_hand_made_tars_are_read(sample_build, tmp_p
             read(out)
     shutil.rmtree(out / ".build")  # neither manifest nor .build/: hand-made tars, read as they are
     assert len(shard_paths(out, None, None)) == len(report.manifest["shards"])
+
+
+def test_our_packages_win_over_a_data_folder_of_the_same_name(tmp_path: Path) -> None:
+    """A user's working folder with a ``shards/`` of tars (no ``__init__.py``) must not shadow this package: the
+    Makefile's compat editable install puts the checkout on sys.path, where a regular package beats an implicit
+    namespace folder (setuptools' default import hook lost to it: ``shards.open_dataset`` was missing)."""
+    import shards
+
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "alov-train-000000.tar").write_bytes(b"")
+    code = "import shards; print(shards.__file__); print(callable(shards.open_dataset))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    where, ok = out.stdout.split()
+    assert Path(where) == Path(shards.__file__) and ok == "True"

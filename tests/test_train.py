@@ -268,6 +268,10 @@ def test_bad_arguments_give_clear_errors(shards: Path, tmp_path: Path, capsys: p
     assert cfg.val_shards == str(shards) and not cfg.train_backbone
     sample = resolve(["--shards", str(shards), "--out", str(tmp_path / "r"), "--preset", "sample", "--steps", "7"])
     assert sample.steps == 7 and sample.preset == "sample"
+    assert not sample.overwrite  # the sample preset used to imply --overwrite: a second run silently replaced one
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / LATEST).write_bytes(b"")
+    assert "already holds a run" in error(["--shards", str(shards), "--out", str(tmp_path / "r"), "--preset", "sample"])
 
 
 # ------------------------------------------------------------------------------------------------------------

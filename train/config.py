@@ -97,7 +97,6 @@ PRESETS: dict[str, dict] = {
         "val_batches": 4,
         "loader_pairs": 8,
         "time_limit": 10.0,  # backstop on slower machines (then the step count, and the numbers, differ)
-        "overwrite": True,
     },
 }
 
