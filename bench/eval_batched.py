@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluate.lockstep import TrackJob, track_lockstep  # noqa: E402
 from evaluate.metrics import tracking_fps  # noqa: E402
-from evaluate.steppers import GoturnStepper, device_name, resolve_device  # noqa: E402
+from evaluate.steppers import GoturnStepper, device_name  # noqa: E402
+from model.devices import resolve_device  # noqa: E402
 from model.geometry import xywh_to_corners  # noqa: E402
 
 # (H, W) of OTB frames, most common first (320x240, 640x480, 640x360, ...).

@@ -412,9 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
     scores: list[TrackerScores] = []
     if run_model:
-        from evaluate.steppers import device_name, load_stepper, resolve_device
+        from evaluate.steppers import device_name, load_stepper
         from model.caffe_proto import CaffeModelError
         from model.checkpoint import CheckpointError
+        from model.devices import resolve_device
 
         try:
             dev = resolve_device(args.device)

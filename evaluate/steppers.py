@@ -17,25 +17,6 @@ from model.net import GoturnNet
 from model.tracker import frame_to_tensor, track_step
 
 
-def resolve_device(device: str | None) -> torch.device:
-    """``auto``/None -> cuda when available, else cpu; ``cpu``, ``cuda`` or ``cuda:N`` as given, checked here so
-    a typo or a missing GPU is a ValueError naming the device rather than a failure deep inside torch."""
-    if device in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use --device cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
-    return dev
-
-
 def device_name(device: torch.device) -> str:
     """Human-readable device for reports: the GPU model, or the CPU model and torch's thread count."""
     if device.type == "cuda":

@@ -119,9 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         init = gt[0]
     else:
         raise SystemExit("error: no ground truth in the folder: pass --init x,y,w,h (1-based)")
-    from evaluate.steppers import load_stepper, resolve_device
+    from evaluate.steppers import load_stepper
     from model.caffe_proto import CaffeModelError
     from model.checkpoint import CheckpointError
+    from model.devices import resolve_device
 
     try:
         device = resolve_device(args.device)

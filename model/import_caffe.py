@@ -115,7 +115,10 @@ def convert_layers(layers: list[CaffeLayer], seed: int = 0, source: str = "caffe
         if layer.name in by_name:
             raise CaffeModelError(f"{source}: layer {layer.name!r} appears twice")
         by_name[layer.name] = layer
-    kind_or_variant = detect_variant(set(by_name))
+    try:
+        kind_or_variant = detect_variant(set(by_name))
+    except CaffeModelError as e:
+        raise CaffeModelError(f"{source}: {e}") from None
     if kind_or_variant == "backbone":
         variant, kind = "authors", "backbone"
         mapping = {f"conv{i}": f"target.conv{i}" for i in range(1, 6)}
@@ -209,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         result = load_caffemodel(args.caffemodel, seed=args.seed)
         got = "backbone" if result.kind == "backbone" else result.variant
         if args.expect and got != args.expect:
-            raise CaffeModelError(f"{args.caffemodel}: expected a {args.expect} model, found a {got} model")
+            kinds = {"authors": "the authors' model", "opencv": "OpenCV's model", "backbone": "a CaffeNet backbone"}
+            raise CaffeModelError(f"{args.caffemodel}: expected {kinds[args.expect]}, found {kinds[got]}")
         if args.prototxt is not None:
             try:
                 text = args.prototxt.read_text(encoding="utf-8")

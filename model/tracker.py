@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from model import geometry as G
+from model.devices import resolve_device
 from model.net import GoturnNet
 from model.preprocess import normalize
 
@@ -381,7 +382,7 @@ class GoturnTracker:
         dtype: torch.dtype = torch.float32,
         channels_last: bool | None = None,
     ) -> None:
-        self.device = torch.device(device)
+        self.device = resolve_device(device)  # a missing GPU is a ValueError naming the device, before any load
         self.net = _prepare_net(weights, self.device, dtype, channels_last)
         self.variant = self.net.variant
         self.min_size = float(min_size)
@@ -587,7 +588,7 @@ class MultiTracker:
         dtype: torch.dtype = torch.float32,
         channels_last: bool | None = None,
     ) -> None:
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.net = _prepare_net(weights, self.device, dtype, channels_last)
         self.variant = self.net.variant
         self.max_batch = int(max_batch)

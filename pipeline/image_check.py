@@ -189,6 +189,8 @@ def check_image(data: bytes) -> CheckedImage:
         im = _decode(data, "PNG")
         reason = "png_16bit" if im.mode in SIXTEEN_BIT_MODES else "png"
         return CheckedImage(_reencode(im), im.width, im.height, reason)
+    if data.startswith(JPEG_MAGIC[:2]) and not data.startswith(JPEG_MAGIC):  # SOI, then no marker: damaged
+        raise ImageRejected("corrupt_image", f"JPEG start-of-image not followed by a marker ({data[:8].hex()})")
     if not data.startswith(JPEG_MAGIC):
         raise ImageRejected("unsupported_format", f"neither JPEG nor PNG (starts with {data[:8].hex()})")
     sof, exif, precision = jpeg_header(data)

@@ -517,6 +517,7 @@ def test_check_image_rejects():
         (good[: len(good) // 2], "corrupt_image"),
         (b"", "empty_image"),
         (b"BM...", "unsupported_format"),
+        (b"\xff\xd8garbage", "corrupt_image"),  # a JPEG's start-of-image, then junk: damaged, not another format
     ):
         with pytest.raises(ImageRejected) as e:
             check_image(bad)

@@ -85,6 +85,22 @@ def test_corrupt_caffemodel_is_a_caffe_model_error(tmp_path: Path, capsys: pytes
     for name in ("odd", "name"):
         assert import_main(["--caffemodel", str(tmp_path / f"{name}.caffemodel"), "--out", str(tmp_path / "x.pt")])
         assert capsys.readouterr().err.startswith("error: ")
+    # layers of neither net: the message names the file, as every other one does
+    assert import_main(["--caffemodel", str(tmp_path / "ok.caffemodel"), "--out", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'ok.caffemodel'}: not a GOTURN or CaffeNet model") and "ip2" in err
+
+
+def test_trackers_refuse_a_missing_gpu_in_one_sentence(monkeypatch) -> None:
+    """GoturnTracker(device="cuda") without a GPU used to end in torch's multi-line 'Found no NVIDIA driver'."""
+    from model.tracker import MultiTracker
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for cls in (GoturnTracker, MultiTracker):
+        with pytest.raises(ValueError, match="device 'cuda': CUDA is not available on this machine"):
+            cls("never-read.pt", device="cuda")
+        with pytest.raises(ValueError, match="unknown device 'gpu'"):
+            cls("never-read.pt", device="gpu")
 
 
 def test_import_caffe_binary_prototxt_is_an_error(

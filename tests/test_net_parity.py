@@ -238,7 +238,7 @@ def test_cli_and_caffemodel_loading(authors_files, imported, tmp_path, capsys) -
     assert "variant=authors kind=full" in capsys.readouterr().out
     assert torch.equal(load_model(out).fc7b.weight, imported.fc7b.weight)
     assert import_main(["--caffemodel", str(model), "--out", str(out), "--expect", "opencv"]) == 2
-    assert "expected a opencv model" in capsys.readouterr().err
+    assert "expected OpenCV's model, found the authors' model" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------------------
