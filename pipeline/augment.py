@@ -24,7 +24,14 @@ import numpy as np
 import torch
 
 from model.geometry import INPUT_SIZE, MotionParams
-from pipeline.augment_graph import DEFAULT_MOTION, DRAW_NAMES, NORMALIZATIONS, build_pipeline, reader_kwargs
+from pipeline.augment_graph import (
+    DEFAULT_MOTION,
+    DRAW_NAMES,
+    NORMALIZATIONS,
+    build_pipeline,
+    max_k,
+    reader_kwargs,
+)
 from pipeline.bad_samples import DATA_OPS_RE, SampleDecodeError, explain, find_bad_samples, split_source_info
 from pipeline.group_sampler import GroupSampler, drawn_problems, stream_seed
 from pipeline.shard_sets import ShardSet, find_shards
@@ -129,6 +136,8 @@ class GoturnLoader:
                     + "; rebuild the shards or leave the source out (sources=...)"
                 )
         n_src = len(self.shard_sets)
+        if k > max_k(n_src):
+            raise ValueError(f"k={k} is more than the {max_k(n_src)} shifted examples per pair the graph can stack")
         if pairs_per_batch % n_src:
             raise ValueError(f"pairs_per_batch={pairs_per_batch} must be a multiple of the {n_src} sources")
         self.shards, self.split, self.device = str(shards), split, device

@@ -49,6 +49,12 @@ NORMALIZATIONS = {
 READER_EXTS = [PREV, CURR, BOXES]  # the reader's outputs, in this order
 AUDIT_NAMES = ("windows", "search_boxes", "target_box", "size")  # per source
 DRAW_NAMES = ("u_scale", "v_scale", "u_shift", "v_shift")  # per source, debug only
+MAX_STACK_INPUTS = 999  # DALI's fn.stack takes at most this many inputs: the batch's crops are stacked in one
+
+
+def max_k(n_sources: int) -> int:
+    """The largest K (shifted examples per pair) the graph can stack for ``n_sources`` shard sets."""
+    return MAX_STACK_INPUTS // n_sources - 1
 
 
 def _f32_parts(x: float) -> list[float]:

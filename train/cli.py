@@ -6,6 +6,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -221,6 +222,10 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
     for name in ("steps", "batch_examples", "log_every", "loader_pairs", "lr_step", "prefetch"):
         if getattr(cfg, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    from pipeline.augment_graph import max_k
+
+    if cfg.k > max_k(2):
+        parser.error(f"--k must be <= {max_k(2)} (the DALI graph stacks 2 x (k + 1) crops per batch), got {cfg.k}")
     for name in ("ckpt_every", "keep_last", "val_every", "val_batches", "k", "seed", "loader_threads"):
         if getattr(cfg, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
@@ -238,6 +243,14 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
         parser.error(f"--init {cfg.init}: no such file")
     if not cfg.resume and (out / LATEST).exists() and not cfg.overwrite:
         parser.error(f"{out} already holds a run: pass --resume to continue it or --overwrite to start afresh")
+    # Rank 0 only: under torchrun it writes config.json at once, which a slower rank would take for a leftover.
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    left = sorted(p.name for pat in RUN_FILES for p in out.glob(pat)) if out.is_dir() and main_rank else []
+    if not cfg.resume and left and not cfg.overwrite:  # e.g. a run that stopped before its first checkpoint
+        parser.error(
+            f"{out} holds files of an earlier run ({', '.join(left[:4])}{', ...' if len(left) > 4 else ''}) but no "
+            "checkpoint to resume: pass --overwrite to start afresh there (a new run would append to its log)"
+        )
     if saved is not None and int(os.environ.get("RANK", "0")) == 0:
         new = cfg.to_dict()
         changed = [
@@ -250,11 +263,14 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
     return cfg
 
 
+RUN_FILES = ("checkpoint-*.pt", "log.jsonl", "events.out.tfevents.*", "config.json")  # what a run writes
+
+
 def clear_run_dir(out: Path) -> None:
     """--overwrite: remove what a previous run wrote (only the trainer's own files)."""
     if not out.is_dir():
         return
-    for pattern in ("checkpoint-*.pt", ".checkpoint-*", "log.jsonl", "events.out.tfevents.*", "config.json"):
+    for pattern in (*RUN_FILES, ".checkpoint-*"):
         for f in out.glob(pattern):
             f.unlink()
 
@@ -285,4 +301,6 @@ def main(argv: list[str] | None = None) -> int:
             f"checkpoint {summary['checkpoint']}",
             file=sys.stderr,
         )
+    if summary["stop_reason"] == "interrupted":  # like a process the signal ended: `train && evaluate` stops
+        return 128 + (summary["signal"] or signal.SIGTERM)
     return 0

@@ -248,6 +248,12 @@ class Trainer:
         )
         self.last_ckpt: Path | None = self.run_dir / checkpointing.LATEST if ckpt is not None else None
         self._interrupted = False
+        self.signal: int | None = None  # the signal that interrupted the run (the CLI exits 128 + it)
+        self._t0: float | None = None  # when fit() started (for the checkpoint's running elapsed_s)
+        # Running totals carried across resumes (a resume may change the world size: never recompute them).
+        self.examples_before = int(ckpt.get("examples", 0)) if ckpt is not None else 0
+        self.elapsed_before = float(ckpt.get("elapsed_s", 0.0)) if ckpt is not None else 0.0
+        self.resume_step = self.step
 
     # ---- state --------------------------------------------------------------------------------------------
 
@@ -292,8 +298,9 @@ class Trainer:
             if k in saved and saved[k] != getattr(cfg, k)
         ]
         if len(ranks) != ctx.world_size or changed:
-            why = f"world size {len(ranks)} -> {ctx.world_size}" if len(ranks) != ctx.world_size else ""
-            why += (", " if why else "") + (f"changed {', '.join(changed)}" if changed else "")
+            parts = [f"world size {len(ranks)} -> {ctx.world_size}"] if len(ranks) != ctx.world_size else []
+            parts += [f"changed {', '.join(changed)}"] if changed else []
+            why = ", ".join(parts)
             epochs = [r["data"]["loader"].get("epoch", -1) for r in ranks if (r.get("data") or {}).get("loader")]
             self._fresh_epoch = max(epochs, default=-1) + 1
             self.messages.append(
@@ -346,12 +353,17 @@ class Trainer:
             "optimizer": opt,
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
-            "examples": self.step * self.cfg.batch_examples * self.ctx.world_size,
+            "examples": self.examples_done(),
+            "elapsed_s": self.elapsed_before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0),
             "world_size": self.ctx.world_size,
             "ranks": ranks,
             "config": self.cfg.to_dict(),
             "torch_version": str(torch.__version__),
         }
+
+    def examples_done(self) -> int:
+        """Training examples seen by the run so far, over every rank and every resume."""
+        return self.examples_before + (self.step - self.resume_step) * self.cfg.batch_examples * self.ctx.world_size
 
     def save_checkpoint(self) -> None:
         ckpt = self.checkpoint_dict()
@@ -475,6 +487,7 @@ class Trainer:
         if self._interrupted:  # second signal: give up at once
             raise KeyboardInterrupt
         self._interrupted = True
+        self.signal = signum
 
     def fit(self) -> dict:
         cfg, ctx = self.cfg, self.ctx
@@ -497,10 +510,11 @@ class Trainer:
 
             save_checkpoint(self.run_dir / INITIAL, self.model)
         prefetch = Prefetcher(lambda: iter(self.batcher), self.device, cfg.prefetch)
+        vote = distributed.StopVote(ctx)
         pending: list[tuple[int, torch.Tensor]] = []
         first_loss = last_loss = None
         stop_reason = "steps"
-        t0 = time.perf_counter()
+        t0 = self._t0 = time.perf_counter()
         window_t = t0
         window_steps = 0
         self.model.train()
@@ -522,16 +536,16 @@ class Trainer:
                 do_ckpt = cfg.ckpt_every > 0 and s % cfg.ckpt_every == 0
                 do_val = bool(cfg.val_shards) and cfg.val_every > 0 and s % cfg.val_every == 0
                 last = s >= cfg.steps
-                interrupt_now = self._interrupted and not ctx.enabled
+                interrupt_now = vote.poll(self._interrupted)  # under DDP: agreed by all ranks, this step
                 if not (s % cfg.log_every == 0 or do_ckpt or do_val or last or interrupt_now):
                     continue
                 # ---- sync point: losses of the pending steps (mean over ranks), stop flags -----------------
                 out_of_time = cfg.time_limit > 0 and (time.perf_counter() - t0) > cfg.time_limit * 60
-                flags = [float(self._interrupted), float(out_of_time)]
+                flags = [float(self._interrupted), float(out_of_time), float(self.batcher.skipped_items)]
                 buf = torch.cat([torch.stack([v for _, v in pending]).float(), torch.tensor(flags, device=loss.device)])
                 distributed.all_reduce_sum(buf, ctx)
                 vals = (buf[: len(pending)] / ctx.world_size).tolist()
-                interrupted, timed_out = buf[-2].item() > 0, buf[-1].item() > 0
+                interrupted, timed_out, skipped = buf[-3].item() > 0, buf[-2].item() > 0, int(buf[-1].item())
                 for (st, _), v in zip(pending, vals, strict=True):
                     if not math.isfinite(v):
                         kept = (
@@ -555,9 +569,11 @@ class Trainer:
                     "loss_avg": sum(vals) / len(vals),
                     "lr": lr,
                     "examples_per_s": ex_s,
-                    "examples": s * cfg.batch_examples * ctx.world_size,
-                    "elapsed_s": now - t0,
+                    "examples": self.examples_done(),
+                    "elapsed_s": self.elapsed_before + (now - t0),  # over every resume, as "examples"
                 }
+                if skipped:  # loader batches lost to undecodable samples (named on stderr), all ranks, this process
+                    row["skipped_batches"] = skipped
                 pending.clear()
                 stop = interrupted or timed_out
                 if do_ckpt or stop or (last and cfg.final_checkpoint):  # before validating: a failure there
@@ -575,6 +591,7 @@ class Trainer:
                     break
                 window_t = time.perf_counter()
                 window_steps = 0
+            vote.close()  # not on an error: another rank may never issue the vote this one would wait for
         finally:
             prefetch.close()
             if bar is not None:
@@ -589,6 +606,7 @@ class Trainer:
             "first_loss": first_loss,
             "last_loss": last_loss,
             "stop_reason": stop_reason,
+            "signal": self.signal,
             "checkpoint": str(self.last_ckpt) if self.last_ckpt else None,
             "elapsed_s": time.perf_counter() - t0,
         }
