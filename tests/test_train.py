@@ -587,6 +587,22 @@ def test_resume_exactness_ignores_the_shards_spelling_not_the_sampling(run_1step
     assert any("resume is not exact (changed sampling)" in m for m in trainer.messages)
 
 
+def test_skipped_training_batches_are_logged(tmp_path: Path, capsys):
+    """Batches lost to undecodable samples (the authors' sampling goes on past them) are counted in log.jsonl and
+    TensorBoard, not only printed."""
+    from shardkit import synthetic_samples, write_shards
+
+    data = tmp_path / "shards"
+    write_shards(data, "imagenet", synthetic_samples(6, "imagenet", seed=1, w=96, h=72), per_tar=3)
+    write_shards(data, "alov", synthetic_samples(6, "alov", seed=2, w=96, h=72), per_tar=3)
+    os.truncate(data / "alov-train-000001.tar", 4096)  # 3 of the 6 pairs lost
+    run = tmp_path / "run"
+    assert train_main(_argv(data, run, 4, 11, "1e-6", "--no-val", "--log-every", "4", "--keep-last", "1")) == 0
+    warned = capsys.readouterr().err.count("skipped a loader batch")
+    (row,) = _rows(run)
+    assert warned >= 1 and row["skipped_batches"] == warned
+
+
 def test_training_on_a_truncated_shard_stops_with_one_clear_line(tmp_path: Path, capsys):
     """The epoch reader on a tar cut short fails every batch: the run ends with one error line saying so and
     naming the shard, not a traceback suggesting an empty split."""
