@@ -128,8 +128,9 @@ class GoturnLoader:
         if device == "gpu" and not torch.cuda.is_available():
             raise ValueError("device='gpu' needs a CUDA GPU and none is visible; use device='cpu'")
         self.shard_sets = find_shards(shards, split, sources)
+        need = num_shards if sampling == "epoch" else 1  # the epoch reader shards every source by sample
         for s in self.shard_sets:  # every source feeds every batch: each must have data for every rank
-            if s.num_samples < max(1, num_shards if sampling == "epoch" else 1):
+            if s.num_samples < need:
                 raise ValueError(
                     f"{s.source} {split} has {s.num_samples} samples in {len(s.tars)} shard(s), "
                     + ("none to draw from" if s.num_samples == 0 else f"fewer than the {num_shards} ranks reading it")
