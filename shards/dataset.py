@@ -50,12 +50,20 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     meta = json.loads(sample[META])
     if not isinstance(meta, dict):
         raise ValueError("meta.json must hold an object")
+    boxes = decode_boxes(sample[BOXES])
+    # A pair cut short (a truncated tar read with a skipping handler) must not pass for a still.
+    if (PREV in sample) != (boxes.shape[0] == 2) or (meta.get("source") == "alov" and PREV not in sample):
+        raise ValueError(
+            f"sample {sample.get('__key__')!r} ({meta.get('source')}) has {boxes.shape[0]} box(es) and "
+            f"{'a' if PREV in sample else 'no'} prev.jpg: a pair needs both frames and 2 boxes, a still 1 "
+            "(truncated shard?)"
+        )
     return {
         "__key__": sample["__key__"],
         "__url__": sample.get("__url__"),
         "curr": decode_jpeg(sample[CURR]),
         "prev": decode_jpeg(sample[PREV]) if PREV in sample else None,
-        "boxes": decode_boxes(sample[BOXES]),
+        "boxes": boxes,
         "meta": meta,
     }
 
@@ -114,8 +122,9 @@ def open_dataset(
     more workers than shards is no error), so spread data over at least ranks x workers shards to use them all.
     Ranks then hold different sample counts: under DDP use ``resampled=True`` and ``.with_epoch(n)`` so every
     rank runs the same number of steps (SCHEMA.md).
-    ``shardshuffle``: a shard-shuffle buffer size (False = file order, True = 100); ``handler``: a webdataset
-    error handler (default: raise), e.g. ``wds.warn_and_continue`` to skip bad samples.
+    ``shardshuffle``: a shard-shuffle buffer size (False = file order, True = 100); ``seed``: its seed, and with
+    ``resampled=True`` the resampling's (the same draws every run, distinct per rank and worker); ``handler``:
+    a webdataset error handler (default: raise), e.g. ``wds.warn_and_continue`` to skip bad samples.
     """
     import webdataset as wds
 
@@ -123,6 +132,13 @@ def open_dataset(
     if not urls:
         raise FileNotFoundError(f"no shards for source={source!r} split={split!r} in {dir_or_pattern}")
     handler = handler or wds.reraise_exception
+    if resampled and seed is not None:
+        # wds.WebDataset(resampled=True) ignores ``seed`` (its shard sampler seeds from the pid and the clock):
+        # build the same pipeline with a seeded, deterministic sampler, distinct per rank and worker.
+        shards = wds.ResampledShards(urls, seed=seed, deterministic=True)
+        return wds.DataPipeline(
+            shards, wds.tarfile_to_samples(handler=handler), wds.map(decode_sample, handler=handler)
+        )
     if shardshuffle is True:
         shardshuffle = 100
     ds = wds.WebDataset(

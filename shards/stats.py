@@ -73,17 +73,25 @@ def text_histogram(name: str, data: list[float], edges: np.ndarray, width: int =
     return "\n".join(rows)
 
 
-def report(directory: Path, values: dict[str, dict[str, list[float]]]) -> str:
-    """Counts from the manifest, then the histograms per source."""
+def report(directory: Path, values: dict[str, dict[str, list[float]]], split: str | None = None) -> str:
+    """Counts from the manifest (of ``split`` only, when given, like the histograms), then the histograms per
+    source."""
     lines = []
     manifest = directory / MANIFEST_NAME
     if manifest.is_file():
         m = json.loads(manifest.read_text())
-        lines.append(f"{directory}: {len(m['shards'])} shards, {sum(s['bytes'] for s in m['shards']) / 1e6:.1f} MB")
+        shards = [s for s in m["shards"] if split is None or s.get("split") == split]
+        what = f" of split {split}" if split else ""
+        lines.append(f"{directory}: {len(shards)} shards{what}, {sum(s['bytes'] for s in shards) / 1e6:.1f} MB")
         for source, splits in m["counts"].items():
-            for split, c in splits.items():
-                lines.append(f"  {source:9s} {split:5s} " + "  ".join(f"{k} {v}" for k, v in c.items()))
-        lines.append(f"  skipped inputs: {len(m['skipped'])}, re-encoded images: {len(m['reencoded'])}")
+            for sp, c in splits.items():
+                if split is None or sp == split:
+                    lines.append(f"  {source:9s} {sp:5s} " + "  ".join(f"{k} {v}" for k, v in c.items()))
+        for source, acc in m["accounting"].items():  # the build's inputs (all splits): skipped per quantity
+            for qty, q in acc.items():
+                if isinstance(q, dict) and q.get("skipped"):
+                    lines.append(f"  {source} {qty} skipped: {sum(q['skipped'].values())} of {q['total']}")
+        lines.append(f"  re-encoded images: {len(m['reencoded'])}")
     for source, v in sorted(values.items()):
         lines.append(f"{source}:")
         for name, edges in HISTOGRAMS.items():
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         p.error(f"{a.directory}: no shards" + (f" of split {a.split!r}" if a.split else ""))
     values = read_boxes(paths)
-    print(report(a.directory, values))
+    print(report(a.directory, values, a.split))
     if a.plot:
         plot(values, a.plot)
         print(f"plot: {a.plot}")

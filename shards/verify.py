@@ -26,6 +26,7 @@ from PIL import Image
 from shards.format import (
     BOXES,
     CURR,
+    FORMAT_NAME,
     KEY_RE,
     MANIFEST_NAME,
     MEMBERS,
@@ -57,8 +58,14 @@ def check_sample(key: str, members: dict[str, bytes], source: str, split: str) -
     """Problems of one sample (empty when it is valid v1)."""
     problems = []
     missing = REQUIRED_MEMBERS - members.keys()
+    if source == "alov" and PREV not in members:
+        missing = missing | {PREV}  # every ALOV sample is a pair
     if missing:
         return [f"{key}: missing {sorted(missing)}"]
+    if source == "imagenet" and PREV in members:
+        problems.append(f"{key}: an ImageNet still has a prev.jpg")
+    if list(members) != sorted(members, key=MEMBERS.index):
+        problems.append(f"{key}: members in the order {list(members)}, SCHEMA's is {list(MEMBERS)}")
     sizes = {}
     for m in (PREV, CURR):
         if m in members:
@@ -91,6 +98,9 @@ def check_sample(key: str, members: dict[str, bytes], source: str, split: str) -
             problems.append(f"{key}: meta {field}={meta.get(field)!r}, expected {want_value!r}")
     if CURR in sizes and (meta.get("width"), meta.get("height")) != sizes[CURR]:
         problems.append(f"{key}: meta size {meta.get('width')}x{meta.get('height')} != image {sizes[CURR]}")
+    for field in ("clipped", "converted"):  # one entry per box / frame
+        if isinstance(meta.get(field), list) and len(meta[field]) != len(boxes):
+            problems.append(f"{key}: meta {field} has {len(meta[field])} entries for {len(boxes)} box(es)")
     return problems
 
 
@@ -101,6 +111,9 @@ def verify_shard(directory: str, entry: dict[str, Any]) -> tuple[str, list[str],
     if not parsed:
         return name, [f"manifest lists a file that is not a v1 shard name: {name!r}"], []
     source, split, _ = parsed
+    for field, want in (("source", source), ("split", split), ("index", index_name(name))):
+        if entry.get(field) != want:
+            return name, [f"manifest entry says {field}={entry.get(field)!r}, the file name {want!r}"], []
     path = Path(directory) / name
     problems: list[str] = []
     if not path.is_file():
@@ -152,11 +165,30 @@ def verify_shard(directory: str, entry: dict[str, Any]) -> tuple[str, list[str],
     idx = path.with_name(index_name(name))
     if not idx.is_file():
         problems.append(f"index {idx.name} missing")
-    elif idx.read_text() != format_index(index):
+    elif idx.read_bytes() != format_index(index).encode():  # bytes: CRLF or stray bytes are a mismatch too
         problems.append(f"index {idx.name} does not match the tar's offsets")
     if len(problems) > MAX_PROBLEMS_PER_SHARD:
         problems = problems[:MAX_PROBLEMS_PER_SHARD] + [f"... and {len(problems) - MAX_PROBLEMS_PER_SHARD} more"]
     return name, problems, keys
+
+
+def manifest_shape_problems(manifest: Any) -> list[str]:
+    """What makes a manifest unreadable for the checks below (wrong JSON types): reported, never a crash."""
+    if not isinstance(manifest, dict):
+        return [f"{MANIFEST_NAME} holds a {type(manifest).__name__}, not an object"]
+    problems = []
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(e, dict) for e in shards):
+        problems.append(f"{MANIFEST_NAME}: 'shards' is not a list of objects")
+    else:
+        for e in shards:
+            for field, kind in (("file", str), ("samples", int), ("bytes", int), ("sha256", str)):
+                if not isinstance(e.get(field), kind) or isinstance(e.get(field), bool):
+                    problems.append(f"{MANIFEST_NAME}: shard entry {e.get('file')!r} has {field}={e.get(field)!r}")
+    for section in ("counts", "accounting"):
+        if not isinstance(manifest.get(section), dict):
+            problems.append(f"{MANIFEST_NAME}: {section!r} is not an object")
+    return problems
 
 
 def check_manifest(manifest: dict[str, Any], directory: Path) -> list[str]:
@@ -164,6 +196,8 @@ def check_manifest(manifest: dict[str, Any], directory: Path) -> list[str]:
     problems = []
     if manifest.get("schema_version") != SCHEMA_VERSION:
         problems.append(f"schema_version {manifest.get('schema_version')!r} != {SCHEMA_VERSION}")
+    if manifest.get("format") != FORMAT_NAME:
+        problems.append(f"format {manifest.get('format')!r} != {FORMAT_NAME!r}")
     counts = manifest.get("counts", {})
     per_group: Counter = Counter()
     for entry in manifest.get("shards", []):
@@ -201,6 +235,9 @@ def verify(directory: Path, workers: int = 1) -> tuple[list[str], int, int]:
         manifest = json.loads((directory / MANIFEST_NAME).read_text())
     except (OSError, ValueError) as e:
         return [f"{MANIFEST_NAME}: cannot read ({e}); an interrupted build has no manifest"], 0, 0
+    shape = manifest_shape_problems(manifest)
+    if shape:
+        return shape, 0, 0
     problems = check_manifest(manifest, directory)
     entries = manifest.get("shards", [])
     names = [e.get("file") for e in entries]
@@ -219,7 +256,10 @@ def verify(directory: Path, workers: int = 1) -> tuple[list[str], int, int]:
         problems += [f"{name}: {p}" for p in shard_problems]
         all_keys.update(keys)
         samples += len(keys)
-    problems += [f"key {k} appears in {n} samples" for k, n in all_keys.items() if n > 1]
+    repeated = [(k, n) for k, n in all_keys.items() if n > 1]
+    if repeated:  # one line: a shard listed twice repeats every one of its keys
+        shown = ", ".join(f"{k} ({n}x)" for k, n in repeated[:5])
+        problems.append(f"{len(repeated)} key(s) appear in more than one sample, e.g. {shown}")
     return problems, len(entries), samples
 
 

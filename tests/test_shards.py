@@ -168,6 +168,124 @@ def test_verify_reports_structural_problems(sample_build, tmp_path):
     assert "counts[alov][val].samples" in text
 
 
+def _tampered(root: Path, tmp_path: Path, name: str) -> Path:
+    copy = tmp_path / name
+    shutil.copytree(root / "out", copy, ignore=shutil.ignore_patterns(".build"))
+    return copy
+
+
+def _resign(copy: Path, entry: dict, members: dict[str, dict[str, bytes]]) -> None:
+    """Rewrite one shard from ``members`` (key -> member bytes, in the given order) and its .idx and manifest
+    entry, as a buggy builder would: only verify's layout checks can tell."""
+    from shards.format import sha256_file
+    from shards.tarwriter import format_index
+
+    path = copy / entry["file"]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tf:  # members in the given order, unlike ours
+        for key, m in members.items():
+            for ext, data in m.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    index: list = []
+    with tarfile.open(path) as tf:
+        for info in tf:
+            key, ext = info.name.split(".", 1)
+            if not index or index[-1][0][3].split(".", 1)[0] != key:
+                index.append([])
+            index[-1].append((ext, info.offset_data, info.size, info.name))
+    (copy / entry["index"]).write_text(format_index(index))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for e in manifest["shards"]:
+        if e["file"] == entry["file"]:
+            e.update(bytes=path.stat().st_size, sha256=sha256_file(path), samples=len(members))
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _members(path: Path) -> dict[str, dict[str, bytes]]:
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(path) as tf:
+        for m in tf:
+            key, ext = m.name.split(".", 1)
+            out.setdefault(key, {})[ext] = tf.extractfile(m).read()
+    return out
+
+
+def test_verify_reports_malformed_and_inconsistent_manifests_and_layouts(sample_build, tmp_path):
+    """Each used to crash verify with a traceback, or pass: a CRLF / non-UTF-8 index, a manifest of the wrong
+    JSON types, entries whose source / split / index contradict the file, a foreign format, an ALOV pair
+    without its prev.jpg, members out of SCHEMA order, meta lists of the wrong length; and a shard listed twice
+    printed one line per key."""
+    root, report = sample_build
+    alov = max((e for e in report.manifest["shards"] if e["source"] == "alov"), key=lambda e: e["samples"])
+
+    copy = _tampered(root, tmp_path, "crlf")
+    idx = copy / alov["index"]
+    idx.write_bytes(idx.read_bytes().replace(b"\n", b"\r\n"))
+    assert "does not match the tar's offsets" in "\n".join(verify(copy)[0])
+    idx.write_bytes(b"\xff" + idx.read_bytes())
+    assert "does not match the tar's offsets" in "\n".join(verify(copy)[0])
+
+    copy = _tampered(root, tmp_path, "types")
+    for bad, says in (([], "holds a list, not an object"), ({"shards": [{**alov, "samples": None}]}, "samples=None")):
+        (copy / "manifest.json").write_text(json.dumps(bad))
+        assert says in "\n".join(verify(copy)[0])
+
+    copy = _tampered(root, tmp_path, "fields")
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format"] = "something-else"
+    other = next(e for e in manifest["shards"] if e["file"] != alov["file"])
+    manifest["shards"] = manifest["shards"] + [dict(other)]  # listed twice: every key of it twice
+    next(e for e in manifest["shards"] if e["file"] == alov["file"])["split"] = (
+        "val" if alov["split"] == "train" else "train"
+    )
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    problems, _, _ = verify(copy)
+    text = "\n".join(problems)
+    assert "format 'something-else'" in text and "manifest entry says split=" in text
+    assert sum("appear in more than one sample" in p for p in problems) == 1 and len(problems) < 20
+
+    copy = _tampered(root, tmp_path, "layout")
+    members = _members(copy / alov["file"])
+    keys = list(members)
+    members[keys[0]].pop("prev.jpg")  # a pair without its previous frame
+    m1 = members[keys[1]]
+    members[keys[1]] = {"meta.json": m1["meta.json"], **{k: v for k, v in m1.items() if k != "meta.json"}}
+    meta = json.loads(members[keys[1]]["meta.json"])
+    meta["clipped"] = [False, False, False]
+    members[keys[1]]["meta.json"] = json.dumps(meta).encode()
+    _resign(copy, alov, members)
+    text = "\n".join(verify(copy)[0])
+    assert f"{keys[0]}: missing ['prev.jpg']" in text
+    assert f"{keys[1]}: members in the order ['meta.json'" in text
+    assert f"{keys[1]}: meta clipped has 3 entries for 2 box(es)" in text
+
+
+def test_decode_sample_refuses_a_pair_cut_short():
+    """A tar truncated inside a prev.jpg, read with a skipping handler, used to yield the pair as a still (prev
+    None, two boxes): a reader following SCHEMA then trained on the prev box over the curr image."""
+    from pipeline.sample_build import meta_bytes, npy_bytes
+    from shards.dataset import decode_sample
+
+    boxes = npy_bytes(np.array([[1, 2, 20, 20], [2, 3, 21, 21]], np.float32))
+    sample = {"__key__": "alov/v/1_2", "curr.jpg": jpeg(40, 30), "boxes.npy": boxes}
+    sample["meta.json"] = meta_bytes({"source": "alov"})
+    with pytest.raises(ValueError, match="has 2 box\\(es\\) and no prev.jpg"):
+        decode_sample(sample)
+    assert decode_sample({**sample, "prev.jpg": jpeg(40, 30)})["prev"].shape == (30, 40, 3)
+
+
+def test_resampled_reading_is_seeded(sample_build):
+    """webdataset's WebDataset(resampled=True) ignores seed; open_dataset honours it."""
+    root, _ = sample_build
+
+    def keys(seed):
+        return [s["__key__"] for s in open_dataset(root / "out", resampled=True, seed=seed).with_epoch(6)]
+
+    assert keys(1) == keys(1) and len(keys(1)) == 6
+    assert keys(1) != keys(2)
+
+
 def test_verify_checks_boxes_inside_images(tmp_path):
     from pipeline.sample_build import meta_bytes, npy_bytes
 
@@ -185,7 +303,9 @@ def test_verify_checks_boxes_inside_images(tmp_path):
         s = summary.close()
     (out / "imagenet-train-000000.idx").write_text(s.index)
     entry = {"file": "imagenet-train-000000.tar", "samples": 1, "bytes": s.bytes, "sha256": s.sha256}
-    manifest = {"schema_version": 1, "counts": {"imagenet": {"train": {"samples": 1}}}, "shards": [entry]}
+    entry |= {"source": "imagenet", "split": "train", "index": "imagenet-train-000000.idx"}
+    manifest = {"schema_version": 1, "format": "goturn-shards-v1", "accounting": {}, "shards": [entry]}
+    manifest["counts"] = {"imagenet": {"train": {"samples": 1}}}
     (out / "manifest.json").write_text(json.dumps(manifest))
     problems, _, _ = verify(out)
     assert len(problems) == 1 and "not inside its 40x30 image" in problems[0]
