@@ -128,6 +128,13 @@ class GoturnLoader:
         if device == "gpu" and not torch.cuda.is_available():
             raise ValueError("device='gpu' needs a CUDA GPU and none is visible; use device='cpu'")
         self.shard_sets = find_shards(shards, split, sources)
+        short = [t for s in self.shard_sets for t in s.short_tars]
+        if short and sampling == "epoch":  # DALI's reader follows the index past the end of the file: a crash
+            raise ValueError(
+                f"{short[0]} is shorter than its index says (a truncated copy?); DALI's reader would read past its "
+                "end. Re-copy it (python -m shards.verify checks a build), or use sampling='authors', which skips "
+                "the samples it lost"
+            )
         need = num_shards if sampling == "epoch" else 1  # the epoch reader shards every source by sample
         for s in self.shard_sets:  # every source feeds every batch: each must have data for every rank
             if s.num_samples < need:

@@ -28,6 +28,7 @@ class ShardSet:
     counts: tuple[int, ...]
     has_pairs: bool  # some sample has prev.jpg
     has_stills: bool  # some sample lacks prev.jpg
+    short_tars: tuple[str, ...] = ()  # tars shorter than their index says (a truncated copy): see GoturnLoader
 
     @property
     def num_samples(self) -> int:
@@ -38,16 +39,7 @@ def index_entries(tar: str | Path, idx: str | Path | None) -> list[tuple[str, di
     """Per sample, in tar order: (key, {ext: (data offset, size)}), from the DALI ``.idx`` (cheap: one line per
     sample, ``ext offset size name`` per member) or, without one, the tar headers."""
     if idx is not None:
-        lines = Path(idx).read_text().splitlines()
-        head = lines[0].split() if lines else []
-        if not head or not head[0].startswith("v1"):
-            raise ValueError(f"{idx}: not a DALI wds2idx v1.x index")
-        out = []
-        for line in lines[1:]:
-            f = line.split()
-            members = {f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f) - 3, 4)}
-            out.append((split_member_name(f[3])[0], members))
-        return out
+        return _read_index(Path(idx))
     by_key: dict[str, dict[str, tuple[int, int]]] = {}
     with tarfile.open(tar) as tf:
         for m in tf:
@@ -55,6 +47,38 @@ def index_entries(tar: str | Path, idx: str | Path | None) -> list[tuple[str, di
             if m.isfile() and ext:
                 by_key.setdefault(key, {})[ext] = (m.offset_data, m.size)
     return list(by_key.items())
+
+
+MAX_INDEX_BYTES = 64 << 20  # a v1 index holds ~300 bytes a sample: this is 200k samples in one shard
+MAX_MEMBER_BYTES = 256 << 20  # the builder refuses images over 64 MiB
+
+
+def _read_index(idx: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Parse and check a ``.idx``: DALI trusts it (bad offsets crashed the process), so every member must be
+    ``ext offset size name`` with a 512-aligned offset and a plausible size. A ValueError names the file and
+    line. Whether the members lie inside the tar is the caller's question (a truncated copy: `find_shards`)."""
+    if idx.stat().st_size > MAX_INDEX_BYTES:
+        raise ValueError(f"{idx}: {idx.stat().st_size} bytes, more than any shard's index ({MAX_INDEX_BYTES})")
+    try:
+        lines = idx.read_bytes().decode("ascii").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{idx}: not a DALI wds2idx v1.x index (non-ASCII bytes)") from None
+    head = lines[0].split() if lines else []
+    if not head or not head[0].startswith("v1"):
+        raise ValueError(f"{idx}: not a DALI wds2idx v1.x index")
+    out = []
+    for lineno, line in enumerate(lines[1:], 2):
+        f = line.split()
+        bad = not f or len(f) % 4 or not all(t.isdigit() for i, t in enumerate(f) if i % 4 in (1, 2))
+        members = {} if bad else {f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)}
+        if bad or any(o % 512 or n > MAX_MEMBER_BYTES for o, n in members.values()):
+            raise ValueError(
+                f"{idx}:{lineno}: not 'ext offset size name' members with 512-aligned offsets: {line[:200]!r} "
+                "(a damaged or foreign index: delete it and rebuild it with python -m pipeline.build_shards, or "
+                "DALI's wds2idx)"
+            )
+        out.append((split_member_name(f[3])[0], members))
+    return out
 
 
 def find_shards(shards: str | Path, split: str = "train", sources: Sequence[str] | None = None) -> list[ShardSet]:
@@ -75,9 +99,12 @@ def find_shards(shards: str | Path, split: str = "train", sources: Sequence[str]
             raise FileNotFoundError(f"no {src}-{split}-*.tar shards in {root}")
         idxs = [t.with_name(index_name(t.name)) for t in tars]
         have_idx = all(i.is_file() for i in idxs)
-        counts, pairs, stills = [], False, False
+        counts, pairs, stills, short = [], False, False, []
         for t, i in zip(tars, idxs, strict=True):
-            members = [set(exts) for _, exts in index_entries(t, i if have_idx else None)]
+            entries = index_entries(t, i if have_idx else None)
+            members = [set(exts) for _, exts in entries]
+            if max((o + n for _, m in entries for o, n in m.values()), default=0) > t.stat().st_size:
+                short.append(str(t))
             counts.append(len(members))
             pairs |= any(PREV in s for s in members)
             stills |= any(PREV not in s for s in members)
@@ -90,6 +117,7 @@ def find_shards(shards: str | Path, split: str = "train", sources: Sequence[str]
                 counts=tuple(counts),
                 has_pairs=pairs,
                 has_stills=stills,
+                short_tars=tuple(short),
             )
         )
     return sets

@@ -526,15 +526,19 @@ def test_every_source_must_have_samples_for_every_rank(tmp_path):
             loader(tmp_path, pairs_per_batch=2, sampling=sampling)
 
 
-@pytest.mark.parametrize("sampling", ["authors", "epoch"])
-def test_truncated_shard_names_shard_and_key_and_iteration_goes_on(tmp_path, sampling):
-    """A tar cut short (interrupted copy, full disk): the authors' sampling reads past its end, the epoch reader
-    trips over its index; either way a SampleDecodeError names the shard and a lost key, and the position moves on
-    past the lost batch as for a corrupt JPEG (an OSError used to escape the loader, stuck on that batch)."""
+def test_truncated_shard_names_shard_and_key_and_iteration_goes_on(tmp_path):
+    """A tar cut short (interrupted copy, full disk), its index intact: the authors' sampling reads past its end,
+    and a SampleDecodeError names the shard and a lost key; the position moves on past the lost batch as for a
+    corrupt JPEG (an OSError used to escape the loader, stuck on that batch). The epoch reader refuses the set
+    up front: DALI follows the index past the end of the file, which killed the process (SIGSEGV) when a
+    member was cut in the middle."""
     write_shards(tmp_path, "alov", synthetic_samples(6, "alov", seed=3, w=96, h=72), per_tar=3)
     idx = (tmp_path / "alov-train-000001.idx").read_text().splitlines()
-    os.truncate(tmp_path / "alov-train-000001.tar", int(idx[1].split()[1]))  # alov_000003..5 lost
-    ld = loader(tmp_path, pairs_per_batch=1, k=1, num_threads=1, sampling=sampling)
+    cut = int(idx[1].split()[1]) + 700  # inside the first member of alov_000003: alov_000003..5 lost
+    os.truncate(tmp_path / "alov-train-000001.tar", cut)
+    with pytest.raises(ValueError, match="alov-train-000001.tar is shorter than its index says"):
+        loader(tmp_path, pairs_per_batch=1, k=1, num_threads=1, sampling="epoch")
+    ld = loader(tmp_path, pairs_per_batch=1, k=1, num_threads=1, sampling="authors")
     errors, good = [], 0
     while ld.epoch < 2:
         try:
@@ -542,12 +546,24 @@ def test_truncated_shard_names_shard_and_key_and_iteration_goes_on(tmp_path, sam
                 good += 1
         except SampleDecodeError as e:
             errors.append(((ld.epoch, ld.batch), str(e)))
-    assert errors and (good > 0) == (sampling == "authors")  # the epoch reader's pipeline is dead for the epoch
+    assert errors and good > 0
     positions = [p for p, _ in errors]
     assert positions == sorted(set(positions))  # each error lost a different batch
     msg = errors[0][1]
     assert "alov-train-000001.tar" in msg and any(f"alov_00000{i}" in msg for i in (3, 4, 5)), msg
     assert "truncated shard" in msg
+
+
+def test_a_malformed_index_is_refused_with_its_line(tmp_path):
+    """DALI trusts the .idx: offsets that are not tar member offsets, or fields that are not numbers, are a
+    ValueError naming the file and line before any reader sees them (they crashed it or raised IndexError)."""
+    write_shards(tmp_path, "alov", synthetic_samples(4, "alov", seed=3, w=96, h=72), per_tar=4)
+    idx = tmp_path / "alov-train-000000.idx"
+    good = idx.read_text().splitlines()
+    for bad in ("boxes.npy 512", good[1].replace(" 512 ", " 513 ", 1), good[1].replace(" 512 ", " 0x10 ", 1)):
+        idx.write_text("\n".join([good[0], bad, *good[2:]]) + "\n")
+        with pytest.raises(ValueError, match=r"alov-train-000000.idx:2: not 'ext offset size name'"):
+            loader(tmp_path, pairs_per_batch=1, k=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
