@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,8 +168,17 @@ def list_images(folder: Path) -> list[Path]:
     )
 
 
+MAX_TEXT_BYTES = 16 << 20  # an OTB annotation or result file is a few hundred KB
+
+
 def read_annotation_text(path: Path) -> str:
-    """An annotation file's text; ``utf-8-sig`` drops the byte-order mark some Windows editors write."""
+    """An annotation (or result) file's text; ``utf-8-sig`` drops the byte-order mark some Windows editors
+    write. Only a regular file of at most `MAX_TEXT_BYTES` is read: a FIFO hung, ``/dev/zero`` ate memory."""
+    st = Path(path).stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path}: not a regular file")
+    if st.st_size > MAX_TEXT_BYTES:
+        raise ValueError(f"{path}: {st.st_size} bytes, larger than any annotation file ({MAX_TEXT_BYTES})")
     return path.read_text(encoding="utf-8-sig")
 
 
@@ -183,8 +193,8 @@ def read_frame(path: str | Path) -> np.ndarray:
             if im.mode != "RGB":
                 im = im.convert("RGB")
             return np.asarray(im, dtype=np.uint8).copy()
-    except (OSError, Image.DecompressionBombError) as e:
-        raise FrameReadError(f"{path}: cannot read the frame ({e})") from e
+    except Exception as e:  # noqa: BLE001 - PIL's decoders raise OSError, ValueError, NotImplementedError, ...
+        raise FrameReadError(f"{path}: cannot read the frame ({type(e).__name__}: {e})") from e
 
 
 def frame_size(path: str | Path) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
@@ -86,8 +87,25 @@ def _torch_reason(e: Exception) -> str:
     return line.split(". ")[0].rstrip(".")
 
 
+MAX_CHECKPOINT_BYTES = 16 << 30  # the largest training checkpoint (net + Adam moments) is ~1.4 GB
+
+
+def check_zip_records(path: str | os.PathLike) -> None:
+    """``torch.save`` stores its zip records uncompressed: refuse compressed ones (a 256 KB file can inflate to
+    gigabytes before torch's own checks) and implausible totals, before ``torch.load`` reads anything."""
+    if not zipfile.is_zipfile(path):
+        return  # legacy (pre-1.6) format: torch.load(weights_only=True) reads it, uncompressed
+    with zipfile.ZipFile(path) as z:
+        infos = z.infolist()
+    if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+        raise CheckpointError(f"{path}: a zip with compressed records, which torch.save never writes")
+    if sum(i.file_size for i in infos) > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: records of more than {MAX_CHECKPOINT_BYTES} bytes")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a checkpoint dict (``torch.load(weights_only=True)``: no arbitrary pickles)."""
+    check_zip_records(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for non-zip / unpickling failures

@@ -130,6 +130,12 @@ def list_frames(frames_dir: Path) -> list[tuple[str, int, int]]:
     return out
 
 
+def _frame_number(stem: str) -> int | None:
+    """The frame number a file stem spells in ASCII digits (``00000042`` -> 42), else None (``²`` is a digit
+    to ``str.isdigit`` but not to ``int``)."""
+    return int(stem) if stem.isascii() and stem.isdigit() and len(stem) <= 12 else None
+
+
 class FrameIndex:
     """Frame n -> file: the n-th sorted file (authors), or the file numbered n when numbering has a gap."""
 
@@ -138,7 +144,7 @@ class FrameIndex:
         self.by_number: dict[int, int] = {}
         for pos, (name, _, _) in enumerate(frames):
             stem = name.rsplit(".", 1)[0]
-            if stem.isdigit():
+            if _frame_number(stem) is not None:
                 self.by_number.setdefault(int(stem), pos)
 
     def lookup(self, frame: int) -> tuple[str, int, int] | None:
@@ -146,7 +152,7 @@ class FrameIndex:
         if 0 <= pos < len(self.frames):
             name = self.frames[pos][0]
             stem = name.rsplit(".", 1)[0]
-            if not stem.isdigit() or int(stem) == frame:
+            if _frame_number(stem) in (None, frame):
                 return self.frames[pos]
         hit = self.by_number.get(frame)
         return self.frames[hit] if hit is not None else None
@@ -155,4 +161,8 @@ class FrameIndex:
         """Frame numbers absent from an otherwise 1..max numbered sequence (a deleted or lost frame file)."""
         if not self.by_number:
             return []
-        return [n for n in range(1, max(self.by_number) + 1) if n not in self.by_number]
+        # Up to the last number of a plausibly numbered run: one stray '99999999999.jpg' must not make the
+        # list (and the build's memory) 10^11 long.
+        numbers = sorted(self.by_number)
+        top = max((n for n in numbers if n <= 2 * len(numbers) + 16), default=0)
+        return [n for n in range(1, top + 1) if n not in self.by_number]

@@ -26,7 +26,7 @@ MAX_XML_BYTES = 4 << 20  # a real DET XML is < 10 KB
 IMAGE_SUFFIX = ".JPEG"
 LAYOUT = "<annotations>/<synset or ILSVRC2014_train_NNNN>/*.xml"  # the one level the C++ reads
 
-_ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?\d+)")
+_ATOI = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]{1,12})(?![0-9])")  # ASCII digits; longer runs are not ints
 _parser: etree.XMLParser | None = None
 
 
@@ -70,9 +70,11 @@ def _hardened_parser() -> etree.XMLParser:
 
 
 def atoi(text: str | None) -> int | None:
-    """C ``atoi`` (leading integer, rest ignored); None where atoi would silently give 0 for a non-number."""
+    """C ``atoi`` (leading integer, rest ignored); None where atoi would silently give 0 for a non-number, and
+    outside C's int range, where atoi is undefined (a 400-digit <width> once ended the build in OverflowError)."""
     m = _ATOI.match(text or "")
-    return int(m.group(1)) if m else None
+    value = int(m.group(1)) if m else None
+    return value if value is not None and -(2**31) <= value < 2**31 else None
 
 
 def rule_drop_reason(box: tuple[int, int, int, int], width: int, height: int) -> str | None:

@@ -101,6 +101,13 @@ def shard_paths(dir_or_pattern: str | os.PathLike, source: str | None = None, sp
             continue
         if not f.is_file():
             raise FileNotFoundError(f"shard not found: {f}")
+        with open(f, "rb") as fh:
+            magic = fh.read(6)
+        if magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")):
+            raise ValueError(
+                f"{f}: a compressed tar (gzip / bzip2 / xz / zstd); shard format v1 is plain tar, which DALI indexes "
+                "and readers can bound (webdataset would inflate every member whole)"
+            )
         out.append(os.path.abspath(f))
     return out
 

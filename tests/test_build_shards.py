@@ -778,3 +778,22 @@ def test_manifest_does_not_depend_on_workers(tmp_path):
     assert (one.workers, two.workers, two.shards_written) == (1, 2, len(two.manifest["shards"]))
     assert (cfg.out / "manifest.json").read_bytes() == first
     assert "workers" not in one.manifest["arguments"]
+
+
+def test_absurd_numbers_in_inputs_are_skips_not_crashes(tmp_path):
+    """A 400-digit <width> (OverflowError), an ALOV frame named '².jpg' (int() ValueError) or '99999999999.jpg'
+    (a 10^11-long list of missing frames) each used to end the build with a traceback or exhaust memory."""
+    from pipeline.alov import FrameIndex
+    from pipeline.imagenet_det import atoi
+
+    assert [atoi(t) for t in ("1" + "0" * 400, " 42abc", "-7", "3000000000", "²")] == [None, 42, -7, None, None]
+    index = FrameIndex([("00000001.jpg", 1, 1), ("00000003.jpg", 1, 1), ("99999999999.jpg", 1, 1), ("².jpg", 1, 1)])
+    assert index.missing_numbers() == [2]
+    cfg = tiny_config(tmp_path)
+    (cfg.imagenet_annotations / "n01" / "a.xml").write_text(xml("n01", "a", 10**400, 48, [(5, 5, 30, 30)]))
+    video = cfg.alov_frames / "01-Light" / "01-Light_video00001"
+    (video / "².jpg").write_bytes(jpeg(64, 48))
+    (video / "99999999999.jpg").write_bytes(jpeg(64, 48))
+    m = build(cfg).manifest
+    assert m["accounting"]["imagenet"]["xml_files"]["skipped"] == {"xml_error": 1}
+    assert m["counts"]["alov"]["train"]["pairs"] > 0

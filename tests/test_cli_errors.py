@@ -224,3 +224,43 @@ def test_wrong_sequence_or_root_folder_is_named(tiny_otb: Path, tmp_path: Path, 
     assert "0002.jpg: cannot read the frame" in _cli_error(T.main, argv, capsys)
     argv = ["--weights", str(weights), "--otb-root", str(broken), "--out", str(tmp_path / "o"), "--quiet"]
     assert "0002.jpg: cannot read the frame" in _cli_error(O.main, argv, capsys)
+
+
+def test_hostile_files_are_refused_before_they_are_read(tmp_path: Path) -> None:
+    """From a security review: a deflated checkpoint (256 KB can inflate to GBs before torch's checks), a
+    FIFO or /dev/zero as an OTB annotation (a hang, all memory), a gzip named .tar (webdataset inflates whole
+    members) and an image PIL fails on with a non-OSError each get one clear error."""
+    import os
+    import zipfile
+
+    from evaluate.otb_data import FrameReadError, read_annotation_text, read_frame
+    from model.checkpoint import CheckpointError, load_checkpoint
+    from shards.dataset import shard_paths
+
+    ckpt = tmp_path / "ok.pt"
+    torch.save({"format": "goturn-checkpoint-v1", "model": {"fc8.bias": torch.zeros(4)}}, ckpt)
+    with zipfile.ZipFile(ckpt) as z, zipfile.ZipFile(tmp_path / "deflated.pt", "w", zipfile.ZIP_DEFLATED) as out:
+        for info in z.infolist():
+            out.writestr(info.filename, z.read(info.filename))
+    (tmp_path / "ok.pt").unlink()
+    with pytest.raises(CheckpointError, match="compressed records"):
+        load_checkpoint(tmp_path / "deflated.pt")
+
+    os.mkfifo(tmp_path / "groundtruth_rect.txt")
+    with pytest.raises(ValueError, match="not a regular file"):
+        read_annotation_text(tmp_path / "groundtruth_rect.txt")
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate((16 << 20) + 1)
+    with pytest.raises(ValueError, match="larger than any annotation file"):
+        read_annotation_text(big)
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "alov-train-000000.tar").write_bytes(b"\x1f\x8b\x08\x00" + b"\0" * 60)
+    with pytest.raises(ValueError, match="a compressed tar"):
+        shard_paths(shards)
+
+    (tmp_path / "0001.ppm").write_bytes(b"P6\n2 2\n70000\n" + b"\0" * 24)  # maxval > 65535: PIL's ValueError
+    with pytest.raises(FrameReadError, match="0001.ppm: cannot read the frame"):
+        read_frame(tmp_path / "0001.ppm")
