@@ -71,7 +71,11 @@ def read_times(tracker_dir: str | Path, result_path: str | Path) -> np.ndarray |
     p = Path(tracker_dir) / "times" / f"{Path(result_path).stem}_time.txt"
     if not p.is_file():
         return None
-    return np.loadtxt(p, dtype=np.float64, ndmin=1)
+    try:
+        return np.asarray([float(t) for t in read_annotation_text(p).split()], dtype=np.float64)
+    except ValueError as e:  # not numbers, or not a sane file: the FPS is then unknown, the scores still count
+        log.warning("%s: unreadable times (%s); FPS not reported", p, e)
+        return None
 
 
 def write_meta(tracker_dir: str | Path, meta: dict[str, Any]) -> None:
@@ -81,5 +85,15 @@ def write_meta(tracker_dir: str | Path, meta: dict[str, Any]) -> None:
 
 
 def read_meta(tracker_dir: str | Path) -> dict[str, Any]:
+    """The run facts of `write_meta`, or {} for a folder without them or with a file of other content."""
     p = Path(tracker_dir) / META_FILE
-    return json.loads(p.read_text()) if p.is_file() else {}
+    try:
+        meta = json.loads(read_annotation_text(p)) if p.is_file() else {}
+    except ValueError as e:
+        log.warning("%s: unreadable (%s); device and end-to-end FPS not reported", p, e)
+        return {}
+    if not isinstance(meta, dict):
+        return {}
+    fps = meta.get("fps_end_to_end", -1.0)
+    meta["fps_end_to_end"] = float(fps) if isinstance(fps, int | float) and not isinstance(fps, bool) else -1.0
+    return meta

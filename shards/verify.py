@@ -44,6 +44,7 @@ from shards.tarwriter import format_index
 # accounting quantity -> the counts field its "written" must equal (summed over splits)
 ACCOUNTED = {"xml_files": "images", "objects": "objects", "annotations": "objects", "pairs": "pairs"}
 MAX_PROBLEMS_PER_SHARD = 20
+MAX_MEMBER_BYTES = 256 << 20  # the builder refuses images over 64 MiB
 
 
 def _image(data: bytes) -> tuple[int, int]:
@@ -154,6 +155,9 @@ def verify_shard(directory: str, entry: dict[str, Any]) -> tuple[str, list[str],
                     current, members = key, {}
                 if ext in members:
                     problems.append(f"{key}: duplicate {ext}")
+                if info.size > MAX_MEMBER_BYTES:  # never read a header's word for gigabytes
+                    problems.append(f"{info.name}: {info.size} bytes, more than any v1 member ({MAX_MEMBER_BYTES})")
+                    break
                 f = tf.extractfile(info)
                 members[ext] = f.read() if f is not None else b""
                 index[-1].append((ext, info.offset_data, info.size, info.name))

@@ -387,3 +387,29 @@ def test_our_packages_win_over_a_data_folder_of_the_same_name(tmp_path: Path) ->
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     where, ok = out.stdout.split()
     assert Path(where) == Path(shards.__file__) and ok == "True"
+
+
+def test_verify_and_results_scoring_survive_hostile_files(tmp_path):
+    """A tar header claiming gigabytes made verify read the member (MemoryError); a results folder's meta.json
+    holding a list, or times that are not numbers, made evaluate.otb --results crash."""
+    from evaluate.results import read_meta, read_times
+
+    out = tmp_path / "out"
+    out.mkdir()
+    info = tarfile.TarInfo("alov/v/1_2.boxes.npy")
+    info.size = 1 << 32
+    (out / "alov-train-000000.tar").write_bytes(info.tobuf(format=tarfile.USTAR_FORMAT) + b"\0" * 2048)
+    (out / "alov-train-000000.idx").write_text("v1.2 1\n")
+    entry = {"file": "alov-train-000000.tar", "samples": 1, "bytes": 2560, "sha256": "0" * 64}
+    entry |= {"source": "alov", "split": "train", "index": "alov-train-000000.idx"}
+    manifest = {"schema_version": 1, "format": "goturn-shards-v1", "accounting": {}, "shards": [entry]}
+    (out / "manifest.json").write_text(json.dumps(manifest | {"counts": {"alov": {"train": {"samples": 1}}}}))
+    assert "4294967296 bytes, more than any v1 member" in "\n".join(verify(out)[0])
+
+    t = tmp_path / "T"
+    (t / "times").mkdir(parents=True)
+    (t / "meta.json").write_text("[1, 2]")
+    (t / "times" / "Seq_time.txt").write_text("x y\n")
+    assert read_meta(t) == {} and read_times(t, t / "Seq.txt") is None
+    (t / "meta.json").write_text('{"fps_end_to_end": "fast", "device": "cpu"}')
+    assert read_meta(t)["fps_end_to_end"] == -1.0
