@@ -42,6 +42,8 @@ def read_boxes(paths: list[str]) -> dict[str, dict[str, list[float]]]:
             for info in tf:
                 key, ext = split_member_name(info.name)
                 if ext in (BOXES, META) and info.isreg():
+                    if info.size > 1 << 20:  # a few hundred bytes in any real shard: never read a header's gigabytes
+                        raise ValueError(f"{path}: {info.name} claims {info.size} bytes")
                     members[key][ext] = tf.extractfile(info).read()
         for m in members.values():
             if BOXES not in m or META not in m:
@@ -135,11 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--plot {a.plot}: folder {a.plot.parent} does not exist")
     try:
         paths = shard_paths(a.directory, None, a.split)
-    except FileNotFoundError as e:  # a manifest listing a missing shard, an unfinished build
+    except (FileNotFoundError, ValueError) as e:  # a missing shard, an unfinished build, a compressed tar
         p.error(str(e))
     if not paths:
         p.error(f"{a.directory}: no shards" + (f" of split {a.split!r}" if a.split else ""))
-    values = read_boxes(paths)
+    try:
+        values = read_boxes(paths)
+    except (tarfile.TarError, OSError, ValueError, EOFError, KeyError, TypeError) as e:  # a damaged shard
+        print(f"error: cannot read the shards ({type(e).__name__}: {e}); run python -m shards.verify", file=sys.stderr)
+        return 1
     print(report(a.directory, values, a.split))
     if a.plot:
         plot(values, a.plot)

@@ -413,3 +413,16 @@ def test_verify_and_results_scoring_survive_hostile_files(tmp_path):
     assert read_meta(t) == {} and read_times(t, t / "Seq.txt") is None
     (t / "meta.json").write_text('{"fps_end_to_end": "fast", "device": "cpu"}')
     assert read_meta(t)["fps_end_to_end"] == -1.0
+
+
+def test_stats_reports_a_damaged_shard_in_one_line(sample_build, tmp_path, capsys):
+    from shards import stats
+
+    root, report = sample_build
+    copy = tmp_path / "out"
+    shutil.copytree(root / "out", copy, ignore=shutil.ignore_patterns(".build"))
+    victim = copy / report.manifest["shards"][0]["file"]
+    victim.write_bytes(victim.read_bytes()[:1000])  # cut inside the first sample
+    assert stats.main([str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot read the shards") and "shards.verify" in err
