@@ -10,10 +10,11 @@ h)`` (Matlab) convention.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,24 +187,29 @@ class FrameReadError(ValueError):
     """A frame file that cannot be decoded (truncated, corrupt, not an image); the message names the file."""
 
 
-def read_frame(path: str | Path) -> np.ndarray:
-    """Decode a frame to ``HxWx3`` uint8 RGB; single-channel images are expanded by content."""
+@contextlib.contextmanager
+def _frame_file(path: str | Path) -> Iterator[Image.Image]:
+    """The opened image; any failure is a `FrameReadError` naming the file (PIL's decoders raise OSError,
+    ValueError, NotImplementedError, ...)."""
     try:
         with Image.open(path) as im:
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.uint8).copy()
-    except Exception as e:  # noqa: BLE001 - PIL's decoders raise OSError, ValueError, NotImplementedError, ...
+            yield im
+    except Exception as e:  # noqa: BLE001 - see above
         raise FrameReadError(f"{path}: cannot read the frame ({type(e).__name__}: {e})") from e
+
+
+def read_frame(path: str | Path) -> np.ndarray:
+    """Decode a frame to ``HxWx3`` uint8 RGB; single-channel images are expanded by content."""
+    with _frame_file(path) as im:
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        return np.asarray(im, dtype=np.uint8).copy()
 
 
 def frame_size(path: str | Path) -> tuple[int, int]:
     """``(width, height)`` of a frame file from its header alone (no decode)."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, Image.DecompressionBombError) as e:
-        raise FrameReadError(f"{path}: cannot read the frame ({e})") from e
+    with _frame_file(path) as im:
+        return im.size
 
 
 def annotation_files(folder: Path) -> list[Path]:

@@ -103,11 +103,19 @@ def check_zip_records(path: str | os.PathLike) -> None:
         raise CheckpointError(f"{path}: records of more than {MAX_CHECKPOINT_BYTES} bytes")
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read and validate a checkpoint dict (``torch.load(weights_only=True)``: no arbitrary pickles)."""
+def torch_load(path: str | os.PathLike, **kwargs: Any) -> Any:
+    """``torch.load(weights_only=True)`` (no arbitrary pickles) after `check_zip_records`: every checkpoint this
+    project reads, the tracker's and the trainer's, comes through here."""
     check_zip_records(path)
+    return torch.load(path, weights_only=True, **kwargs)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint dict (`torch_load`)."""
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch_load(path, map_location=map_location)
+    except CheckpointError:  # check_zip_records' own message
+        raise
     except Exception as e:  # torch raises several types for non-zip / unpickling failures
         raise CheckpointError(
             f"{path}: cannot be read as a weights-only torch checkpoint ({_torch_reason(e)})"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shards.dataset import shard_paths
-from shards.format import PREV, SOURCES, index_name, parse_shard_name, split_member_name
+from shards.format import MAX_MEMBER_BYTES, PREV, SOURCES, index_name, parse_shard_name, split_member_name
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,6 @@ def index_entries(tar: str | Path, idx: str | Path | None) -> list[tuple[str, di
 
 
 MAX_INDEX_BYTES = 64 << 20  # a v1 index holds ~300 bytes a sample: this is 200k samples in one shard
-MAX_MEMBER_BYTES = 256 << 20  # the builder refuses images over 64 MiB
 
 
 def _read_index(idx: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:

@@ -23,6 +23,7 @@ REQUIRED_MEMBERS = frozenset({CURR, BOXES, META})
 
 SHARD_RE = re.compile(r"^(?P<source>imagenet|alov)-(?P<split>train|val)-(?P<index>\d{6})\.tar$")
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*$")
+MAX_MEMBER_BYTES = 256 << 20  # no v1 member is larger (the builder refuses images over 64 MiB): readers bound by it
 MAX_KEY_LEN = 90  # keeps "<key>.<ext>" within a plain ustar name field (100 bytes), no PAX/GNU extensions
 _MAX_MEMBER_LEN = 30  # an over-long key's last component is cut to this, leaving the group most of the room
 

@@ -29,6 +29,7 @@ from shards.format import (
     FORMAT_NAME,
     KEY_RE,
     MANIFEST_NAME,
+    MAX_MEMBER_BYTES,
     MEMBERS,
     META,
     PREV,
@@ -44,7 +45,6 @@ from shards.tarwriter import format_index
 # accounting quantity -> the counts field its "written" must equal (summed over splits)
 ACCOUNTED = {"xml_files": "images", "objects": "objects", "annotations": "objects", "pairs": "pairs"}
 MAX_PROBLEMS_PER_SHARD = 20
-MAX_MEMBER_BYTES = 256 << 20  # the builder refuses images over 64 MiB
 
 
 def _image(data: bytes) -> tuple[int, int]:

@@ -149,10 +149,9 @@ def save(run_dir: Path, ckpt: dict, keep_last: int = 3) -> Path:
 
 def load(path: Path) -> dict:
     """Load a checkpoint (weights_only: no arbitrary objects) onto the CPU and check its format."""
-    from model.checkpoint import check_zip_records
+    from model.checkpoint import torch_load
 
-    check_zip_records(path)
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    ckpt = torch_load(Path(path), map_location="cpu")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path} is not a {FORMAT} checkpoint")
     return ckpt

@@ -115,10 +115,10 @@ def _has_split(shards: Path, split: str) -> bool:
 def _saved_settings(parser: argparse.ArgumentParser, latest: Path) -> dict:
     """The configuration a run stored in its checkpoint (the one its state belongs to), read without loading the
     tensors (mmap), so that --resume continues the run as it was started."""
-    import torch
+    from model.checkpoint import torch_load
 
     try:
-        ckpt = torch.load(latest, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = torch_load(latest, map_location="cpu", mmap=True)
     except Exception as e:  # noqa: BLE001 - unreadable / foreign file: say which and why, no traceback
         why = str(e).splitlines()[0] if str(e) else type(e).__name__
         parser.error(f"--resume: {latest} is not a readable checkpoint of python -m train ({why})")
