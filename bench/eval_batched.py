@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluate.lockstep import TrackJob, track_lockstep  # noqa: E402
 from evaluate.metrics import tracking_fps  # noqa: E402
 from evaluate.steppers import GoturnStepper, device_name  # noqa: E402
-from model.devices import resolve_device  # noqa: E402
+from model.devices import fp32_conv_math, resolve_device  # noqa: E402
 from model.geometry import xywh_to_corners  # noqa: E402
 
 # (H, W) of OTB frames, most common first (320x240, 640x480, 640x360, ...).
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"device {device_name(dev)}, {n_seq} sequences x {n_frames} frames, batch {batch}, {args.dtype}"
         f"{', channels_last' if args.channels_last else ''}, "
-        f"torch {torch.__version__}"
+        f"torch {torch.__version__}, {fp32_conv_math(dev)}"
     )
 
     base_jobs = jobs[: args.one_by_one_sequences] if args.one_by_one_sequences else jobs

@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from model.checkpoint import load_model  # noqa: E402
+from model.devices import fp32_conv_math  # noqa: E402
 from model.net import GoturnNet  # noqa: E402
 from model.tracker import GoturnTracker  # noqa: E402
 
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         f"device {name}{threads}; frames {'OTB ' + seq.name if seq else 'generated'} "
         f"{frames[0].shape[1]}x{frames[0].shape[0]}; {n} frames per run; dtype {args.dtype}; "
         f"cuda graph {graph}; channels_last {cl}; "
-        f"towers on two streams {device.type == 'cuda' and net.parallel_towers}"
+        f"towers on two streams {device.type == 'cuda' and net.parallel_towers}; {fp32_conv_math(device)}"
     )
 
     def run_decoded(k: int) -> None:

@@ -33,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from model.devices import fp32_conv_math  # noqa: E402
 from model.net import pair_runs  # noqa: E402
 from train import distributed  # noqa: E402
 from train import loop as train_loop  # noqa: E402
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         name = torch.cuda.get_device_name(ctx.device) if gpu else f"CPU x{torch.get_num_threads()} threads"
         print(
             f"device {name}; batch {a.batch_examples}, amp {a.amp}, loader {a.loader} ({cfg.loader_device}), "
-            f"{pairs} pairs x {cfg.k + 1} examples per loader batch; windows of {window} steps"
+            f"{pairs} pairs x {cfg.k + 1} examples per loader batch; windows of {window} steps; "
+            f"{fp32_conv_math(ctx.device)}"
         )
 
         # Bare windows before and after the end-to-end run, so a drift of the machine's speed hits both alike.

@@ -1,6 +1,6 @@
 """OPE success, precision and normalized precision, numerically identical to the toolkits (formats doc 2).
 
-Two protocol profiles, because the toolkits score the same result files differently (section 2.11):
+Three protocol profiles, because the toolkits score the same result files differently (section 2.11):
 
 - ``got10k`` (default, = ``got10k.experiments.ExperimentOTB``): the first predicted box is replaced by the
   ground truth, no validity test on the ground truth (a zero box simply gets IoU 0 and an ordinary centre
@@ -11,6 +11,12 @@ Two protocol profiles, because the toolkits score the same result files differen
   written; a ground-truth row with ``w <= 0 or h <= 0`` fails every IoU threshold, one whose centre is not >
   0 counts as a precision *hit* at every threshold (the Matlab ``-1`` quirk); normalized precision = value
   at 0.20 of ``arange(0, 51) / 100`` with centres divided by ``gt_wh + 1e-16``.
+- ``otb`` (= the OTB Matlab toolkit's ``calcSeqErrRobust.m``, where most published OTB numbers come from):
+  the first predicted box is replaced by the ground truth; from frame 2 on, a predicted box that is all NaN or
+  has ``w <= 0`` or ``h <= 0`` is replaced by the previous one (where the ground truth has no NaN); a
+  ground-truth row is valid when all four of x, y, w, h are > 0, and an invalid one fails every IoU threshold
+  (IoU -1) and is a precision *hit* at every threshold (error -1); IoU ``calcRectInt`` (no eps). The toolkit
+  has no normalized precision (reported as NaN).
 
 Shared: 21 IoU thresholds ``linspace(0, 1, 21)`` with strict ``>``, AUC = mean of the 21 values; 0..50 px
 with ``<=``, precision reported at 20 px; per-sequence curves over all frames, averaged over sequences
@@ -26,8 +32,18 @@ import numpy as np
 
 IOU_THRESHOLDS = np.linspace(0, 1, 21)
 CE_THRESHOLDS = np.arange(0, 51)
-NCE_THRESHOLDS = {"got10k": np.linspace(0, 0.5, 51), "pysot": np.arange(0, 51) / 100}
-PROTOCOLS = ("got10k", "pysot")
+NCE_THRESHOLDS = {"got10k": np.linspace(0, 0.5, 51), "pysot": np.arange(0, 51) / 100, "otb": np.linspace(0, 0.5, 51)}
+PROTOCOLS = ("got10k", "pysot", "otb")
+PROTOCOL_RULES = {  # how reports name each profile
+    "got10k": "got10k ExperimentOTB rules",
+    "pysot": "pysot OPEBenchmark rules",
+    "otb": "OTB Matlab toolkit rules (calcSeqErrRobust)",
+}
+NORM_PRECISION_DEFINITIONS = {  # what "normalized precision" means under each profile (not an OTB metric)
+    "got10k": "got10k HEAD: mean of the curve over normalized centre errors 0..0.5",
+    "pysot": "pysot: value at 0.20 of the normalized centre-error curve",
+    "otb": "not defined by the OTB toolkit",
+}
 
 
 def rect_iou(rects1: np.ndarray, rects2: np.ndarray) -> np.ndarray:
@@ -102,9 +118,11 @@ class Curves:
 
     @property
     def norm_precision_score(self) -> float:
-        """got10k: mean of the 0..0.5 curve; pysot: value at 0.20."""
+        """got10k: mean of the 0..0.5 curve; pysot: value at 0.20; otb: NaN (the toolkit has none)."""
         if self.protocol == "pysot":
             return float(self.norm_precision[20])
+        if self.protocol == "otb":
+            return float("nan")
         return float(np.mean(self.norm_precision))
 
 
@@ -135,6 +153,15 @@ def sequence_curves(pred: np.ndarray, gt: np.ndarray, protocol: str = "got10k") 
         wh = g[:, 2:4] + 1e-16
         ce_norm_g, ce_norm_p = centers(g) / wh, centers(p) / wh
         nce = _pysot_dist(ce_norm_g, ce_norm_p)
+    elif protocol == "otb":
+        p = _otb_repair(p, g)
+        p[0] = g[0]
+        ok = np.sum(g > 0, axis=1) == 4  # NaN > 0 is False: NaN rows are invalid too
+        ious = np.full(n, -1.0)
+        ious[ok] = calc_rect_int(p[ok], g[ok])
+        ce = np.full(n, -1.0)
+        ce[ok] = center_error(p[ok], g[ok])
+        nce = np.full(n, np.nan)
     else:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     with np.errstate(invalid="ignore"):
@@ -142,6 +169,29 @@ def sequence_curves(pred: np.ndarray, gt: np.ndarray, protocol: str = "got10k") 
         prec = np.sum(ce[:, None] <= CE_THRESHOLDS[None, :], axis=0) / float(n)
         nprec = np.sum(nce[:, None] <= NCE_THRESHOLDS[protocol][None, :], axis=0) / float(n)
     return Curves(succ, prec, nprec, n, protocol)
+
+
+def calc_rect_int(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The OTB Matlab toolkit's ``calcRectInt``: pixel-inclusive corners (``right = x + w - 1``), the overlap
+    ``max(0, min(right) - max(left) + 1)`` per axis, IoU without eps (only called on valid ground truth)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    iw = np.maximum(0, np.minimum(a[:, 0] + a[:, 2] - 1, b[:, 0] + b[:, 2] - 1) - np.maximum(a[:, 0], b[:, 0]) + 1)
+    ih = np.maximum(0, np.minimum(a[:, 1] + a[:, 3] - 1, b[:, 1] + b[:, 3] - 1) - np.maximum(a[:, 1], b[:, 1]) + 1)
+    inter = iw * ih
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inter / (a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter)
+
+
+def _otb_repair(p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``calcSeqErrRobust.m``: from frame 2 on, a prediction that is all NaN or has ``w <= 0`` or ``h <= 0``
+    takes the previous row (after that row's own repair) where the ground-truth row has no NaN. Matlab's ``if``
+    of a vector holds only when every element does, so a row with only some NaN is left as it is (and fails)."""
+    p = p.copy()
+    for i in range(1, len(p)):
+        bad = np.isnan(p[i]).all() or p[i, 2] <= 0 or p[i, 3] <= 0
+        if bad and not np.isnan(g[i]).any():
+            p[i] = p[i - 1]
+    return p
 
 
 def _pysot_dist(gt_c: np.ndarray, res_c: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
     python -m evaluate.otb --weights FILE --otb-root DIR [--version 2015|2013|tb50] [--sequences A,B]
         --out DIR [--device auto|cpu|cuda] [--batch-sequences N] [--name TRACKER]
-        [--protocol got10k|pysot] [--results DIR]
+        [--protocol got10k|pysot|otb] [--results DIR]
     python -m evaluate.otb            # the sample run's latest checkpoint on the sample OTB sequences
 
 Outputs in ``--out``: ``<tracker>/<Seq>.txt`` (1-based x,y,w,h), ``<tracker>/times/<Seq>_time.txt``,
@@ -13,7 +13,8 @@ too).
 Conventions: OTB ground truth is 1-based; the tracker is initialised with 0-based corners
 (``xywh_to_corners(gt, one_based=True)``) and its boxes are written back 1-based, as the authors do. Under
 ``--protocol pysot`` the tracker is initialised with, and the first row records, ``GT + (0.5, 0.5)``
-exactly like pysot's ``tools/test.py``, and Tiger1 starts at frame 6.
+exactly like pysot's ``tools/test.py``, and Tiger1 starts at frame 6; ``--protocol otb`` scores as the OTB
+Matlab toolkit does (Tiger1 from frame 6 too; see `evaluate.metrics`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,17 @@ from tqdm import tqdm
 
 from evaluate import metrics as M
 from evaluate.lockstep import BatchStepper, TrackJob, TrackOutput, track_lockstep
-from evaluate.otb_data import VERSIONS, Discovery, FrameReadError, OTBSequence, find_sequences, frame_size, read_frame
+from evaluate.otb_data import (
+    INIT_OMIT,
+    INIT_OMIT_PROTOCOLS,
+    VERSIONS,
+    Discovery,
+    FrameReadError,
+    OTBSequence,
+    find_sequences,
+    frame_size,
+    read_frame,
+)
 from evaluate.results import (
     META_FILE,
     find_result,
@@ -64,6 +75,7 @@ class TrackerScores:
     fps_end_to_end: float
     device: str
     missing: list[str] = field(default_factory=list)
+    batch_sequences: int | None = None  # sequences per forward pass when the FPS was measured (None: unknown)
 
     @property
     def complete(self) -> bool:
@@ -130,6 +142,7 @@ def run_tracker(
         "batch_sequences": min(batch_sequences, len(jobs)),
         "frames": total,
         "max_frames": max_frames,
+        "results": [result_name(s, protocol) for s in sequences],  # what this run wrote (older files may remain)
     }
     write_meta(tracker_dir, facts)
     return facts
@@ -191,6 +204,7 @@ def score_tracker(
     per: dict[str, M.Curves] = {}
     times: list[np.ndarray] = []
     missing: list[str] = []
+    stems: list[str] = []  # the result files scored
     for seq in sequences:
         if exact:
             path = tracker_dir / f"{result_name(seq, protocol)}.txt"
@@ -200,10 +214,14 @@ def score_tracker(
         if path is None:
             missing.append(seq.name)
             continue
+        stems.append(path.stem)
         gt = seq.gt[:max_frames] if max_frames else seq.gt
         try:
             per[seq.name] = M.sequence_curves(read_result(path), gt, protocol)
         except ValueError as e:
+            omit = INIT_OMIT.get(seq.folder.name.lower(), 0) if protocol in INIT_OMIT_PROTOCOLS else 0
+            if omit and str(e).startswith(f"{len(gt) + omit} result rows"):
+                e = f"{e}; a run from frame 1 (--protocol got10k), while {protocol} starts at frame {omit + 1}"
             log.warning("%s: %s: %s (skipped)", tracker_dir.name, path.name, e)
             missing.append(seq.name)
             continue
@@ -215,32 +233,54 @@ def score_tracker(
     if not per:
         return None
     meta = read_meta(tracker_dir)
+    written = meta.get("results")
+    older = sorted(set(stems) - set(written)) if isinstance(written, list) and not exact else []
+    if older:  # a run writes its own files only: these are left from an earlier run, maybe under other rules
+        log.warning(
+            "%s: %s not written by the folder's last run (meta.json: protocol %s): scored anyway",
+            tracker_dir.name,
+            ", ".join(f"{s}.txt" for s in older),
+            meta.get("protocol", "?"),
+        )
     fps = M.tracking_fps(times) if times else -1.0
+    overall = M.mean_curves(list(per.values()))
+    # The run's end-to-end rate covers the frames it tracked: it describes these scores only when they are the same.
+    same_run = meta.get("frames") == overall.frames and not missing and not older
+    batch = meta.get("batch_sequences")
     return TrackerScores(
         tracker_dir.name,
         per,
-        M.mean_curves(list(per.values())),
+        overall,
         fps,
-        float(meta.get("fps_end_to_end", -1.0)),
+        float(meta["fps_end_to_end"]) if same_run else -1.0,
         str(meta.get("device", "unknown")),
         missing,
+        batch if isinstance(batch, int) and not isinstance(batch, bool) and batch > 0 else None,
     )
 
 
-def build_report(scores: Sequence[TrackerScores]) -> dict:
-    """report.json: ``{"trackers": {NAME: {"overall": {...}, "complete": bool, "missing": [SEQ, ...],
-    "sequences": {SEQ: {...}}}}}``; an incomplete tracker's overall scores cover its own sequences only."""
+def build_report(
+    scores: Sequence[TrackerScores], protocol: str = "got10k", sequences: Sequence[OTBSequence] = (), notes=()
+) -> dict:
+    """report.json: the run's settings, then ``{"trackers": {NAME: {"overall": {...}, "curves": {...},
+    "complete": bool, "missing": [SEQ, ...], "sequences": {SEQ: {...}}}}}``; an incomplete tracker's overall
+    scores cover its own sequences only. The curves (success over ``iou_thresholds``, precision over
+    ``error_thresholds_px``) let other tools re-plot or merge the results."""
     trackers = {}
     for s in scores:
         trackers[s.name] = {
             "overall": {
                 "success_auc": s.overall.success_auc,
                 "precision_20": s.overall.precision_20,
-                "norm_precision": s.overall.norm_precision_score,
+                "success_rate_50": s.overall.success_rate_50,
+                "norm_precision": _json_number(s.overall.norm_precision_score),
                 "frames": s.overall.frames,
                 "fps": s.fps,
+                "fps_end_to_end": s.fps_end_to_end,
+                "fps_batch_sequences": s.batch_sequences,
                 "device": s.device,
             },
+            "curves": {"success": s.overall.success.tolist(), "precision": s.overall.precision.tolist()},
             "complete": s.complete,
             "missing": list(s.missing),
             "sequences": {
@@ -248,23 +288,58 @@ def build_report(scores: Sequence[TrackerScores]) -> dict:
                 for n, c in s.per_sequence.items()
             },
         }
-    return {"trackers": trackers}
+    invalid = {q.name: int((~q.valid).sum()) for q in sequences if not q.valid.all()}
+    return {
+        "protocol": protocol,
+        "rules": M.PROTOCOL_RULES[protocol],
+        "norm_precision_definition": M.NORM_PRECISION_DEFINITIONS[protocol],
+        "iou_thresholds": M.IOU_THRESHOLDS.tolist(),
+        "error_thresholds_px": M.CE_THRESHOLDS.tolist(),
+        "invalid_ground_truth_rows": invalid,
+        "notes": list(notes),
+        "trackers": trackers,
+    }
+
+
+def _json_number(v: float) -> float | None:
+    """NaN (a metric the protocol does not define) as JSON null: strict JSON has no NaN."""
+    return None if np.isnan(v) else v
+
+
+def _fps_cell(s: TrackerScores) -> str:
+    """Tracking FPS with the batch it was measured at: lockstep batches give throughput, not single-stream speed."""
+    if s.fps <= 0:
+        return "n/a"
+    return f"{s.fps:.1f}" + (f" (batch {s.batch_sequences})" if s.batch_sequences and s.batch_sequences > 1 else "")
 
 
 def _fmt_fps(v: float) -> str:
     return f"{v:.1f}" if v > 0 else "n/a"
 
 
+def _fmt_metric(v: float) -> str:
+    return "-" if np.isnan(v) else f"{v:.4f}"
+
+
 def markdown_report(scores: Sequence[TrackerScores], protocol: str, discovery: Discovery, notes: list[str]) -> str:
     """The human-readable table (also printed)."""
-    rules = "got10k ExperimentOTB rules" if protocol == "got10k" else "pysot OPEBenchmark rules"
+    rules = M.PROTOCOL_RULES[protocol]
     lines = [
         "# OTB one-pass evaluation (OPE)",
         "",
         f"Protocol: **{protocol}** ({rules}); {len(discovery.sequences)} sequences ({discovery.mode}).",
         "Success AUC = mean success over 21 IoU thresholds (IoU > t); P@20 = precision at 20 px;",
-        "FPS = frames after the first / tracking time (no I/O, no init); end-to-end includes decoding.",
+        "FPS = frames after the first / tracking time (no I/O, no init); end-to-end includes decoding. With",
+        "several sequences per forward pass (batch > 1) it is throughput, not single-stream speed: for the",
+        "single-stream figure papers report, run with `--batch-sequences 1`.",
+        f"Norm. precision: {M.NORM_PRECISION_DEFINITIONS[protocol]}.",
     ]
+    invalid = {q.name: int((~q.valid).sum()) for q in discovery.sequences if not q.valid.all()}
+    if invalid:
+        listed = ", ".join(f"{k} {v}" for k, v in invalid.items())
+        lines.append(
+            f"- Invalid ground-truth rows (not all of x, y, w, h > 0), scored by the {protocol} rules: {listed}"
+        )
     lines += [f"- {n}" for n in notes]
     if discovery.missing:
         lines.append(f"- Missing under the root (skipped): {', '.join(discovery.missing)}")
@@ -277,8 +352,8 @@ def markdown_report(scores: Sequence[TrackerScores], protocol: str, discovery: D
     def rows(group: Sequence[TrackerScores]) -> list[str]:
         return [
             f"| {s.name} | {s.overall.success_auc:.4f} | {s.overall.precision_20:.4f} | "
-            f"{s.overall.norm_precision_score:.4f} | {len(s.per_sequence)} | {s.overall.frames} | "
-            f"{_fmt_fps(s.fps)} | {_fmt_fps(s.fps_end_to_end)} | {s.device} |"
+            f"{_fmt_metric(s.overall.norm_precision_score)} | {len(s.per_sequence)} | {s.overall.frames} | "
+            f"{_fps_cell(s)} | {_fmt_fps(s.fps_end_to_end)} | {s.device} |"
             for s in sorted(group, key=lambda s: -s.overall.success_auc)
         ]
 
@@ -318,19 +393,24 @@ def write_outputs(
     from evaluate.plots import precision_plot, success_plot
 
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(build_report(scores), indent=2) + "\n")
+    report = build_report(scores, protocol, discovery.sequences, notes)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     md = markdown_report(scores, protocol, discovery, notes)
-    (out / "report.md").write_text(md)
+    (out / "report.md").write_text(md, errors="surrogateescape")  # folder names that are not UTF-8 keep their bytes
     curves = {s.name: s.overall for s in scores if s.complete}
-    suffix = f" ({protocol}, {len(discovery.sequences)} seq.)"
+    smoke = ", SMOKE TEST" if any(n.startswith("SMOKE TEST") for n in notes) else ""
+    suffix = f" ({protocol}, {len(discovery.sequences)} seq.{smoke})"
     success_plot(curves, out / "success_plot.png", "Success plots of OPE" + suffix)
     precision_plot(curves, out / "precision_plot.png", "Precision plots of OPE" + suffix)
     return md
 
 
 def result_folders(results: Path) -> list[Path]:
-    """Tracker folders of a results directory: subfolders holding at least one ``.txt`` file."""
-    return sorted(p for p in results.iterdir() if p.is_dir() and any(p.glob("*.txt")))
+    """Tracker folders of a results directory: subfolders holding at least one result ``.txt`` file (a tracker's
+    ``times/`` folder, given by mistake as the results directory's child, is not one)."""
+    return sorted(
+        p for p in results.iterdir() if p.is_dir() and any(not q.name.endswith("_time.txt") for q in p.glob("*.txt"))
+    )
 
 
 def positive_int(text: str) -> int:
@@ -401,7 +481,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.results is not None:
         if not args.results.is_dir():
             raise SystemExit(f"error: results folder {args.results} not found")
+        if args.out is None:  # the default is the sample run's report, which a re-score would overwrite
+            raise SystemExit("error: --results needs --out, the folder the report goes to")
         others = result_folders(args.results)
+        if not others and any(args.results.glob("*.txt")):
+            raise SystemExit(
+                f"error: {args.results} holds result files itself: --results takes the folder of tracker folders "
+                f"(pass {args.results.parent})"
+            )
         if run_model:
             this_run = (out / args.name).resolve()
             others = [t for t in others if t.resolve() != this_run]  # scored as the run, from its own files
@@ -427,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dtype = getattr(torch, args.dtype)
         half_cuda = dev.type == "cuda" and dtype != torch.float32
         try:
-            stepper = load_stepper(weights, dev, dtype=dtype, channels_last=half_cuda)
+            stepper = load_stepper(weights, dev, dtype=dtype, channels_last=True if half_cuda else None)
         except (CheckpointError, CaffeModelError) as e:
             raise SystemExit(f"error: --weights: {e}") from None
         tdir = out / args.name
@@ -473,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     md = write_outputs(out, scores, args.protocol, disc, notes)
     if not args.quiet:
-        print(md)
+        print(md.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))  # a terminal cannot show raw bytes
         print(
             f"report: {out / 'report.json'}, {out / 'report.md'}, plots: {out / 'success_plot.png'}, "
             f"{out / 'precision_plot.png'}"

@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from evaluate.metrics import PROTOCOLS
+from model.image_modes import to_rgb8
+
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("got10k", "pysot")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 # Folder lists exactly as got10k 0.1.3 ``datasets/otb.py`` (one folder may hold several targets).
@@ -72,7 +74,8 @@ FRAME_WINDOWS: dict[str, slice] = {
 }
 # The Matlab toolkit's init-omit for Tiger1 (OPE starts at frame 6, 349 frames): pysot / OTB / pytracking
 # apply it, got10k does not. Frames *and* annotation rows are dropped.
-INIT_OMIT_PYSOT = {"tiger1": 5}
+INIT_OMIT = {"tiger1": 5}
+INIT_OMIT_PROTOCOLS = ("pysot", "otb")
 
 _GT_RE = re.compile(r"^groundtruth_rect(?:\.(\d+))?\.txt$")
 
@@ -180,7 +183,10 @@ def read_annotation_text(path: Path) -> str:
         raise ValueError(f"{path}: not a regular file")
     if st.st_size > MAX_TEXT_BYTES:
         raise ValueError(f"{path}: {st.st_size} bytes, larger than any annotation file ({MAX_TEXT_BYTES})")
-    return path.read_text(encoding="utf-8-sig")
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 class FrameReadError(ValueError):
@@ -199,11 +205,10 @@ def _frame_file(path: str | Path) -> Iterator[Image.Image]:
 
 
 def read_frame(path: str | Path) -> np.ndarray:
-    """Decode a frame to ``HxWx3`` uint8 RGB; single-channel images are expanded by content."""
+    """Decode a frame to ``HxWx3`` uint8 RGB (`model.image_modes.to_rgb8`: gray expanded by content, 16-bit
+    samples by their high byte, as the shard builder and the tracker read them)."""
     with _frame_file(path) as im:
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        return np.asarray(im, dtype=np.uint8).copy()
+        return np.asarray(to_rgb8(im), dtype=np.uint8).copy()
 
 
 def frame_size(path: str | Path) -> tuple[int, int]:
@@ -227,6 +232,10 @@ def annotation_files(folder: Path) -> list[Path]:
 def target_names(folder: Path) -> list[tuple[str, Path]]:
     """``(canonical id, annotation file)`` for every target of a folder (Jogging -> Jogging-1, Jogging-2)."""
     files = annotation_files(folder)
+    m = re.fullmatch(r"(.+)-(\d+)", folder.name)
+    own = [f for f in files if m and f.name == f"groundtruth_rect.{m.group(2)}.txt"]
+    if own:  # pysot's copies of a two-target folder (Jogging-1/, Jogging-2/, each with both files): its own target
+        return [(folder.name, own[0])]
     if len(files) == 1:
         return [(folder.name, files[0])]
     return [(f"{folder.name}-{i}", f) for i, f in enumerate(files, 1)]
@@ -246,7 +255,7 @@ def load_sequence(
         if name is None:
             name, gt_path = targets[0]
         else:
-            hits = [t for t in targets if t[0] == name]
+            hits = [t for t in targets if t[0] == name] or [t for t in targets if _norm(t[0]) == _norm(name)]
             if not hits:
                 raise ValueError(f"{folder}: no target {name!r}; targets: {', '.join(t[0] for t in targets)}")
             name, gt_path = hits[0]
@@ -264,8 +273,8 @@ def load_sequence(
         win = FRAME_WINDOWS[key]
         start = win.start or 0
         frames = frames[win]
-    if protocol == "pysot" and key in INIT_OMIT_PYSOT:
-        omit = INIT_OMIT_PYSOT[key]
+    if protocol in INIT_OMIT_PROTOCOLS and key in INIT_OMIT:
+        omit = INIT_OMIT[key]
         if len(frames) == len(gt):
             frames, gt, start = frames[omit:], gt[omit:], start + omit
     if len(frames) != len(gt):
@@ -320,18 +329,20 @@ def find_sequences(
         folders, mode = list(present), "names"
     elif version is not None:
         folders, mode = list(VERSIONS[str(version).lower()]), f"version {version}"
-    elif all(f in present for f in TB100_FOLDERS):
+    elif all(_version_folders(f, present) for f in TB100_FOLDERS):
         folders, mode = list(TB100_FOLDERS), "version 2015"
     else:
         folders, mode = list(present), "all folders"
     targets: list[tuple[str, Path, str]] = []  # (canonical id, folder, annotation file name)
     missing: list[str] = []
     for f in folders:
-        if f not in present:
+        found = _version_folders(f, present)
+        if not found:
             n = MULTI_TARGET.get(f, 1)
             missing.extend([f] if n == 1 else [f"{f}-{i}" for i in range(1, n + 1)])
             continue
-        targets.extend((tname, present[f], gt.name) for tname, gt in target_names(present[f]))
+        for folder in found:
+            targets.extend((tname, folder, gt.name) for tname, gt in target_names(folder))
     if names:
         targets, not_found = _select(targets, names)
         missing.extend(not_found)
@@ -345,6 +356,15 @@ def find_sequences(
         raise FileNotFoundError(f"no OTB sequences found under {root} ({mode}; {what}){hint}")
     seqs = [load_sequence(folder, gt, tname, protocol) for tname, folder, gt in targets]
     return Discovery(seqs, missing, mode)
+
+
+def _version_folders(name: str, present: dict[str, Path]) -> list[Path]:
+    """The folder(s) of a version list's entry: the raw OTB folder, or pysot's per-target copies of a two-target
+    one (``Jogging-1/``, ``Jogging-2/``, as pysot's testing_dataset README prepares them); [] when absent."""
+    if name in present:
+        return [present[name]]
+    copies = [f"{name}-{i}" for i in range(1, MULTI_TARGET.get(name, 0) + 1)]
+    return [present[c] for c in copies] if copies and all(c in present for c in copies) else []
 
 
 def _aliases(tname: str, gt_file: str) -> list[str]:

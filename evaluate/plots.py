@@ -26,11 +26,11 @@ def _plot(
 ) -> Path:
     if kind == "success":
         x, score, get = IOU_THRESHOLDS, (lambda c: c.success_auc), (lambda c: c.success)
-        xlabel, xlim = "Overlap threshold", (0.0, 1.0)
+        xlabel, xlim = "Overlap threshold (IoU)", (0.0, 1.0)
         tag = "AUC"
     else:
         x, score, get = CE_THRESHOLDS, (lambda c: c.precision_20), (lambda c: c.precision)
-        xlabel, xlim = "Location error threshold", (0.0, float(CE_THRESHOLDS.max()))
+        xlabel, xlim = "Location error threshold (pixels)", (0.0, float(CE_THRESHOLDS.max()))
         tag = "P@20"
     order = sorted(curves, key=lambda n: score(curves[n]), reverse=True)
     fig, ax = plt.subplots(figsize=(6.4, 4.8))

@@ -22,9 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def result_name(seq: OTBSequence, protocol: str) -> str:
-    """File stem the protocol's toolkit expects: got10k ``Jogging.1`` / ``Human4``, pysot ``Jogging-1`` /
-    ``Human4-2``."""
-    return seq.pysot_name if protocol == "pysot" else seq.got10k_name
+    """File stem the protocol's toolkit expects: got10k ``Jogging.1`` / ``Human4``, pysot and the OTB Matlab
+    toolkit ``Jogging-1`` / ``Human4-2``."""
+    return seq.got10k_name if protocol == "got10k" else seq.pysot_name
 
 
 def write_result(tracker_dir: str | Path, stem: str, boxes_xywh: np.ndarray, times: np.ndarray | None = None) -> Path:
@@ -89,7 +89,7 @@ def read_meta(tracker_dir: str | Path) -> dict[str, Any]:
     p = Path(tracker_dir) / META_FILE
     try:
         meta = json.loads(read_annotation_text(p)) if p.is_file() else {}
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # not JSON, not UTF-8, or nested past the parser's depth
         log.warning("%s: unreadable (%s); device and end-to-end FPS not reported", p, e)
         return {}
     if not isinstance(meta, dict):

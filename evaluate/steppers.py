@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import load_model
 from model.net import GoturnNet
-from model.tracker import frame_to_tensor, track_step
+from model.tracker import frame_to_tensor, prepare_net, track_step
 
 
 def device_name(device: torch.device) -> str:
@@ -58,17 +57,13 @@ class GoturnStepper:
 def load_stepper(
     weights: str | Path | GoturnNet,
     device: torch.device,
-    dtype: torch.dtype | None = None,
-    channels_last: bool = False,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool | None = None,
 ) -> GoturnStepper:
-    """The batched stepper for a checkpoint (any file `model.checkpoint.load_model` reads) or a net.
+    """The batched stepper for a checkpoint (any file `model.checkpoint.load_model` reads) or a net, prepared as
+    `GoturnTracker` prepares it (`model.tracker.prepare_net`), so both give the same boxes.
 
-    ``dtype`` (e.g. ``torch.float16`` on CUDA) runs the network in reduced precision, as `GoturnTracker` does;
-    ``channels_last`` stores it NHWC. Both change the numbers slightly; the defaults are what the tests check.
+    ``dtype`` (e.g. ``torch.float16`` on CUDA) runs the network in reduced precision; ``channels_last`` (None:
+    the tracker's choice for the device) stores it NHWC, which `track_step` then feeds NHWC inputs.
     """
-    net = weights if isinstance(weights, GoturnNet) else load_model(weights, device)
-    if dtype is not None:
-        net = net.to(dtype)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)  # track_step then feeds it NHWC inputs
-    return GoturnStepper(net, device)
+    return GoturnStepper(prepare_net(weights, device, dtype, channels_last), device)

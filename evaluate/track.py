@@ -84,12 +84,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     seq_dir: Path = args.sequence
     gt = None
     name = seq_dir.name
-    if seq_dir.is_dir() and target_names(seq_dir):
-        try:
-            seq = load_sequence(seq_dir, name=args.target)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"error: {e}") from None
+    try:
+        targets = target_names(seq_dir) if seq_dir.is_dir() else []
+        seq = load_sequence(seq_dir, name=args.target) if targets else None
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    if seq is not None:
         frames, gt, name = list(seq.frames), seq.gt, seq.name
+        if len(targets) > 1 and not args.target:
+            others = ", ".join(t for t, _ in targets if t != name)
+            print(f"{seq_dir} has {len(targets)} targets: tracking {name} (also: {others}; pick with --target)")
     else:
         if args.target:
             raise SystemExit(f"error: --target {args.target}: {seq_dir} has no groundtruth_rect*.txt")
@@ -150,13 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_result(args.out, name, xywh)
     fdir = args.out / "frames"
     fdir.mkdir(exist_ok=True)
+    for old in fdir.glob("[0-9][0-9][0-9][0-9]*.jpg"):  # a longer earlier run's frames would outlive this one's
+        old.unlink()
     drawn = []
     for i, f in enumerate(frames):
         im = draw_boxes(read_frame(f), xywh[i], gt[i] if gt is not None else None)
         im.save(fdir / f"{i + 1:04d}.jpg", quality=90)
         if args.gif:
             drawn.append(gif_frame(im))
-    print(f"{len(frames)} frames drawn in {fdir}")
+    legend = "red: tracker" + (", green: ground truth" if gt is not None else "")
+    print(f"{len(frames)} frames drawn in {fdir} ({legend})")
     if args.gif:
         print(f"GIF: {save_gif(drawn, args.out / f'{name}.gif')}")
     return 0

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 MAX_FILE_BYTES = 2 * 1024**3  # protobuf cannot hold a message of 2 GiB or more anyway
 
@@ -222,7 +222,7 @@ def read_caffemodel(path: str | os.PathLike) -> list[CaffeLayer]:
     return layers
 
 
-def make_blob(array: np.ndarray):
+def make_blob(array: np.ndarray) -> Message:
     """A ``BlobProto`` with ``shape`` and packed float32 ``data`` (how current Caffe writes weights)."""
     a = np.ascontiguousarray(array, dtype="<f4")
     blob = BlobProto()

@@ -13,7 +13,7 @@ import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import torch
 
@@ -28,20 +28,21 @@ class CheckpointError(ValueError):
     """A file that is not a usable GOTURN checkpoint; the message says why."""
 
 
-def make_checkpoint(model: GoturnNet, **extra: Any) -> dict[str, Any]:
-    """The contract's dict for ``model`` (its variant and normalization) plus any ``extra`` keys."""
+def make_checkpoint(net: GoturnNet, **extra: Any) -> dict[str, Any]:
+    """The contract's dict for ``net`` (its variant and normalization) plus any ``extra`` keys (``model=`` gives
+    the state dict to store, e.g. CPU copies, in place of ``net.state_dict()``)."""
     return {
         "format": FORMAT,
-        "variant": model.variant,
-        "normalization": model.normalization,
-        "model": model.state_dict(),
+        "variant": net.variant,
+        "normalization": net.normalization,
+        "model": net.state_dict(),
         **extra,
     }
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any] | GoturnNet, **extra: Any) -> Path:
-    """Write atomically (temp file in the same folder, fsync, rename): a crash never leaves a half-written
-    file.
+    """Write atomically (temp file in the same folder, fsync, rename, fsync of the folder): a crash never
+    leaves a half-written file.
 
     ``checkpoint`` is either a ready dict (must hold the contract's keys) or a `GoturnNet` (wrapped with
     `make_checkpoint`). Returns the final path.
@@ -63,7 +64,22 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any] | Got
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
     return path
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a power cut after ``os.replace`` could otherwise lose the entry)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _validate(ckpt: Mapping[str, Any], where: str) -> None:
@@ -137,17 +153,6 @@ def _strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def model_from_checkpoint(ckpt: Mapping[str, Any], device: str | torch.device = "cpu") -> GoturnNet:
-    """Build the checkpoint's `GoturnNet` on ``device`` (eval mode) from an already loaded dict."""
-    _validate(ckpt, "checkpoint")
-    net = GoturnNet(ckpt["variant"], init="none", normalization=ckpt["normalization"], device=device)
-    try:
-        net.load_state_dict(_strip_wrappers(ckpt["model"]), strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint does not fit GoturnNet({ckpt['variant']!r}): {e}") from None
-    return net.eval()
-
-
 # torch.save's legacy (non-zip) format starts with its pickled magic number (torch.serialization.MAGIC_NUMBER).
 _TORCH_LEGACY_MAGIC = (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
 
@@ -167,23 +172,29 @@ def _refuse_backbone(where: str) -> NoReturn:
     )
 
 
-def load_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu", *, allow_backbone: bool = False
-) -> GoturnNet:
-    """A `GoturnNet` in eval mode from a checkpoint (ours or a trainer's) or directly from a ``.caffemodel``.
+class Weights(NamedTuple):
+    """What a weights file holds, whichever kind it is (see `read_weights`)."""
 
-    The variant and normalization come from the file; a ``.caffemodel`` goes through `model.import_caffe`.
-    Backbone-only files (conv weights, head from random fillers) are refused unless ``allow_backbone``: a
-    tracker built from one would run silently with a random head.
+    variant: str
+    normalization: str
+    state: dict[str, torch.Tensor]  # keys without DDP / torch.compile wrapper prefixes
+    backbone_only: bool  # conv towers only (CaffeNet / tracker_init): the head is untrained
+
+
+def read_weights(path: str | os.PathLike) -> Weights:
+    """The weights of a checkpoint (ours or a trainer's) or of a ``.caffemodel``, told apart by content.
+
+    The one reader behind the tracker's ``--weights`` (`load_model`) and the trainer's ``--init``. A file that is
+    not a torch file goes to `model.import_caffe`; its errors name the file.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
     if _is_torch_file(path):
         ckpt = load_checkpoint(path, map_location="cpu")
-        if not allow_backbone and (ckpt.get("backbone_only") or ckpt.get("kind") == "backbone"):
-            _refuse_backbone(str(path))
-        return model_from_checkpoint(ckpt, device=device)
+        return Weights(
+            ckpt["variant"], ckpt["normalization"], _strip_wrappers(ckpt["model"]), bool(ckpt.get("backbone_only"))
+        )
     from model.caffe_proto import CaffeModelError
     from model.import_caffe import load_caffemodel
 
@@ -194,8 +205,24 @@ def load_model(
             raise
         reason = str(e).removeprefix(f"{path}: ")
         raise CheckpointError(f"{path}: neither a PyTorch checkpoint nor a usable Caffe model: {reason}") from None
-    if result.kind == "backbone" and not allow_backbone:
+    return Weights(result.variant, DEFAULT_NORMALIZATION[result.variant], result.state_dict, result.kind == "backbone")
+
+
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, allow_backbone: bool = False
+) -> GoturnNet:
+    """A `GoturnNet` in eval mode from a checkpoint (ours or a trainer's) or directly from a ``.caffemodel``.
+
+    The variant and normalization come from the file (`read_weights`). Backbone-only files (conv weights, head
+    from random fillers) are refused unless ``allow_backbone``: a tracker built from one would run silently with
+    a random head.
+    """
+    w = read_weights(path)
+    if w.backbone_only and not allow_backbone:
         _refuse_backbone(str(path))
-    net = GoturnNet(result.variant, init="none", normalization=DEFAULT_NORMALIZATION[result.variant])
-    net.load_state_dict(result.state_dict, strict=True)
+    net = GoturnNet(w.variant, init="none", normalization=w.normalization)
+    try:
+        net.load_state_dict(w.state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit GoturnNet({w.variant!r}): {e}") from None
     return net.to(device).eval()

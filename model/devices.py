@@ -9,6 +9,15 @@ from __future__ import annotations
 import torch
 
 
+def fp32_conv_math(device: torch.device) -> str:
+    """How float32 convolutions run on ``device``, for bench and report headers: on CUDA, PyTorch's default lets
+    cuDNN use TF32 (10-bit mantissa) for them, so "fp32" GPU figures are TF32 figures unless a user turns it off
+    (``torch.backends.cudnn.allow_tf32 = False``)."""
+    if device.type != "cuda":
+        return "fp32 convs: ieee"
+    return f"fp32 convs: {'tf32' if torch.backends.cudnn.allow_tf32 else 'ieee'}"
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``auto``/None -> cuda when available, else cpu; ``cpu``, ``cuda`` or ``cuda:N`` as given, checked here so
     a typo or a missing GPU is a ValueError naming the device rather than a failure deep inside torch."""

@@ -207,37 +207,6 @@ class GoturnNet(nn.Module):
         """Head biases (Caffe: lr_mult 20, decay_mult 0 in the authors' prototxt)."""
         return [getattr(self, n).bias for n in self.fc_names]
 
-    def caffe_param_groups(self, base_lr: float, weight_decay: float) -> list[dict]:
-        """``torch.optim`` parameter groups with the prototxt's lr / decay multipliers applied.
-
-        Frozen parameters (``requires_grad=False``) are left out, so the groups can go straight to an
-        optimizer. Each group carries ``name``, ``lr_mult`` and ``decay_mult`` so a scheduler can rescale from
-        ``base_lr``.
-        """
-        mult = CAFFE_MULTIPLIERS[self.variant]
-        groups = []
-        for name, params in (
-            ("conv_weight", self.conv_weights()),
-            ("conv_bias", self.conv_biases()),
-            ("fc_weight", self.fc_weights()),
-            ("fc_bias", self.fc_biases()),
-        ):
-            params = [p for p in params if p.requires_grad]
-            if not params:
-                continue
-            lr_mult, decay_mult = mult[name]
-            groups.append(
-                {
-                    "name": name,
-                    "params": params,
-                    "lr": base_lr * lr_mult,
-                    "weight_decay": weight_decay * decay_mult,
-                    "lr_mult": lr_mult,
-                    "decay_mult": decay_mult,
-                }
-            )
-        return groups
-
     # ---- forward
     # ----------------------------------------------------------------------------------------------
 

@@ -13,10 +13,17 @@ from __future__ import annotations
 
 import torch
 
-MODES = ("caffe", "opencv", "imagenet")
 CAFFE_MEAN_BGR = (104.0, 117.0, 123.0)
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+# mode -> (channel order, per-channel mean, per-channel std) on 0-255 values, in that channel order: the one
+# table behind `normalize` and the DALI graph's float output (`pipeline.augment_graph`)
+NORMALIZATIONS: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
+    "caffe": ("BGR", CAFFE_MEAN_BGR, (1.0, 1.0, 1.0)),
+    "opencv": ("BGR", (128.0, 128.0, 128.0), (1.0, 1.0, 1.0)),
+    "imagenet": ("RGB", tuple(255.0 * m for m in IMAGENET_MEAN_RGB), tuple(255.0 * v for v in IMAGENET_STD_RGB)),
+}
+MODES = tuple(NORMALIZATIONS)
 
 _CONST_CACHE: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -25,13 +32,8 @@ def _constants(mode: str, device: torch.device) -> tuple[torch.Tensor, torch.Ten
     """(shift, scale) as (1, 3, 1, 1) float32 tensors on ``device``, cached so a step allocates nothing."""
     key = (mode, device)
     if key not in _CONST_CACHE:
-        if mode == "caffe":
-            shift, scale = CAFFE_MEAN_BGR, (1.0, 1.0, 1.0)
-        elif mode == "opencv":
-            shift, scale = (128.0, 128.0, 128.0), (1.0, 1.0, 1.0)
-        else:
-            shift = tuple(255.0 * m for m in IMAGENET_MEAN_RGB)
-            scale = tuple(1.0 / (255.0 * s) for s in IMAGENET_STD_RGB)
+        _, shift, std = NORMALIZATIONS[mode]
+        scale = tuple(1.0 / s for s in std)
         _CONST_CACHE[key] = (
             torch.tensor(shift, dtype=torch.float32, device=device).view(1, 3, 1, 1),
             torch.tensor(scale, dtype=torch.float32, device=device).view(1, 3, 1, 1),
@@ -49,9 +51,10 @@ def normalize(x: torch.Tensor, mode: str = "caffe") -> torch.Tensor:
         raise ValueError(f"normalization mode must be one of {MODES}, got {mode!r}")
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"expected (N, 3, H, W) RGB crops, got shape {tuple(x.shape)}")
+    order, _, std = NORMALIZATIONS[mode]
     shift, scale = _constants(mode, x.device)
     y = x.to(torch.float32)
-    if mode != "imagenet":
+    if order == "BGR":
         y = y.flip(1)  # RGB -> BGR, as cv::imread hands the C++ its pixels
-        return y - shift
-    return (y - shift) * scale
+    y = y - shift
+    return y if std == (1.0, 1.0, 1.0) else y * scale

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from model import geometry as G
+from model import opencv_geometry as CV
 from model.devices import resolve_device
 from model.net import GoturnNet
 from model.preprocess import normalize
@@ -51,7 +52,6 @@ FrameLike = Union[np.ndarray, torch.Tensor, "Image.Image"]  # noqa: UP007 - PIL 
 
 
 _ACCEPTED_DTYPES = "uint8, uint16 (scaled >> 8) or float (0..255 values)"
-_PIL_16BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def _to_uint8(t: torch.Tensor) -> torch.Tensor:
@@ -82,7 +82,9 @@ def frame_to_tensor(frame: FrameLike, device: torch.device | str = "cpu") -> tor
             t = t.unsqueeze(0)
         if t.dim() != 3 or t.shape[0] not in (1, 3, 4):
             raise ValueError(f"torch frames must be (C, H, W) with C in 1, 3, 4 or (H, W); got {tuple(t.shape)}")
-        t = _to_uint8(t).to(device, non_blocking=True)
+        # A blocking copy: from a caller's pinned buffer an asynchronous one could still be reading when the call
+        # returns (init does not sync) and the caller refills the buffer with the next frame.
+        t = _to_uint8(t).to(device)
     else:
         if not isinstance(frame, np.ndarray):
             try:
@@ -90,7 +92,11 @@ def frame_to_tensor(frame: FrameLike, device: torch.device | str = "cpu") -> tor
             except ImportError:  # pragma: no cover - Pillow is a dependency
                 Image = None
             if Image is not None and isinstance(frame, Image.Image):
-                frame = np.array(frame if frame.mode in (*_PIL_16BIT, "F") else frame.convert("RGB"))
+                from model.image_modes import to_rgb8
+
+                # mode F: float samples of 0..255 values, as a float array would be; every other mode through
+                # the builder's and the evaluator's rule (16-bit samples keep their high byte)
+                frame = np.array(frame if frame.mode == "F" else to_rgb8(frame))
             else:
                 raise TypeError(f"unsupported frame type {type(frame).__name__}")
         a = frame
@@ -253,10 +259,10 @@ def track_step(
     pairs, patches = [], []
     for i in range(n):
         H, W = prev_frames[i].shape[1:]
-        patch = G.opencv_patch(rects[i], W, H)
+        patch = CV.opencv_patch(rects[i], W, H)
         patches.append(patch)
         pairs.append(
-            _crop_pairs(prev_frames[i], curr_frames[i], lambda img, w=patch.window: G.opencv_crop_resize(img, w))
+            _crop_pairs(prev_frames[i], curr_frames[i], lambda img, w=patch.window: CV.opencv_crop_resize(img, w))
         )
     target = normalize(torch.stack([p[0] for p in pairs]), mode).to(dtype)
     search = normalize(torch.stack([p[1] for p in pairs]), mode).to(dtype)
@@ -266,10 +272,10 @@ def track_step(
     new = rects.copy()
     for i in range(n):
         with np.errstate(invalid="ignore", over="ignore"):  # a non-finite output is caught just below
-            raw = G.opencv_decode_raw(out[i], patches[i])
+            raw = CV.opencv_decode_raw(out[i], patches[i])
         if not (np.isfinite(raw).all() and (np.abs(raw) < 2**31).all()):
             continue
-        r = G.opencv_intersect(G.cv_round(raw), int(sizes[i, 0]), int(sizes[i, 1]))
+        r = CV.opencv_intersect(CV.cv_round(raw), int(sizes[i, 0]), int(sizes[i, 1]))
         if r[2] > 0 and r[3] > 0:
             new[i] = r
     return G.xywh_to_corners(new.astype(np.float64))
@@ -280,23 +286,25 @@ def track_step(
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _load_net(weights: str | os.PathLike | GoturnNet, device: torch.device | str) -> GoturnNet:
-    if isinstance(weights, GoturnNet):
-        return weights.to(device).eval()
-    from model.checkpoint import load_model
-
-    return load_model(weights, device=device)
-
-
-def _prepare_net(
-    weights: str | os.PathLike | GoturnNet, device: torch.device, dtype: torch.dtype, channels_last: bool | None
+def prepare_net(
+    weights: str | os.PathLike | GoturnNet,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    channels_last: bool | None = None,
 ) -> GoturnNet:
-    """Load (or take) the net on ``device`` in eval mode with the requested dtype and conv memory format."""
-    net = _load_net(weights, device)
+    """The net of ``weights`` (a file `model.checkpoint.load_model` reads, or a net) on ``device`` in eval mode,
+    in ``dtype`` and the conv memory format every tracking path uses: ``channels_last=None`` picks NHWC on the
+    CPU (oneDNN: ~25% faster) and NCHW on CUDA (cuDNN at batch 1: NHWC is slower)."""
+    if isinstance(weights, GoturnNet):
+        net = weights.to(device).eval()
+    else:
+        from model.checkpoint import load_model
+
+        net = load_model(weights, device=device)
     if dtype != next(net.parameters()).dtype:
         net = net.to(dtype)
     if channels_last is None:
-        channels_last = device.type == "cpu"  # oneDNN: ~25% faster on CPU; cuDNN at batch 1: slower
+        channels_last = device.type == "cpu"
     return net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
@@ -326,7 +334,7 @@ def initial_corners(box_xywh: Sequence[float] | np.ndarray, width: int, height: 
     except ValueError as e:
         raise ValueError(f"initial box {_box_text(box_xywh)}: {e}") from None
     if variant == "opencv":
-        r = G.opencv_intersect(np.rint(b).astype(np.int64), width, height)
+        r = CV.opencv_intersect(np.rint(b).astype(np.int64), width, height)
         if r[2] <= 0 or r[3] <= 0:
             raise ValueError(
                 f"initial box {_box_text(box_xywh)}: empty once rounded to whole pixels and clipped to the frame, "
@@ -368,8 +376,9 @@ class GoturnTracker:
     on CUDA only) captures the whole step -- crop geometry, crops, normalisation, network, decode -- in one
     CUDA graph per frame size (bit-identical results, no per-step host work but the upload and the graph
     launch). ``dtype`` (e.g. ``torch.float16``) runs the net in reduced precision; the default float32 is what
-    the parity tests check. ``channels_last`` (default: on for CPU, where oneDNN runs it ~25% faster; off on
-    CUDA, where it is slower at batch 1) sets the conv weights' memory format.
+    the parity tests check (on the CPU; on CUDA, PyTorch runs float32 convolutions in TF32 unless
+    ``torch.backends.cudnn.allow_tf32 = False``). ``channels_last`` (default: on for CPU, where oneDNN runs it
+    ~25% faster; off on CUDA, where it is slower at batch 1) sets the conv weights' memory format.
     """
 
     def __init__(
@@ -383,7 +392,7 @@ class GoturnTracker:
         channels_last: bool | None = None,
     ) -> None:
         self.device = resolve_device(device)  # a missing GPU is a ValueError naming the device, before any load
-        self.net = _prepare_net(weights, self.device, dtype, channels_last)
+        self.net = prepare_net(weights, self.device, dtype, channels_last)
         self.variant = self.net.variant
         self.min_size = float(min_size)
         self.use_graph = bool(cuda_graph) and self.device.type == "cuda" and self.variant == "authors"
@@ -472,7 +481,9 @@ class GoturnTracker:
         return np.stack(out)
 
 
-def device_step(net: GoturnNet, prev: torch.Tensor, curr: torch.Tensor, box: torch.Tensor, min_size: float):
+def device_step(
+    net: GoturnNet, prev: torch.Tensor, curr: torch.Tensor, box: torch.Tensor, min_size: float
+) -> torch.Tensor:
     """One ``authors`` step of a single sequence in torch ops only (no host data, no sync): what `_GraphStep`
     captures. ``prev``/``curr`` (3, H, W) uint8, ``box`` (1, 4) float64 corners; returns the new (1, 4) box,
     equal to `track_step`'s (the tests compare them on the CPU)."""
@@ -566,7 +577,7 @@ def _fix_degenerate_torch(
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Many sequences in lockstep (evaluator API)
+# Many sequences (or objects) in lockstep: one batched forward pass per frame
 # ------------------------------------------------------------------------------------------------------------
 
 
@@ -589,7 +600,7 @@ class MultiTracker:
         channels_last: bool | None = None,
     ) -> None:
         self.device = resolve_device(device)
-        self.net = _prepare_net(weights, self.device, dtype, channels_last)
+        self.net = prepare_net(weights, self.device, dtype, channels_last)
         self.variant = self.net.variant
         self.max_batch = int(max_batch)
         self._state: dict[Hashable, tuple[torch.Tensor, np.ndarray]] = {}

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from model.geometry import alov_points_to_corners
+from pipeline.input_files import is_file_entry
 
 MAX_ANN_BYTES = 16 << 20  # a real .ann file is a few KB
 LAYOUT = "<annotations>/<category>/<video>.ann"  # the one level the C++ reads
@@ -67,16 +69,20 @@ class AlovVideo:
     split: str | None  # None: excluded (VOT-2014 overlap)
 
 
+_INT = re.compile(r"[0-9]+", re.ASCII)
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+
+
 def parse_line(line_no: int, text: str) -> AnnLine:
     """Parse one line; malformed or degenerate lines carry an ``error`` instead of raising."""
     fields = text.split()
     if len(fields) != 9:
         return AnnLine(line_no, None, None, None, f"malformed_line: expected 9 fields, got {len(fields)}")
-    try:
-        frame = int(fields[0])
-        points = tuple(float(v) for v in fields[1:])
-    except ValueError:
+    # ASCII numbers only: Python's int() / float() also take "1_4" and other scripts' digits, which no .ann holds
+    if not _INT.fullmatch(fields[0]) or not all(_FLOAT.fullmatch(v) for v in fields[1:]):
         return AnnLine(line_no, None, None, None, f"malformed_line: not numbers: {text.strip()[:80]!r}")
+    frame = int(fields[0])
+    points = tuple(float(v) for v in fields[1:])
     if frame < 1 or not all(math.isfinite(v) for v in points):
         return AnnLine(line_no, None, None, None, f"malformed_line: bad values: {text.strip()[:80]!r}")
     x1, y1, x2, y2 = (float(v) for v in alov_points_to_corners(np.asarray(points)))
@@ -89,7 +95,7 @@ def parse_ann(data: bytes) -> list[AnnLine]:
     """All non-blank lines of an ``.ann`` file, in file order, duplicates of an earlier frame flagged."""
     if len(data) > MAX_ANN_BYTES:
         raise ValueError(f"file larger than {MAX_ANN_BYTES} bytes")
-    text = data.decode("utf-8", errors="replace")
+    text = data.decode("utf-8-sig", errors="replace")  # -sig: a byte-order mark is not part of line 1
     lines: list[AnnLine] = []
     seen: set[int] = set()
     for no, raw in enumerate(text.splitlines(), start=1):
@@ -108,7 +114,8 @@ def list_videos(ann_root: Path, frames_root: Path, val_fraction: float, keep_vot
     """Every ``.ann`` file in sorted categories with its split (last ``int(val_fraction*n)`` per category)."""
     videos: list[AlovVideo] = []
     for cat in sorted(p for p in ann_root.iterdir() if p.is_dir()):
-        anns = sorted(Path(e.path) for e in os.scandir(cat) if e.name.endswith(".ann") and e.is_file())
+        # every entry so named: a FIFO, dangling link or loop is then a counted skip with its reason, not lost
+        anns = sorted(Path(e.path) for e in os.scandir(cat) if e.name.endswith(".ann"))
         names = [a.name[: -len(".ann")] for a in anns]
         kept = [n for n in names if keep_vot_overlap or n not in VOT2014_OVERLAP]
         num_val = int(val_fraction * len(kept))
@@ -123,7 +130,7 @@ def list_frames(frames_dir: Path) -> list[tuple[str, int, int]]:
     """Sorted ``*.jpg`` files of a video as (name, size, mtime_ns)."""
     out = []
     for e in os.scandir(frames_dir):
-        if e.name.lower().endswith(".jpg") and e.is_file():
+        if e.name.lower().endswith(".jpg") and is_file_entry(e):
             st = e.stat()
             out.append((e.name, st.st_size, st.st_mtime_ns))
     out.sort()

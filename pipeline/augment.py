@@ -27,8 +27,8 @@ from model.geometry import INPUT_SIZE, MotionParams
 from pipeline.augment_graph import (
     DEFAULT_MOTION,
     DRAW_NAMES,
-    NORMALIZATIONS,
     build_pipeline,
+    check_options,
     max_k,
     reader_kwargs,
 )
@@ -85,8 +85,8 @@ class GoturnLoader:
     the same rank with the same configuration (instant), else by rebuilding the epoch's pipeline and skipping
     ``batch`` batches (same batches, costs their compute). ``set_epoch(e)`` jumps to the start of epoch ``e``.
 
-    Normalisation: uint8 output is normalised by the trainer on the GPU with
-    ``model.preprocess.normalize(x, mode=loader.normalization)`` (4x less host traffic); ``output="float"`` makes
+    Normalisation: uint8 output (the trainer's) is normalised later on the device, by
+    ``model.preprocess.normalize`` with the network's own mode (4x less host traffic); ``output="float"`` makes
     the pipeline emit that normalised float32 instead (``caffe``: BGR minus 104/117/123, 0-255; ``opencv``: BGR
     minus 128; ``imagenet``: RGB, (x/255 - mean) / std), and ``loader.output`` says which one a batch holds.
 
@@ -119,6 +119,7 @@ class GoturnLoader:
         debug_draws: bool = False,
         sampling: str = "epoch",
     ) -> None:
+        check_options(device, output, normalization)
         if not 0 <= shard_id < num_shards:
             raise ValueError(f"shard_id {shard_id} not in [0, {num_shards})")
         if k < 0:
@@ -170,8 +171,6 @@ class GoturnLoader:
                 f"{n_max} {self.epoch_source} samples over {num_shards} ranks give no full batch of "
                 f"{self.pairs_per_source} pairs per source; use fewer ranks or a smaller pairs_per_batch"
             )
-        if output not in ("uint8", "float") or normalization not in NORMALIZATIONS or device not in ("cpu", "gpu"):
-            raise ValueError("bad output / normalization / device")
         self.epoch, self.batch = 0, 0
         self._pipe = None
         self._pipe_pos: tuple[int, int] | None = None  # (epoch, batches already returned) of the live pipeline
@@ -277,6 +276,10 @@ class GoturnLoader:
         b = np.random.SeedSequence([self.seed, self.epoch, 0xF00D]).generate_state(1)[0]
         return int(a & 0x7FFFFFFF), int(b & 0x7FFFFFFF)
 
+    def _reader_shard(self) -> int:
+        """The reader's shard this epoch: rotated by one per epoch, so a rank reads other samples each epoch."""
+        return (self.shard_id + self.epoch) % self.num_shards
+
     def _pipeline(self):
         if self._pipe is not None and self._pipe_pos == (self.epoch, self.batch):
             return self._pipe
@@ -288,7 +291,7 @@ class GoturnLoader:
             "device_id": self.device_id,
             "k": self.k,
             "seed": seed,
-            "shard_id": (self.shard_id + self.epoch) % self.num_shards,
+            "shard_id": self._reader_shard(),
             "num_shards": self.num_shards,
             "shuffle_buffer": self.shuffle_buffer,
             "num_threads": self.num_threads,
@@ -338,10 +341,7 @@ class GoturnLoader:
                 return None
         _, rseed = self._epoch_seed()
         kws = [
-            reader_kwargs(
-                s, (self.shard_id + self.epoch) % self.num_shards, self.num_shards, self.shuffle_buffer, rseed
-            )
-            for s in self.shard_sets
+            reader_kwargs(s, self._reader_shard(), self.num_shards, self.shuffle_buffer, rseed) for s in self.shard_sets
         ]
         try:
             return find_bad_samples(self.shard_sets, kws, self.pairs_per_source, batch_index)

@@ -29,23 +29,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from nvidia.dali import Pipeline
+
 from model.geometry import CONTEXT_FACTOR, INPUT_SIZE, MAX_NUM_TRIES, SCALE_FACTOR, MotionParams
-from model.preprocess import CAFFE_MEAN_BGR, IMAGENET_MEAN_RGB, IMAGENET_STD_RGB
+from model.preprocess import NORMALIZATIONS
 from pipeline.shard_sets import ShardSet
 from shards.format import BOXES, CURR, PREV
 
 DEFAULT_MOTION = MotionParams()  # train.sh's lambda_shift 5, lambda_scale 15, scale +-0.4
-NORMALIZATIONS = {
-    # model.preprocess.normalize's modes as (channel order, per-channel mean, per-channel std) on 0-255 values
-    "caffe": ("BGR", CAFFE_MEAN_BGR, (1.0, 1.0, 1.0)),
-    "opencv": ("BGR", (128.0, 128.0, 128.0), (1.0, 1.0, 1.0)),
-    "imagenet": ("RGB", tuple(255 * m for m in IMAGENET_MEAN_RGB), tuple(255 * v for v in IMAGENET_STD_RGB)),
-}
 READER_EXTS = [PREV, CURR, BOXES]  # the reader's outputs, in this order
 AUDIT_NAMES = ("windows", "search_boxes", "target_box", "size")  # per source
 DRAW_NAMES = ("u_scale", "v_scale", "u_shift", "v_shift")  # per source, debug only
@@ -168,7 +165,10 @@ def _example_graph(
     from nvidia.dali import math as dmath
 
     gpu = device == "gpu"
+    # adjust_orientation off: boxes are in the stored pixels (the builder bakes any EXIF rotation in, and
+    # shards.verify refuses one), so a stray tag must not rotate the image under them.
     dec = {"device": "mixed", "jpeg_fancy_upsampling": True} if gpu else {"device": "cpu"}
+    dec["adjust_orientation"] = False
 
     def planar(img):  # decoded RGB HWC -> the crop source: BGR for Caffe float output, CHW if asked
         if output == "float" and NORMALIZATIONS[normalization][0] == "BGR":
@@ -316,6 +316,16 @@ def reader_kwargs(s: ShardSet, shard_id: int, num_shards: int, shuffle_buffer: i
     return reader
 
 
+def check_options(device: str, output: str, normalization: str) -> None:
+    """ValueError naming the bad one of the graph's choices (the loader checks them before any other work)."""
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    if output not in ("uint8", "float"):
+        raise ValueError(f"output must be 'uint8' or 'float', got {output!r}")
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
+
+
 def build_pipeline(
     shard_sets: Sequence[ShardSet],
     *,
@@ -339,7 +349,7 @@ def build_pipeline(
     checkpoint: bytes | str | None = None,
     reader_seed: int | None = None,
     feeds: Sequence[Callable[[int], tuple]] | None = None,
-):
+) -> Pipeline:
     """Build (not start) the DALI pipeline: one reader per shard set, each with a batch of ``pairs_per_source``.
 
     Outputs: ``target``, ``search`` (per sample (n_src * (1 + k), 3, 227, 227), or n_src targets without
@@ -354,12 +364,7 @@ def build_pipeline(
     """
     from nvidia.dali import pipeline_def
 
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
-    if output not in ("uint8", "float"):
-        raise ValueError(f"output must be 'uint8' or 'float', got {output!r}")
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {sorted(NORMALIZATIONS)}, got {normalization!r}")
+    check_options(device, output, normalization)
     ss = np.random.SeedSequence([seed, 0x60721])
     readers = []
     for i, s in enumerate(shard_sets):

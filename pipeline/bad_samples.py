@@ -7,7 +7,6 @@ loader replays the batch's readers (bytes only, cheap), checks each sample's mem
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Sequence
 
@@ -15,7 +14,7 @@ import numpy as np
 
 from pipeline.augment_graph import READER_EXTS
 from pipeline.shard_sets import ShardSet, index_entries
-from shards.format import BOXES, CURR, PREV, split_member_name
+from shards.format import BOXES, CURR, PREV, layout_problems, split_member_name
 
 DATA_OPS_RE = re.compile(r"fn\.(decoders|readers|peek_image_shape)")  # DALI errors raised by the data ops
 _SOURCE_INFO_RE = re.compile(r"(?P<tar>[^\s'\"]+?\.tar):(?P<offset>\d+):(?P<member>[^\s'\"]+)")
@@ -41,27 +40,19 @@ def split_source_info(info: str) -> tuple[str, str]:
     return tar, split_member_name(member)[0]
 
 
+READ_REQUIRED = frozenset({CURR, BOXES})  # what a sample must hold of what the loader reads (no meta.json)
+
+
 def member_problems(members: dict[str, bytes]) -> list[str]:
-    """What is wrong with one sample's raw members (decoded with DALI's own CPU decoder, as training does)."""
-    problems = []
+    """What is wrong with one sample's members as the loader reads them (`READER_EXTS`, empty when absent): the
+    v1 layout (`shards.format.layout_problems`), then each image decoded with DALI's own CPU decoder, as training
+    decodes it."""
+    present = {ext: data for ext, data in members.items() if data}
+    _, problems = layout_problems(present, None, READ_REQUIRED)
     for ext in (CURR, PREV):
-        data = members.get(ext, b"")
-        if not data:
-            if ext == CURR:
-                problems.append(f"{CURR} missing or empty")
-            continue
-        err = _probe_decode(data)
+        err = _probe_decode(present[ext]) if ext in present else None
         if err:
             problems.append(f"{ext} does not decode ({err})")
-    raw = members.get(BOXES, b"")
-    try:
-        boxes = np.load(io.BytesIO(raw), allow_pickle=False)
-        if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] not in (1, 2):
-            problems.append(f"{BOXES} has shape {boxes.shape}, expected (2, 4) or (1, 4)")
-        elif boxes.shape[0] == 2 and not members.get(PREV):
-            problems.append(f"{BOXES} has 2 rows but the sample has no {PREV}")
-    except Exception as e:  # noqa: BLE001 - any parse failure is the finding
-        problems.append(f"{BOXES} unreadable ({type(e).__name__}: {str(e)[:80]})")
     return problems
 
 

@@ -36,16 +36,25 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline.accounting import assemble
+from pipeline.alov import VAL_FRACTION
 from pipeline.plan import InputLayoutError, MapFn, ShardPlan, SourcePlan, assign_shards, plan_alov, plan_imagenet
 from pipeline.sample_build import build_sample
 from pipeline.workers import OrderedPool, WorkerDied
-from shards.format import FORMAT_NAME, MANIFEST_NAME, SCHEMA_VERSION, index_name, parse_shard_name, sha256_file
+from shards.format import (
+    BUILD_STATE_DIR,
+    FORMAT_NAME,
+    MANIFEST_NAME,
+    SCHEMA_VERSION,
+    index_name,
+    parse_shard_name,
+    sha256_file,
+    tar_of_index,
+)
 from shards.tarwriter import TarShardWriter
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO / "data" / "sample"
 SAMPLE_OUT = REPO / "shards" / "sample"
-STATE_DIR = ".build"
 PARTIAL = ".partial"
 DEFAULT_SHARD_SIZE = "512MB"
 
@@ -72,7 +81,7 @@ class BuildConfig:
     alov_annotations: Path | None = None
     shard_size: int = 512 * 10**6
     workers: int = 1
-    alov_val_fraction: float = 0.2
+    alov_val_fraction: float = VAL_FRACTION
     keep_vot_overlap: bool = False
     seed: int = 0
     progress: bool = True
@@ -120,7 +129,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 def _record_path(out: Path, name: str) -> Path:
-    return out / STATE_DIR / (name[: -len(".tar")] + ".json")
+    return out / BUILD_STATE_DIR / (name[: -len(".tar")] + ".json")
 
 
 def reusable_record(out: Path, shard: ShardPlan) -> dict[str, Any] | None:
@@ -129,19 +138,24 @@ def reusable_record(out: Path, shard: ShardPlan) -> dict[str, Any] | None:
         rec = json.loads(_record_path(out, shard.name).read_text())
     except (OSError, ValueError):
         return None
-    if rec.get("plan_hash") != shard.plan_hash:
+    if not isinstance(rec, dict) or rec.get("plan_hash") != shard.plan_hash or not rec.keys() >= RECORD_KEYS:
         return None
-    if rec["samples"] == 0:
-        return rec
     tar, idx = out / shard.name, out / index_name(shard.name)
-    try:
+    try:  # a record edited or torn by hand: rebuild the shard rather than fail every rerun on it
+        if rec["samples"] == 0:
+            return rec
         if tar.stat().st_size != rec["bytes"] or sha256_file(tar) != rec["sha256"]:
             return None
         if hashlib.sha256(idx.read_bytes()).hexdigest() != rec["index_sha256"]:
             return None
-    except OSError:
+    except (OSError, KeyError, TypeError):
         return None
     return rec
+
+
+RECORD_KEYS = frozenset(
+    {"name", "plan_hash", "failed", "converted", "rescaled", "clipped", "samples", "bytes", "sha256", "index_sha256"}
+)  # every key `write_shard` stores: a record lacking one (edited by hand) is not reused
 
 
 def write_shard(out: Path, shard: ShardPlan, outcomes: Any, bar: tqdm, times: dict[str, float]) -> dict[str, Any]:
@@ -197,11 +211,11 @@ def _clean_stale(out: Path, keep: set[str], planned: set[str]) -> list[str]:
     the names of the shard and index files removed (the CLI lists them)."""
     removed = []
     for p in sorted(out.iterdir()):
-        name = p.name[: -len(".idx")] + ".tar" if p.name.endswith(".idx") else p.name
+        name = tar_of_index(p.name)
         if parse_shard_name(name) and name not in keep:
             p.unlink()
             removed.append(p.name)
-    for p in (out / STATE_DIR).glob("*.json"):
+    for p in (out / BUILD_STATE_DIR).glob("*.json"):
         if p.stem + ".tar" not in planned:
             p.unlink()
     return removed
@@ -235,8 +249,8 @@ def build(cfg: BuildConfig) -> BuildReport:
     out = cfg.out
     created = not out.exists()
     _check_out(cfg)
-    (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
-    lock = open(out / STATE_DIR / "lock", "w")  # noqa: SIM115 - held for the whole build
+    (out / BUILD_STATE_DIR).mkdir(parents=True, exist_ok=True)
+    lock = open(out / BUILD_STATE_DIR / "lock", "w")  # noqa: SIM115 - held for the whole build
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -244,7 +258,7 @@ def build(cfg: BuildConfig) -> BuildReport:
         raise BuildLocked(f"another build is writing to {out}") from None
     try:
         _check_foreign_shards(cfg)
-        for p in list(out.glob("*" + PARTIAL)) + list((out / STATE_DIR).glob("*" + PARTIAL)):
+        for p in list(out.glob("*" + PARTIAL)) + list((out / BUILD_STATE_DIR).glob("*" + PARTIAL)):
             p.unlink()
         return _build_locked(cfg, t_start)
     except InputLayoutError:
@@ -259,14 +273,16 @@ def _check_out(cfg: BuildConfig) -> None:
     """Shard files in an ``--out`` that no build of this tool has used (no ``.build/``, no manifest) are someone
     else's, e.g. hand-made tars: a build would replace or delete them, so refuse unless ``overwrite``."""
     out = cfg.out
-    if not out.is_dir() or cfg.overwrite or (out / STATE_DIR).is_dir() or (out / MANIFEST_NAME).is_file():
+    if out.exists() and not out.is_dir():
+        raise OutputInUse(f"--out {out} is a file, not a folder: pass a folder (it is created if missing)")
+    if not out.is_dir() or cfg.overwrite or (out / BUILD_STATE_DIR).is_dir() or (out / MANIFEST_NAME).is_file():
         return
     theirs = sorted(p.name for p in out.iterdir() if parse_shard_name(p.name))
     if theirs:
         raise OutputInUse(
             f"{out} holds shard files that no build of this tool wrote ({', '.join(theirs[:3])}"
-            f"{', ...' if len(theirs) > 3 else ''}; no {STATE_DIR}/ or {MANIFEST_NAME}): a build would replace or "
-            "delete them. Use another --out, or pass --overwrite to replace them."
+            f"{', ...' if len(theirs) > 3 else ''}; no {BUILD_STATE_DIR}/ or {MANIFEST_NAME}): a build would "
+            "replace or delete them. Use another --out, or pass --overwrite to replace them."
         )
 
 
@@ -386,8 +402,8 @@ def parse_args(argv: list[str] | None) -> BuildConfig:
     p.add_argument(
         "--alov-val-fraction",
         type=float,
-        default=0.2,
-        help="last int(f*n) videos per ALOV category go to val (authors: 0.2; 0 for the release model)",
+        default=VAL_FRACTION,
+        help=f"last int(f*n) videos per ALOV category go to val (authors: {VAL_FRACTION}; 0 for the release model)",
     )
     p.add_argument("--keep-vot-overlap", action="store_true", help="keep the 7 ALOV videos that overlap VOT-2014")
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")

@@ -15,13 +15,14 @@ DALI ``.idx`` files (tar headers when an index is missing) and fed to the DALI g
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.bad_samples import member_problems
+from pipeline.bad_samples import READ_REQUIRED, member_problems
 from pipeline.shard_sets import ShardSet, index_entries
-from shards.format import BOXES, CURR, PREV
+from shards.format import BOXES, CURR, PREV, layout_problems
 
 MEMBERS = (PREV, CURR, BOXES)  # the external source's outputs, as the reader's READER_EXTS (stills: no PREV)
 _EMPTY = np.zeros(0, dtype=np.uint8)
@@ -117,7 +118,8 @@ class _Feed:
         return len(self.sampler.members)
 
     def __call__(self, batch: int) -> tuple[list[np.ndarray], ...]:
-        """Batch ``batch``'s members. An unreadable sample (truncated shard, I/O error) is fed empty, so DALI fails
+        """Batch ``batch``'s members. An unreadable sample (truncated shard, I/O error), or one whose boxes break
+        the v1 layout (NaN, inverted, a pair with one box: DALI would train on them), is fed empty, so DALI fails
         this batch as it fails a corrupt JPEG and the loader names the sample; raising here instead would leave
         DALI's batch counter behind (every later batch would retry this one)."""
         cols: tuple[list[np.ndarray], ...] = tuple([] for _ in self.sampler.members)
@@ -126,9 +128,16 @@ class _Feed:
                 members = self.sampler.read(int(i))
             except OSError:
                 members = [_EMPTY] * len(cols)
+            if layout_problems(present_members(self.sampler.members, members), None, READ_REQUIRED)[1]:
+                members = [_EMPTY] * len(cols)
             for col, data in zip(cols, members, strict=True):
                 col.append(data)
         return cols
+
+
+def present_members(exts: Sequence[str], raw: Sequence[np.ndarray]) -> dict[str, memoryview]:
+    """The non-empty members of one read sample, as `shards.format.layout_problems` takes them (no copies)."""
+    return {ext: a.data for ext, a in zip(exts, raw, strict=True) if a.size}
 
 
 def stream_seed(seed: int, epoch: int, shard_id: int, source_index: int) -> int:

@@ -13,19 +13,19 @@ here raises for bad data except `ImageRejected`.
 from __future__ import annotations
 
 import io
-import os
 import re
-import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
+from model.image_modes import SIXTEEN_BIT_MODES, to_rgb8
+from pipeline.input_files import NotRegularFile, read_regular
+from shards.format import MAX_PIXELS
+
 MAX_IMAGE_BYTES = 64 << 20  # refuse to read larger files (largest real ImageNet/ALOV frames are a few MB)
-MAX_PIXELS = 128_000_000  # refuse to decode larger images (decompression bombs)
 REENCODE_QUALITY = 95
 
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -33,7 +33,6 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COPYABLE_SOF = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive"}
 ALL_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 EXIF_ORIENTATION = 0x0112
-SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})  # PNG 16-bit gray ("I" in old Pillow)
 _ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
@@ -59,18 +58,16 @@ class CheckedImage:
 def read_image_file(path: str) -> bytes:
     """Read an image file with a size bound; missing or unreadable files become `ImageRejected`."""
     try:
-        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # a FIFO must not block the open
-            st = os.fstat(f.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise ImageRejected("not_regular_file", "not a regular file (FIFO, device or directory)")
-            size = st.st_size
-            if size > MAX_IMAGE_BYTES:
-                raise ImageRejected("image_too_large", f"{size} bytes > {MAX_IMAGE_BYTES}")
-            return f.read(MAX_IMAGE_BYTES + 1)
+        data = read_regular(path, MAX_IMAGE_BYTES)
+    except NotRegularFile as e:
+        raise ImageRejected("not_regular_file", str(e)) from e
     except FileNotFoundError as e:
         raise ImageRejected("missing_image", "file not found") from e
     except OSError as e:
         raise ImageRejected("unreadable_image", f"{type(e).__name__}: {e.strerror or e}") from e
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageRejected("image_too_large", f"more than {MAX_IMAGE_BYTES} bytes")
+    return data
 
 
 def jpeg_header(data: bytes) -> tuple[int | None, list[tuple[int, int]], int]:
@@ -140,26 +137,16 @@ def _decode(data: bytes, fmt: str) -> Image.Image:
         raise ImageRejected("corrupt_image", f"{type(e).__name__}: {message}") from e
 
 
-def _to_8bit(im: Image.Image) -> Image.Image:
-    """16-bit samples -> their high byte (``value >> 8``), as ``cv2.imread`` reads them; PIL's ``convert``
-    would clip every value above 255 to white."""
-    a = np.asarray(im)
-    if a.size and (a.min() < 0 or a.max() > 0xFFFF):
-        raise ImageRejected("unsupported_image", f"mode {im.mode} samples outside the 16-bit range")
-    return Image.fromarray((a >> 8).astype(np.uint8))
-
-
 def _reencode(im: Image.Image) -> bytes:
-    if im.mode == "F":  # float samples have no defined 8-bit scale (PIL would clip them to 0..255)
-        raise ImageRejected("unsupported_image", "cannot convert mode F (32-bit float samples) to 8-bit RGB")
-    if im.mode in SIXTEEN_BIT_MODES:
-        im = _to_8bit(im)
     try:
-        buf = io.BytesIO()
-        im.convert("RGB").save(buf, format="JPEG", quality=REENCODE_QUALITY)
-        return buf.getvalue()
+        rgb = to_rgb8(im)
+    except ValueError as e:  # float samples, 32-bit integers beyond 16 bits
+        raise ImageRejected("unsupported_image", str(e)) from e
     except Exception as e:  # an exotic mode PIL cannot convert
         raise ImageRejected("unsupported_image", f"cannot convert {im.mode} to RGB: {e}") from e
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=REENCODE_QUALITY)
+    return buf.getvalue()
 
 
 def _orientation(segment: bytes) -> int | None:

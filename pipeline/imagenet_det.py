@@ -21,6 +21,8 @@ from pathlib import Path
 
 from lxml import etree
 
+from pipeline.input_files import read_regular
+
 MAX_RATIO = 0.66  # kMaxRatio
 MAX_XML_BYTES = 4 << 20  # a real DET XML is < 10 KB
 IMAGE_SUFFIX = ".JPEG"
@@ -131,9 +133,7 @@ def parse_annotation(data: bytes) -> XmlAnnotation:
 
 def read_annotation(path: str) -> XmlAnnotation:
     """Read (bounded) and parse one XML file."""
-    with open(path, "rb") as f:
-        data = f.read(MAX_XML_BYTES + 1)
-    return parse_annotation(data)
+    return parse_annotation(read_regular(path, MAX_XML_BYTES))
 
 
 def list_annotation_files(ann_root: Path) -> tuple[list[Path], list[tuple[Path, int]]]:
@@ -145,7 +145,8 @@ def list_annotation_files(ann_root: Path) -> tuple[list[Path], list[tuple[Path, 
     files: list[Path] = []
     extras: list[tuple[Path, int]] = []
     for sub in sorted(p for p in ann_root.iterdir() if p.is_dir()):
-        xmls = sorted(e.path for e in os.scandir(sub) if e.name.endswith(".xml") and e.is_file())
+        # every entry so named: a FIFO, dangling link or loop is then a counted skip with its reason, not lost
+        xmls = sorted(e.path for e in os.scandir(sub) if e.name.endswith(".xml"))
         if "extra" in sub.name:
             extras.append((sub, len(xmls)))
         else:

@@ -40,6 +40,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pipeline.alov import VAL_FRACTION as VAL_RATIO
+from pipeline.imagenet_det import MAX_RATIO, rule_drop_reason
 from pipeline.sample_scenes import (
     Look,
     Video,
@@ -56,9 +58,6 @@ FORMAT = "goturn-sample-data-v1"
 MANIFEST = "sample_manifest.json"
 MANAGED = ("imagenet", "alov", "otb", MANIFEST)  # what the generator owns inside --out (and may delete)
 JPEG_QUALITY = 90
-# GOTURN's kMaxRatio: ImageNet objects wider / taller than this fraction of the image are dropped
-MAX_RATIO = 0.66
-VAL_RATIO = 0.2  # GOTURN's per-category ALOV split: the last int(0.2 n) videos are validation
 
 DET_TRAIN = "ILSVRC2014_DET_train"
 DET_BBOX = "ILSVRC2014_DET_bbox_train"
@@ -237,13 +236,9 @@ def otb_rows(boxes: np.ndarray, delimiter: str) -> str:
 
 
 def _classify(box: tuple[int, int, int, int], W: int, H: int) -> str:
-    """GOTURN's ImageNet filter (loader_imagenet_det.cpp): 'invalid', 'too_large' or 'kept'."""
-    x1, y1, x2, y2 = box
-    if x1 < 0 or y1 < 0 or x2 <= x1 or y2 <= y1:
-        return "invalid"
-    if x2 - x1 > MAX_RATIO * W or y2 - y1 > MAX_RATIO * H:
-        return "too_large"
-    return "kept"
+    """What the builder will do with this object (`pipeline.imagenet_det.rule_drop_reason`, the authors' filters
+    in their order): 'too_large', 'invalid' or 'kept'."""
+    return {"too_large": "too_large", "invalid_box": "invalid", None: "kept"}[rule_drop_reason(box, W, H)]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -440,6 +435,8 @@ def _bad_task(root: str, seed: int, spec_name: str) -> dict[str, Any]:
                 "xml": xml_rel,
                 "objects": len(statuses),
                 "objects_kept": statuses.count("kept"),
+                "objects_too_large": statuses.count("too_large"),
+                "objects_invalid": statuses.count("invalid"),
                 "bndbox_order": list(order),
                 "expect": BAD_EXPECT[kind],
             }

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any, NamedTuple
 import PIL
 
 from pipeline import alov, imagenet_det
+from pipeline.input_files import NotRegularFile, not_regular, read_regular
 from shards.format import SCHEMA_VERSION, make_key, shard_name
 
 BUILDER_VERSION = "1"  # bump when the bytes a plan produces change (invalidates shards kept for resuming)
@@ -120,20 +120,6 @@ def _rel_dir(root: Path, folder: Path) -> str:
     return _rel(root, folder).removesuffix("/.") + "/"
 
 
-_FILE_KINDS = {
-    stat.S_IFIFO: "a FIFO (named pipe)",
-    stat.S_IFDIR: "a directory",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-}
-
-
-def not_regular(mode: int) -> str | None:
-    """What a non-regular file is (reading a FIFO or device would block or never end); None for a file."""
-    return None if stat.S_ISREG(mode) else _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
-
-
 def misplaced_files(ann_root: Path, suffix: str, skip: Callable[[str], bool]) -> list[tuple[Path, int]]:
     """Folders holding ``suffix`` files where the one-level listing does not look (the root itself, or below
     a sub-folder), with counts, so that a tree one level off is reported instead of silently read as empty.
@@ -214,6 +200,8 @@ def parse_xml_task(
         ann = imagenet_det.read_annotation(xml_path)
     except imagenet_det.XmlError as e:
         return xml_path, f"xml_error: {e}", None, None
+    except NotRegularFile as e:
+        return xml_path, f"not_regular_file: {e}", None, None
     except OSError as e:
         return xml_path, f"xml_error: unreadable: {e.strerror or e}", None, None
     image = os.path.join(images_root, ann.folder, ann.filename + imagenet_det.IMAGE_SUFFIX)
@@ -240,6 +228,7 @@ def plan_imagenet(images_root: Path, ann_root: Path, map_fn: MapFn) -> SourcePla
     for folder, n in misplaced:  # counted in xml_files (one record each), listed per folder
         plan.xmls += [XmlRecord(_rel_dir(ann_root, folder), "misplaced_annotation") for _ in range(n)]
     seen: dict[str, str] = {}
+    key_owner: dict[str, str] = {}  # sample key -> the XML it was made from
     tasks = ((str(f), str(images_root)) for f in files)
     for xml_path, error, ann, image in map_fn(parse_xml_task, tasks):
         rel = _rel(ann_root, xml_path)
@@ -270,11 +259,16 @@ def plan_imagenet(images_root: Path, ann_root: Path, map_fn: MapFn) -> SourcePla
             plan.skipped.append(Skip(rel, f"duplicate_image: {image_rel} already annotated by {seen[img_key]}"))
             continue
         seen[img_key] = rel
+        keys = {o.index: make_key("imagenet", ann.folder, ann.filename, f"obj{o.index:02d}") for o in kept}
+        clash = next((k for k in keys.values() if k in key_owner), None)
+        if clash is not None:  # two file names that differ only in characters the key format replaces
+            rec.error = "duplicate_key"
+            plan.skipped.append(Skip(rel, f"duplicate_key: sample key {clash} already made from {key_owner[clash]}"))
+            continue
+        key_owner.update(dict.fromkeys(keys.values(), rel))
         pimg = PlannedImage(image[0], image_rel, image[1], image[2])
-        keys = {}
         for o in kept:
-            key = make_key("imagenet", ann.folder, ann.filename, f"obj{o.index:02d}")
-            keys[o.index] = key
+            key = keys[o.index]
             meta = {
                 "source": "imagenet",
                 "split": "train",
@@ -329,11 +323,11 @@ def plan_alov(frames_root: Path, ann_root: Path, val_fraction: float, keep_vot_o
             plan.skipped.append(Skip(rel, "vot2014_overlap: excluded (use --keep-vot-overlap to keep)"))
             continue
         try:
-            with open(v.ann_path, "rb") as f:
-                lines = alov.parse_ann(f.read(alov.MAX_ANN_BYTES + 1))
+            lines = alov.parse_ann(read_regular(v.ann_path, alov.MAX_ANN_BYTES))
         except (OSError, ValueError) as e:
-            plan.videos.append(VideoRecord(rel, v.split, "ann_error"))
-            plan.skipped.append(Skip(rel, f"ann_error: {e}"))
+            code = "not_regular_file" if isinstance(e, NotRegularFile) else "ann_error"
+            plan.videos.append(VideoRecord(rel, v.split, code))
+            plan.skipped.append(Skip(rel, f"{code}: {e}"))
             continue
         rec = VideoRecord(rel, v.split, None)
         plan.videos.append(rec)

@@ -14,7 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shards.dataset import shard_paths
-from shards.format import MAX_MEMBER_BYTES, PREV, SOURCES, index_name, parse_shard_name, split_member_name
+from shards.format import (
+    MAX_INDEX_BYTES,
+    MAX_MEMBER_BYTES,
+    PREV,
+    SOURCES,
+    index_name,
+    parse_shard_name,
+    split_member_name,
+    tar_header_problem,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,9 @@ def index_entries(tar: str | Path, idx: str | Path | None) -> list[tuple[str, di
     sample, ``ext offset size name`` per member) or, without one, the tar headers."""
     if idx is not None:
         return _read_index(Path(idx))
+    unsafe = tar_header_problem(tar)
+    if unsafe:
+        raise ValueError(f"{tar}: {unsafe}")
     by_key: dict[str, dict[str, tuple[int, int]]] = {}
     with tarfile.open(tar) as tf:
         for m in tf:
@@ -47,9 +59,6 @@ def index_entries(tar: str | Path, idx: str | Path | None) -> list[tuple[str, di
             if m.isfile() and ext:
                 by_key.setdefault(key, {})[ext] = (m.offset_data, m.size)
     return list(by_key.items())
-
-
-MAX_INDEX_BYTES = 64 << 20  # a v1 index holds ~300 bytes a sample: this is 200k samples in one shard
 
 
 def _read_index(idx: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:

@@ -26,9 +26,13 @@ def _tile(crop_chw: np.ndarray, box_x10: np.ndarray | None, colour: str, label: 
     im.paste(Image.fromarray(np.ascontiguousarray(crop_chw.transpose(1, 2, 0))), (0, LABEL_H))
     d = ImageDraw.Draw(im)
     d.text((2, 1), label, fill="black")
-    if box_x10 is not None:
-        x1, y1, x2, y2 = (np.asarray(box_x10, dtype=np.float64) * INPUT_SIZE / SCALE_FACTOR).tolist()
+    box = None if box_x10 is None else np.asarray(box_x10, dtype=np.float64) * INPUT_SIZE / SCALE_FACTOR
+    if box is not None and np.isfinite(box).all():  # a broken shard's box is drawn as it is, never a crash
+        x1, x2 = sorted((box[0], box[2]))
+        y1, y2 = sorted((box[1], box[3]))
         d.rectangle([x1, y1 + LABEL_H, x2, y2 + LABEL_H], outline=colour, width=2)
+    elif box is not None:
+        d.text((2, LABEL_H + 2), "box not finite", fill=colour)
     return im
 
 

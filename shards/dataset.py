@@ -19,23 +19,25 @@ import numpy as np
 from braceexpand import braceexpand
 from PIL import Image
 
-from shards.format import BOXES, CURR, MANIFEST_NAME, META, PREV, parse_shard_name
-
-BUILD_STATE_DIR = ".build"  # the builder's resume records (pipeline.build_shards.STATE_DIR)
+from shards.format import (
+    BUILD_STATE_DIR,
+    CURR,
+    MANIFEST_NAME,
+    MAX_PIXELS,
+    META,
+    PREV,
+    layout_problems,
+    parse_shard_name,
+    read_manifest,
+)
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> HxWx3 uint8 RGB."""
+    """JPEG bytes -> HxWx3 uint8 RGB; ValueError past the builder's pixel limit (a forged header's bomb)."""
     with Image.open(io.BytesIO(data), formats=("JPEG",)) as im:
+        if im.width * im.height > MAX_PIXELS:
+            raise ValueError(f"a {im.width}x{im.height} JPEG: more than any v1 image ({MAX_PIXELS} pixels)")
         return np.array(im.convert("RGB"))  # writable (torch.as_tensor warns on read-only arrays)
-
-
-def decode_boxes(data: bytes) -> np.ndarray:
-    """``boxes.npy`` -> float32 (n, 4), refusing pickled objects."""
-    arr = np.load(io.BytesIO(data), allow_pickle=False)
-    if arr.dtype != np.float32 or arr.ndim != 2 or arr.shape[1] != 4:
-        raise ValueError(f"boxes.npy must be float32 (n, 4), got {arr.dtype} {arr.shape}")
-    return arr
 
 
 def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
@@ -44,20 +46,15 @@ def decode_sample(sample: dict[str, Any]) -> dict[str, Any]:
     ``prev`` is None for ImageNet stills (their ``boxes`` is (1, 4)); pairs have ``boxes`` (2, 4) = [prev;
     curr].
     """
-    missing = [m for m in (CURR, BOXES, META) if m not in sample]
-    if missing:
-        raise ValueError(f"sample {sample.get('__key__')!r} lacks {missing}")
-    meta = json.loads(sample[META])
-    if not isinstance(meta, dict):
-        raise ValueError("meta.json must hold an object")
-    boxes = decode_boxes(sample[BOXES])
+    key = sample.get("__key__")
+    meta = json.loads(sample[META]) if META in sample else None
+    if META in sample and not isinstance(meta, dict):
+        raise ValueError(f"sample {key!r}: meta.json must hold an object")
+    members = {k: v for k, v in sample.items() if not k.startswith("__")}
     # A pair cut short (a truncated tar read with a skipping handler) must not pass for a still.
-    if (PREV in sample) != (boxes.shape[0] == 2) or (meta.get("source") == "alov" and PREV not in sample):
-        raise ValueError(
-            f"sample {sample.get('__key__')!r} ({meta.get('source')}) has {boxes.shape[0]} box(es) and "
-            f"{'a' if PREV in sample else 'no'} prev.jpg: a pair needs both frames and 2 boxes, a still 1 "
-            "(truncated shard?)"
-        )
+    boxes, problems = layout_problems(members, meta.get("source") if meta else None)
+    if problems:
+        raise ValueError(f"sample {key!r}: {'; '.join(problems)} (truncated shard?)")
     return {
         "__key__": sample["__key__"],
         "__url__": sample.get("__url__"),
@@ -79,7 +76,7 @@ def shard_paths(dir_or_pattern: str | os.PathLike, source: str | None = None, sp
     if path.is_dir():
         manifest = path / MANIFEST_NAME
         if manifest.is_file():
-            names = [entry["file"] for entry in json.loads(manifest.read_text())["shards"]]
+            names = [entry["file"] for entry in read_manifest(manifest)["shards"]]
         elif (path / BUILD_STATE_DIR).is_dir():
             raise FileNotFoundError(
                 f"{path} holds an unfinished shard build: it has the builder's {BUILD_STATE_DIR}/ but no "

@@ -7,12 +7,21 @@ apart (see ``shards/SCHEMA.md`` for the prose version).
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import re
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "goturn-shards-v1"
 MANIFEST_NAME = "manifest.json"
+BUILD_STATE_DIR = ".build"  # the builder's resume records and lock; a folder holding it is an unfinished build
 
 SOURCES = ("imagenet", "alov")
 SPLITS = ("train", "val")
@@ -23,6 +32,8 @@ REQUIRED_MEMBERS = frozenset({CURR, BOXES, META})
 
 SHARD_RE = re.compile(r"^(?P<source>imagenet|alov)-(?P<split>train|val)-(?P<index>\d{6})\.tar$")
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*$")
+MAX_PIXELS = 128_000_000  # no v1 image is larger: the builder refuses to decode more (decompression bombs)
+MAX_INDEX_BYTES = 64 << 20  # a v1 index holds ~300 bytes a sample: this is 200k samples in one shard
 MAX_MEMBER_BYTES = 256 << 20  # no v1 member is larger (the builder refuses images over 64 MiB): readers bound by it
 MAX_KEY_LEN = 90  # keeps "<key>.<ext>" within a plain ustar name field (100 bytes), no PAX/GNU extensions
 _MAX_MEMBER_LEN = 30  # an over-long key's last component is cut to this, leaving the group most of the room
@@ -49,6 +60,11 @@ def shard_name(source: str, split: str, index: int) -> str:
 def index_name(tar_name: str) -> str:
     """The DALI index beside a tar: same stem, ``.idx`` (what ``wds2idx shard.tar`` names it)."""
     return tar_name[: -len(".tar")] + ".idx"
+
+
+def tar_of_index(name: str) -> str:
+    """The tar an index file belongs to (``x.idx`` -> ``x.tar``); other names unchanged."""
+    return name[: -len(".idx")] + ".tar" if name.endswith(".idx") else name
 
 
 def parse_shard_name(name: str) -> tuple[str, str, int] | None:
@@ -101,3 +117,120 @@ def split_member_name(name: str) -> tuple[str, str]:
     if dot < 0:
         return name, ""
     return name[:dot], name[dot + 1 :]
+
+
+def layout_problems(
+    members: Mapping[str, bytes], source: str | None, required: frozenset[str] = REQUIRED_MEMBERS
+) -> tuple[np.ndarray | None, list[str]]:
+    """(boxes, problems) of one sample's members against the v1 layout: the required members, a ``prev.jpg``
+    for every pair and none for a still, ``boxes.npy`` float32 with one row per frame (read without pickles).
+
+    The one rule `shards.verify`, `shards.dataset.decode_sample` and the loader's diagnosis of a failed batch
+    apply (a pair whose boxes say "still" would otherwise train as a still, silently). ``source`` (``imagenet``
+    / ``alov``, None when unknown) adds the source's own rule; ``required``: the members to insist on (a reader
+    that reads only some). ``boxes`` is None when unreadable or absent.
+    """
+    missing = required - members.keys()
+    has_prev = bool(members.get(PREV))
+    if source == "alov" and not has_prev:
+        missing |= {PREV}  # every ALOV sample is a pair
+    if missing:
+        return None, [f"missing {sorted(missing)}"]
+    problems = []
+    if source == "imagenet" and PREV in members:
+        problems.append("an ImageNet still has a prev.jpg")
+    try:
+        boxes = read_boxes(members[BOXES])
+    except Exception as e:  # noqa: BLE001 - any parse failure is the finding
+        return None, [*problems, f"boxes.npy unreadable: {type(e).__name__}: {str(e)[:120]}"]
+    want = (2, 4) if has_prev else (1, 4)
+    if boxes.dtype != np.float32 or boxes.shape != want:
+        what = "a pair (prev.jpg and curr.jpg)" if has_prev else "a still (curr.jpg only)"
+        problems.append(f"boxes.npy is {boxes.dtype} {boxes.shape}, expected float32 {want} for {what}")
+    elif not np.isfinite(boxes).all() or not ((boxes[:, :2] >= 0) & (boxes[:, :2] < boxes[:, 2:])).all():
+        problems.append(f"boxes.npy holds {boxes.tolist()}: not corner boxes with 0 <= x1 < x2, 0 <= y1 < y2")
+    return boxes, problems
+
+
+MAX_BOX_VALUES = 64  # a v1 boxes.npy holds 4 or 8: never allocate what a forged header claims
+
+
+def read_boxes(data: bytes) -> np.ndarray:
+    """``boxes.npy`` bytes -> array, without pickles and after checking the header's shape (np.load would first
+    allocate whatever shape a forged header claims); ValueError otherwise."""
+    f = io.BytesIO(data)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, _ = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, _, _ = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"npy format version {version}")
+    if int(np.prod(shape, dtype=np.float64)) > MAX_BOX_VALUES:
+        raise ValueError(f"shape {shape}: more than {MAX_BOX_VALUES} values")
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+_HEADER_TYPES_WALKED = frozenset(b"0\x00125346")  # plain headers tarfile reads in one step; x/g (PAX), L/K (GNU) not
+
+
+def tar_header_problem(path: str | os.PathLike) -> str | None:
+    """What makes a tar unsafe to hand to ``tarfile``, found by walking its 512-byte headers (seeks only), or None.
+
+    Why: Python 3.11's ``tarfile`` (before 3.11.14) loops forever, growing memory, on a member whose base-256 size
+    is negative, and takes quadratic time on a large PAX header; v1 shards are plain ustar (`shards.tarwriter`),
+    so a PAX / GNU extension header, a size not in octal digits, or a member over `MAX_MEMBER_BYTES` is refused
+    here before any reader parses the file. Links and folders pass: readers report them as members v1 lacks.
+    """
+    end = os.path.getsize(path)
+    offset = 0
+    with open(path, "rb") as f:
+        while offset + 512 <= end:
+            f.seek(offset)
+            header = f.read(512)
+            if header == b"\0" * 512:
+                return None  # end-of-archive marker
+            declared = header[148:156].replace(b"\0", b" ").strip()
+            if not declared or any(c not in b"01234567" for c in declared):
+                return f"header at byte {offset}: no tar header checksum (not a tar, or damaged)"
+            unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
+            signed = sum(struct.unpack("148b8x356b", header)) + 8 * 32  # old writers sum signed bytes
+            if int(declared, 8) not in (unsigned, signed):
+                return f"header at byte {offset}: checksum mismatch (damaged)"
+            if header[156] not in _HEADER_TYPES_WALKED:
+                kind = chr(header[156]) if 32 <= header[156] < 127 else f"0x{header[156]:02x}"
+                return f"header at byte {offset}: type {kind!r} (PAX / GNU extension); v1 shards are plain ustar"
+            field = header[124:136].replace(b"\0", b" ").strip()
+            if header[124] & 0x80 or not field or any(c not in b"01234567" for c in field):
+                return f"header at byte {offset}: size field {header[124:136]!r} is not octal digits"
+            size = int(field, 8)
+            if size > MAX_MEMBER_BYTES:
+                return f"header at byte {offset}: a {size}-byte member, more than any v1 member ({MAX_MEMBER_BYTES})"
+            offset += 512 + -(-size // 512) * 512
+    return None  # no end marker: a truncated copy, which the readers report in their own words
+
+
+MAX_MANIFEST_BYTES = 256 << 20  # a full DET + ALOV build's manifest (every skip listed) is tens of MB
+
+
+def read_manifest_json(path: str | os.PathLike) -> Any:
+    """The JSON of a ``manifest.json``, read within `MAX_MANIFEST_BYTES`; ValueError naming the file otherwise
+    (`shards.verify` then checks every field; other readers use `read_manifest`)."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than any build's manifest ({MAX_MANIFEST_BYTES})")
+    try:
+        return json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise ValueError(f"{path}: not a readable manifest ({type(e).__name__}: {str(e)[:120]})") from None
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """A build's ``manifest.json`` (`read_manifest_json`), checked for the one thing every reader relies on (a
+    ``shards`` list of entries naming their ``file``); ValueError naming the file otherwise."""
+    manifest = read_manifest_json(path)
+    shards = manifest.get("shards") if isinstance(manifest, dict) else None
+    if not isinstance(shards, list) or not all(isinstance(s, dict) and isinstance(s.get("file"), str) for s in shards):
+        raise ValueError(f"{path}: not a v1 manifest (no 'shards' list of entries with a 'file' name)")
+    return manifest

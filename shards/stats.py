@@ -11,7 +11,6 @@ Reads only ``boxes.npy`` and ``meta.json`` (JPEGs are skipped, so it is fast). H
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import tarfile
@@ -21,7 +20,16 @@ from pathlib import Path
 import numpy as np
 
 from shards.dataset import shard_paths
-from shards.format import BOXES, MANIFEST_NAME, META, parse_shard_name, split_member_name
+from shards.format import (
+    BOXES,
+    MANIFEST_NAME,
+    META,
+    parse_shard_name,
+    read_boxes,
+    read_manifest,
+    split_member_name,
+    tar_header_problem,
+)
 
 HISTOGRAMS = {
     "box size (sqrt area ratio)": np.linspace(0.0, 1.0, 11),
@@ -31,12 +39,16 @@ HISTOGRAMS = {
 }
 
 
-def read_boxes(paths: list[str]) -> dict[str, dict[str, list[float]]]:
+def shard_statistics(paths: list[str]) -> dict[str, dict[str, list[float]]]:
     """Per source: the statistics of every sample, from ``boxes.npy`` + ``meta.json`` only."""
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    unusable: list[str] = []  # "<tar>: <key>: <why>" of samples left out
     for path in paths:
         parsed = parse_shard_name(Path(path).name)
         source = parsed[0] if parsed else "unknown"
+        unsafe = tar_header_problem(path)
+        if unsafe:
+            raise ValueError(f"{path}: {unsafe}")
         members: dict[str, dict[str, bytes]] = defaultdict(dict)
         with tarfile.open(path, "r|") as tf:  # streaming: JPEG members are skipped, never read into memory
             for info in tf:
@@ -45,12 +57,12 @@ def read_boxes(paths: list[str]) -> dict[str, dict[str, list[float]]]:
                     if info.size > 1 << 20:  # a few hundred bytes in any real shard: never read a header's gigabytes
                         raise ValueError(f"{path}: {info.name} claims {info.size} bytes")
                     members[key][ext] = tf.extractfile(info).read()
-        for m in members.values():
-            if BOXES not in m or META not in m:
+        for key, m in members.items():
+            try:
+                boxes, W, H = _sample_geometry(m)
+            except (ValueError, KeyError, TypeError, RecursionError) as e:  # an edited member: counted, not fatal
+                unusable.append(f"{path}: {key}: {type(e).__name__}: {str(e)[:100]}")
                 continue
-            boxes = np.load(io.BytesIO(m[BOXES]), allow_pickle=False).astype(np.float64)
-            meta = json.loads(m[META])
-            W, H = float(meta["width"]), float(meta["height"])
             v = values[source]
             w, h = boxes[-1, 2] - boxes[-1, 0], boxes[-1, 3] - boxes[-1, 1]
             v["box size (sqrt area ratio)"].append(float(np.sqrt(w * h / (W * H))))
@@ -61,7 +73,29 @@ def read_boxes(paths: list[str]) -> dict[str, dict[str, list[float]]]:
                 dy = ((boxes[1, 1] + boxes[1, 3]) - (boxes[0, 1] + boxes[0, 3])) / 2 / ph
                 v["motion |dcentre|/prev size"].append(float(np.hypot(dx, dy)))
                 v["scale change log2"].append(float(0.5 * np.log2(w * h / (pw * ph))))
+    if unusable:
+        print(
+            f"warning: {len(unusable)} sample(s) with unusable boxes / meta left out, e.g. {unusable[0]} "
+            "(python -m shards.verify lists them all)",
+            file=sys.stderr,
+        )
     return values
+
+
+def _sample_geometry(m: dict[str, bytes]) -> tuple[np.ndarray, float, float]:
+    """(boxes as float64, width, height) of one sample; ValueError / KeyError / TypeError when its members are
+    not v1's (missing, forged npy header, boxes that are no corner boxes, meta without a size)."""
+    boxes = read_boxes(m[BOXES])
+    if boxes.shape not in ((1, 4), (2, 4)) or not np.isfinite(boxes).all():
+        raise ValueError(f"boxes {boxes.dtype} {boxes.shape} {boxes.tolist()}")
+    boxes = boxes.astype(np.float64)
+    if not (boxes[:, 2:] > boxes[:, :2]).all():
+        raise ValueError(f"boxes {boxes.tolist()}: not corner boxes")
+    meta = json.loads(m[META])
+    W, H = float(meta["width"]), float(meta["height"])
+    if not (W > 0 and H > 0):
+        raise ValueError(f"meta size {W}x{H}")
+    return boxes, W, H
 
 
 def text_histogram(name: str, data: list[float], edges: np.ndarray, width: int = 40) -> str:
@@ -81,25 +115,35 @@ def report(directory: Path, values: dict[str, dict[str, list[float]]], split: st
     lines = []
     manifest = directory / MANIFEST_NAME
     if manifest.is_file():
-        m = json.loads(manifest.read_text())
-        shards = [s for s in m["shards"] if split is None or s.get("split") == split]
-        what = f" of split {split}" if split else ""
-        lines.append(f"{directory}: {len(shards)} shards{what}, {sum(s['bytes'] for s in shards) / 1e6:.1f} MB")
-        for source, splits in m["counts"].items():
-            for sp, c in splits.items():
-                if split is None or sp == split:
-                    lines.append(f"  {source:9s} {sp:5s} " + "  ".join(f"{k} {v}" for k, v in c.items()))
-        for source, acc in m["accounting"].items():  # the build's inputs (all splits): skipped per quantity
-            for qty, q in acc.items():
-                if isinstance(q, dict) and q.get("skipped"):
-                    lines.append(f"  {source} {qty} skipped: {sum(q['skipped'].values())} of {q['total']}")
-        lines.append(f"  re-encoded images: {len(m['reencoded'])}")
+        try:
+            lines += _manifest_lines(directory, read_manifest(manifest), split)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # an edited manifest: say so, go on
+            lines.append(
+                f"{directory}: manifest counts unreadable ({type(e).__name__}: {e}); run python -m shards.verify"
+            )
     for source, v in sorted(values.items()):
         lines.append(f"{source}:")
         for name, edges in HISTOGRAMS.items():
             if v.get(name):
                 lines.append(text_histogram(name, v[name], edges))
     return "\n".join(lines)
+
+
+def _manifest_lines(directory: Path, m: dict, split: str | None) -> list[str]:
+    lines = []
+    shards = [s for s in m["shards"] if split is None or s.get("split") == split]
+    what = f" of split {split}" if split else ""
+    lines.append(f"{directory}: {len(shards)} shards{what}, {sum(s['bytes'] for s in shards) / 1e6:.1f} MB")
+    for source, splits in m["counts"].items():
+        for sp, c in splits.items():
+            if split is None or sp == split:
+                lines.append(f"  {source:9s} {sp:5s} " + "  ".join(f"{k} {v}" for k, v in c.items()))
+    for source, acc in m["accounting"].items():  # the build's inputs (all splits): skipped per quantity
+        for qty, q in acc.items():
+            if isinstance(q, dict) and q.get("skipped"):
+                lines.append(f"  {source} {qty} skipped: {sum(q['skipped'].values())} of {q['total']}")
+    lines.append(f"  re-encoded images: {len(m['reencoded'])}")
+    return lines
 
 
 def plot(values: dict[str, dict[str, list[float]]], out: Path) -> None:
@@ -142,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         p.error(f"{a.directory}: no shards" + (f" of split {a.split!r}" if a.split else ""))
     try:
-        values = read_boxes(paths)
+        values = shard_statistics(paths)
     except (tarfile.TarError, OSError, ValueError, EOFError, KeyError, TypeError) as e:  # a damaged shard
         print(f"error: cannot read the shards ({type(e).__name__}: {e}); run python -m shards.verify", file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ any mismatch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import sys
@@ -22,23 +23,28 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from PIL.ExifTags import Base as ExifTag
 
 from shards.format import (
-    BOXES,
     CURR,
     FORMAT_NAME,
     KEY_RE,
     MANIFEST_NAME,
+    MAX_INDEX_BYTES,
     MAX_MEMBER_BYTES,
+    MAX_PIXELS,
     MEMBERS,
     META,
     PREV,
-    REQUIRED_MEMBERS,
     SCHEMA_VERSION,
     index_name,
+    layout_problems,
     parse_shard_name,
+    read_manifest_json,
     sha256_file,
     split_member_name,
+    tar_header_problem,
+    tar_of_index,
 )
 from shards.tarwriter import format_index
 
@@ -48,23 +54,27 @@ MAX_PROBLEMS_PER_SHARD = 20
 
 
 def _image(data: bytes) -> tuple[int, int]:
+    """(width, height) of a member JPEG, decoded in full; ValueError for what v1 never holds: another mode, more
+    pixels than the builder accepts, or an EXIF orientation (PIL reads the stored pixels, DALI would rotate them:
+    the boxes can only fit one of the two)."""
     with Image.open(io.BytesIO(data), formats=("JPEG",)) as im:
         if im.mode != "RGB":
             raise ValueError(f"mode {im.mode}, expected RGB")
+        if im.width * im.height > MAX_PIXELS:
+            raise ValueError(f"{im.width}x{im.height}: more than the builder's {MAX_PIXELS} pixels")
+        orientation = im.getexif().get(ExifTag.Orientation, 1)
+        if orientation != 1:
+            raise ValueError(f"EXIF orientation {orientation} (v1 images are stored upright, with none)")
         im.load()
         return im.size
 
 
 def check_sample(key: str, members: dict[str, bytes], source: str, split: str) -> list[str]:
     """Problems of one sample (empty when it is valid v1)."""
-    problems = []
-    missing = REQUIRED_MEMBERS - members.keys()
-    if source == "alov" and PREV not in members:
-        missing = missing | {PREV}  # every ALOV sample is a pair
-    if missing:
-        return [f"{key}: missing {sorted(missing)}"]
-    if source == "imagenet" and PREV in members:
-        problems.append(f"{key}: an ImageNet still has a prev.jpg")
+    boxes, layout = layout_problems(members, source)
+    if boxes is None and any(p.startswith("missing") for p in layout):
+        return [f"{key}: {p}" for p in layout]
+    problems = [f"{key}: {p}" for p in layout]
     if list(members) != sorted(members, key=MEMBERS.index):
         problems.append(f"{key}: members in the order {list(members)}, SCHEMA's is {list(MEMBERS)}")
     sizes = {}
@@ -74,15 +84,10 @@ def check_sample(key: str, members: dict[str, bytes], source: str, split: str) -
                 sizes[m] = _image(members[m])
             except Exception as e:  # any decoder failure is a finding, not a crash
                 problems.append(f"{key}: {m} does not decode: {type(e).__name__}: {e}")
-    try:
-        boxes = np.load(io.BytesIO(members[BOXES]), allow_pickle=False)
-    except Exception as e:
-        return problems + [f"{key}: boxes.npy unreadable: {type(e).__name__}: {e}"]
-    want = (2, 4) if PREV in members else (1, 4)
-    if boxes.dtype != np.float32 or boxes.shape != want:
-        problems.append(f"{key}: boxes.npy is {boxes.dtype} {boxes.shape}, expected float32 {want}")
-    elif len(sizes) == want[0]:  # every image decoded: check the boxes against them
-        roles = [PREV, CURR] if PREV in members else [CURR]
+    if boxes is None:
+        return problems
+    roles = [PREV, CURR] if PREV in members else [CURR]
+    if boxes.dtype == np.float32 and boxes.shape == (len(roles), 4) and len(sizes) == len(roles):
         for box, role in zip(boxes, roles, strict=True):
             w, h = sizes[role]
             x1, y1, x2, y2 = (float(v) for v in box)
@@ -135,8 +140,11 @@ def verify_shard(directory: str, entry: dict[str, Any]) -> tuple[str, list[str],
         if current is not None:
             problems.extend(check_sample(current, members, source, split))
 
+    unsafe = tar_header_problem(path)
+    if unsafe:
+        problems.append(f"tar unreadable: {unsafe}")
     try:
-        with tarfile.open(path, "r:") as tf:
+        with contextlib.nullcontext([]) if unsafe else tarfile.open(path, "r:") as tf:
             for info in tf:
                 if not info.isreg():
                     problems.append(f"non-file member {info.name!r}")
@@ -169,6 +177,8 @@ def verify_shard(directory: str, entry: dict[str, Any]) -> tuple[str, list[str],
     idx = path.with_name(index_name(name))
     if not idx.is_file():
         problems.append(f"index {idx.name} missing")
+    elif idx.stat().st_size > MAX_INDEX_BYTES:
+        problems.append(f"index {idx.name}: {idx.stat().st_size} bytes, more than any v1 index ({MAX_INDEX_BYTES})")
     elif idx.read_bytes() != format_index(index).encode():  # bytes: CRLF or stray bytes are a mismatch too
         problems.append(f"index {idx.name} does not match the tar's offsets")
     if len(problems) > MAX_PROBLEMS_PER_SHARD:
@@ -192,6 +202,30 @@ def manifest_shape_problems(manifest: Any) -> list[str]:
     for section in ("counts", "accounting"):
         if not isinstance(manifest.get(section), dict):
             problems.append(f"{MANIFEST_NAME}: {section!r} is not an object")
+    if problems:
+        return problems
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    for source, splits in manifest["counts"].items():
+        if not isinstance(splits, dict) or not all(
+            isinstance(c, dict) and all(count(v) for v in c.values()) for c in splits.values()
+        ):
+            problems.append(f"{MANIFEST_NAME}: counts[{source!r}] is not split -> {{name: count}} objects")
+    for source, acc in manifest["accounting"].items():
+        if not isinstance(acc, dict):
+            problems.append(f"{MANIFEST_NAME}: accounting[{source!r}] is not an object")
+            continue
+        for qty, q in acc.items():
+            if isinstance(q, dict) and "total" in q:
+                skipped = q.get("skipped", {})
+                if not (count(q["total"]) and count(q.get("written")) and isinstance(skipped, dict)) or not all(
+                    count(v) for v in skipped.values()
+                ):
+                    problems.append(
+                        f"{MANIFEST_NAME}: accounting[{source!r}][{qty!r}] is not total / written / skipped counts"
+                    )
     return problems
 
 
@@ -227,7 +261,7 @@ def check_manifest(manifest: dict[str, Any], directory: Path) -> list[str]:
                     problems.append(f"accounting {source}.{qty}.written {q['written']} != counts {field} {have}")
     listed = {e.get("file") for e in manifest.get("shards", [])}
     for p in sorted(directory.iterdir()):
-        stem = p.name[: -len(".idx")] + ".tar" if p.name.endswith(".idx") else p.name
+        stem = tar_of_index(p.name)
         if parse_shard_name(stem) and stem not in listed:
             problems.append(f"{p.name} is on disk but not in the manifest")
     return problems
@@ -236,7 +270,7 @@ def check_manifest(manifest: dict[str, Any], directory: Path) -> list[str]:
 def verify(directory: Path, workers: int = 1) -> tuple[list[str], int, int]:
     """(problems, shards checked, samples checked) for a build directory."""
     try:
-        manifest = json.loads((directory / MANIFEST_NAME).read_text())
+        manifest = read_manifest_json(directory / MANIFEST_NAME)
     except (OSError, ValueError) as e:
         return [f"{MANIFEST_NAME}: cannot read ({e}); an interrupted build has no manifest"], 0, 0
     shape = manifest_shape_problems(manifest)

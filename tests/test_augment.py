@@ -624,3 +624,15 @@ def test_channels_last_and_unexpanded_target_are_the_same_data(synth):
     assert b["search"].shape == a["search"].shape and b["search"].is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(a["search"], b["search"]) and torch.equal(a["bbox"], b["bbox"])
     assert b["target"].shape == (4, 3, 227, 227) and torch.equal(a["target"][::11], b["target"])
+
+
+def test_the_authors_sampling_refuses_boxes_that_are_no_boxes(tmp_path):
+    """NaN or inverted boxes decode fine, so DALI would train on them (the loss turns NaN much later without a
+    name); the sampler's feed checks the v1 layout and the loader names the sample."""
+    samples = synthetic_samples(4, "alov", seed=8, w=96, h=72)
+    samples[2].boxes = np.array([[40, 30, 10, 60], [5, 5, 20, 20]], np.float32)  # x2 < x1
+    write_shards(tmp_path, "alov", samples, per_tar=4)
+    ld = loader(tmp_path, pairs_per_batch=4, k=1, num_threads=1, sampling="authors")
+    with pytest.raises(SampleDecodeError, match=r"alov_000002.*boxes\.npy holds \[\[40\.0, 30\.0, 10\.0"):
+        for _ in range(20):  # 4 draws a batch with replacement: the bad pair comes up within a few batches
+            next(iter(ld))

@@ -202,6 +202,12 @@ def test_sample_counts_follow_the_rules(sample_build):
     assert xml_files["total"] == len(kept) + 1 + extra  # + the malformed XML
     assert xml_files["skipped"]["xml_error"] == 1 and xml_files["skipped"]["corrupt_image"] == 1
     assert xml_files["skipped"]["extra_folder"] == extra
+    # the generator labels each object with the rule the builder applies: the tallies agree (the bad inputs'
+    # objects included, bar the malformed XML's, which the builder cannot read)
+    objects = m["accounting"]["imagenet"]["objects"]["skipped"]
+    readable = [e for e in sm["bad_inputs"] if "objects_too_large" in e and e["kind"] != "malformed_xml"]
+    for ours, theirs in (("too_large", "objects_too_large"), ("invalid_box", "objects_invalid")):
+        assert objects[ours] == sm["imagenet"][theirs] + sum(e[theirs] for e in readable) > 0
     # ALOV: consecutive lines whose frame file exists; the last int(0.2 n) videos per category are val
     expect: Counter = Counter()
     ann_root = data / "alov" / "alov300++_rectangleAnnotation_full"
@@ -481,6 +487,10 @@ def test_alov_units(tmp_path):
     assert line.box == pytest.approx((1011.9, 186.84, 1079.2, 268.56))
     assert alov.parse_line(2, "1 2 3").error.startswith("malformed_line")
     assert alov.parse_line(3, "1 2 3 4 5 6 7 8 nan").error.startswith("malformed_line")
+    for odd in ("1_4", "\u0661\u0666", "+3", "0x10"):  # int() takes the first two; no .ann spells a frame so
+        assert alov.parse_line(4, f"{odd} 5 5 30 5 30 30 5 30").error.startswith("malformed_line: not numbers")
+    (bom,) = alov.parse_ann(b"\xef\xbb\xbf3 5 5 30 5 30 30 5 30\n")  # a byte-order mark is not part of line 1
+    assert bom.frame == 3 and bom.error is None
     for cat, n in (("01-Light", 25), ("02-SurfaceCover", 15)):
         (tmp_path / cat).mkdir()
         for i in range(1, n + 1):
@@ -698,15 +708,76 @@ def test_non_regular_files_are_skipped_not_read(tmp_path):
     frame = cfg.alov_frames / "01-Light" / "01-Light_video00001" / "00000003.jpg"
     frame.unlink()
     os.mkfifo(frame)
-    with deadline(20):
+    with deadline(120):  # a hang guard, not a timing: opening a FIFO blocks forever
         m = build(cfg).manifest
     skipped = skipped_map(m)
     assert skipped["det_img/n01/fifo.JPEG"].startswith("not_regular_file: a FIFO (named pipe), referenced by")
     assert skipped["alov_frames/01-Light/01-Light_video00001/00000003.jpg"].startswith("not_regular_file: frame 3")
     assert m["accounting"]["imagenet"]["xml_files"]["skipped"] == {"not_regular_file": 1}
     assert m["accounting"]["alov"]["pairs"] == {"total": 3, "written": 1, "skipped": {"not_regular_file": 2}}
-    with pytest.raises(ImageRejected, match="not_regular_file"), deadline(5):
+    with pytest.raises(ImageRejected, match="not_regular_file"), deadline(60):
         read_image_file(str(frame))  # the workers' own guard, should a file change after planning
+
+
+def test_odd_annotation_entries_are_counted_skips(tmp_path):
+    """Entries named like annotations that are no readable file (a FIFO, a dangling link, a symlink loop, a
+    folder) were dropped without a trace or ended the build; a looping frame link lost its whole video."""
+    cfg = tiny_config(tmp_path)
+    det, cat = cfg.imagenet_annotations / "n01", cfg.alov_annotations / "01-Light"
+    os.mkfifo(det / "fifo.xml")
+    (det / "dangling.xml").symlink_to(det / "gone.xml")
+    (det / "loop.xml").symlink_to(det / "loop.xml")
+    (det / "folder.xml").mkdir()
+    (cat / "loop.ann").symlink_to(cat / "loop.ann")
+    frame = cfg.alov_frames / "01-Light" / "01-Light_video00001" / "00000003.jpg"
+    frame.unlink()
+    frame.symlink_to(frame)
+    with deadline(120):  # a hang guard: opening a FIFO blocks forever
+        m = build(cfg).manifest
+    skipped = skipped_map(m)
+    assert skipped["det_ann/n01/fifo.xml"] == "not_regular_file: a FIFO (named pipe), not a regular file"
+    assert skipped["det_ann/n01/folder.xml"] == "not_regular_file: a directory, not a regular file"
+    assert skipped["det_ann/n01/dangling.xml"].startswith("xml_error: unreadable: No such file")
+    assert skipped["det_ann/n01/loop.xml"].startswith("xml_error: unreadable: Too many levels of symbolic links")
+    assert m["accounting"]["imagenet"]["xml_files"] == {
+        "total": 6,
+        "written": 2,
+        "skipped": {"not_regular_file": 2, "xml_error": 2},
+    }
+    assert skipped["alov_ann/01-Light/loop.ann"].startswith("ann_error: [Errno 40] Too many levels of symbolic")
+    assert m["accounting"]["alov"]["videos"]["skipped"] == {"ann_error": 1}
+    assert m["accounting"]["alov"]["pairs"]["written"] == 1  # frames 1-2 still pair; 3 is reported missing
+    assert skipped["alov_frames/01-Light/01-Light_video00001/00000003.jpg"].startswith("missing_frame: frame 3")
+
+
+def test_file_names_that_give_one_sample_key_are_a_counted_skip(tmp_path):
+    """A safe name can equal another name's rewritten form; the build crashed on the duplicate key."""
+    from shards.format import make_key
+
+    cfg = tiny_config(tmp_path)
+    forged = make_key("imagenet", "n01", "we ird", "obj00").split("/")[2]  # "we_ird_<hash>", itself safe
+    for name in ("we ird", forged):
+        (cfg.imagenet_images / "n01" / f"{name}.JPEG").write_bytes(jpeg(64, 48))
+        (cfg.imagenet_annotations / "n01" / f"{name}.xml").write_text(xml("n01", name, 64, 48, [(5, 5, 30, 30)]))
+    m = build(cfg).manifest
+    assert m["accounting"]["imagenet"]["xml_files"] == {"total": 4, "written": 3, "skipped": {"duplicate_key": 1}}
+    (why,) = [s["reason"] for s in m["skipped"] if s["reason"].startswith("duplicate_key")]
+    assert f"imagenet/n01/{forged}/obj00 already made from" in why
+
+
+def test_a_file_as_out_and_an_edited_resume_record(tmp_path, capsys):
+    cfg = tiny_config(tmp_path)
+    cfg.out.write_text("not a folder")
+    assert main(cli_args(cfg)) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    cfg.out.unlink()
+    first = build(cfg).manifest
+    (record,) = [p for p in (cfg.out / ".build").glob("imagenet-*.json")]
+    rec = json.loads(record.read_text())
+    del rec["bytes"]  # a torn or hand-edited record: that shard is rebuilt, not a KeyError on every rerun
+    record.write_text(json.dumps(rec))
+    again = build(cfg)
+    assert again.manifest["shards"] == first["shards"] and again.shards_reused == len(first["shards"]) - 1
 
 
 def test_a_dead_worker_stops_the_build_with_a_resumable_error(tmp_path):

@@ -14,7 +14,7 @@ from PIL import Image
 from evaluate import otb as O
 from evaluate import track as T
 from model.caffe_proto import CaffeModelError, NetParameter, write_caffemodel
-from model.checkpoint import CheckpointError, load_model, make_checkpoint, save_checkpoint
+from model.checkpoint import CheckpointError, load_model, make_checkpoint, read_weights, save_checkpoint
 from model.import_caffe import checkpoint_from_import, load_caffemodel
 from model.import_caffe import main as import_main
 from model.net import CONV_SPECS, GoturnNet
@@ -47,9 +47,26 @@ def test_backbone_only_weights_refused_for_tracking(backbone_files: tuple[Path, 
         with pytest.raises(CheckpointError, match="backbone-only"):
             GoturnTracker(path)
         assert load_model(path, allow_backbone=True).variant == "authors"  # explicit opt-in still works
-    from train.loop import init_state  # the trainer's --init path reads them as before
+    from train.loop import load_init  # the trainer's --init takes them: the convs only
 
-    assert init_state(str(caffemodel))[2] and init_state(str(ckpt))[2]
+    for path in (caffemodel, ckpt):
+        assert read_weights(path).backbone_only
+        net = GoturnNet("authors", init="none")
+        assert load_init(net, str(path)).startswith("initialised conv towers")
+        assert torch.equal(net.target.conv1.weight, read_weights(path).state["target.conv1.weight"])
+
+
+def test_tracker_and_init_read_a_wrapped_checkpoint_alike(tmp_path: Path) -> None:
+    """Keys saved from DDP(torch.compile(net)) carry both wrapper prefixes; one reader strips them for all."""
+    from train.loop import load_init
+
+    net = GoturnNet("opencv", init="random-features")
+    wrapped = {f"module._orig_mod.{k}": v for k, v in net.state_dict().items()}
+    path = save_checkpoint(tmp_path / "wrapped.pt", make_checkpoint(net, model=wrapped))
+    fresh = GoturnNet("opencv", init="none")
+    assert load_init(fresh, str(path)) == f"initialised all layers from {path}"
+    for loaded in (load_model(path), fresh):
+        assert torch.equal(loaded.fc8.weight, net.fc8.weight)
 
 
 def test_legacy_torch_checkpoint_is_not_sent_to_the_caffe_reader(tmp_path: Path) -> None:

@@ -20,7 +20,10 @@ from model.geometry import corners_to_xywh, xywh_to_corners
 
 pytestmark = pytest.mark.xdist_group("evaluate")
 
-OVERALL_KEYS = {"success_auc", "precision_20", "norm_precision", "frames", "fps", "device"}
+OVERALL_KEYS = {"success_auc", "precision_20", "success_rate_50", "norm_precision", "frames", "fps", "fps_end_to_end"}
+OVERALL_KEYS |= {"fps_batch_sequences", "device"}
+REPORT_KEYS = {"protocol", "rules", "norm_precision_definition", "iou_thresholds", "error_thresholds_px"}
+REPORT_KEYS |= {"invalid_ground_truth_rows", "notes", "trackers"}
 SEQ_KEYS = {"success_auc", "precision_20", "frames"}
 
 
@@ -156,9 +159,13 @@ def test_man_end_to_end(shared_data: Path, random_checkpoint: Path, tmp_path: Pa
     times = np.loadtxt(out / "GOTURN" / "times" / "Man_time.txt")
     assert times.shape == (6,) and (times > 0).all()
     rep = json.loads((out / "report.json").read_text())
-    assert set(rep) == {"trackers"} and set(rep["trackers"]) == {"GOTURN"}
+    assert set(rep) == REPORT_KEYS and set(rep["trackers"]) == {"GOTURN"}
+    assert rep["protocol"] == "got10k" and any(n.startswith("SMOKE TEST") for n in rep["notes"])
     t = rep["trackers"]["GOTURN"]
-    assert set(t) == {"overall", "complete", "missing", "sequences"} and set(t["overall"]) == OVERALL_KEYS
+    assert set(t) == {"overall", "curves", "complete", "missing", "sequences"} and set(t["overall"]) == OVERALL_KEYS
+    assert len(t["curves"]["success"]) == len(rep["iou_thresholds"]) == 21
+    assert np.mean(t["curves"]["success"]) == pytest.approx(t["overall"]["success_auc"])
+    assert t["overall"]["fps_batch_sequences"] == 1  # one sequence: lockstep batch 1, a single-stream figure
     assert t["complete"] is True and t["missing"] == []
     assert set(t["sequences"]) == {"Man"} and set(t["sequences"]["Man"]) == SEQ_KEYS
     assert t["overall"]["frames"] == 6 and t["overall"]["fps"] > 0 and t["overall"]["device"].startswith("cpu")
@@ -311,3 +318,48 @@ def test_track_cli_draws_frames_and_gif(shared_data: Path, random_checkpoint: Pa
     with Image.open(out / "Man.gif") as gif:
         assert gif.n_frames == 3
     assert read_result(out / "Man.txt").shape == (3, 4)
+
+
+def test_otb_protocol_report_and_rescoring_errors(tmp_path: Path) -> None:
+    """Under the OTB Matlab rules: Tiger1-style invalid rows are listed, normalized precision is not claimed,
+    batched FPS names its batch; --results needs --out and refuses a tracker folder given for its parent."""
+    gt = np.array([[11, 21, 15, 9]] * 5)
+    gt[3] = 0  # a Board-style zero row
+    _otb_folder(tmp_path / "otb", "Seq", _frames(5, 40, 60, 0), gt)
+    _otb_folder(tmp_path / "otb", "Two", _frames(5, 40, 60, 1), np.array([[12, 20, 15, 9]] * 5))
+    seqs = find_sequences(tmp_path / "otb", protocol="otb").sequences
+    tdir = tmp_path / "res" / "Still"
+    O.run_tracker(_ShiftStepper(), seqs, tdir, "otb", 2, "cpu:test", show_progress=False)
+    out = tmp_path / "out"
+    assert O.main(["--results", str(tmp_path / "res"), "--otb-root", str(tmp_path / "otb"), "--out", str(out),
+                   "--protocol", "otb", "--quiet"]) == 0  # fmt: skip
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["protocol"] == "otb" and rep["invalid_ground_truth_rows"] == {"Seq": 1}
+    overall = rep["trackers"]["Still"]["overall"]
+    assert overall["norm_precision"] is None and overall["fps_batch_sequences"] == 2
+    md = (out / "report.md").read_text()
+    assert "OTB Matlab toolkit rules" in md and "Seq 1" in md and "(batch 2)" in md
+    assert "not defined by the OTB toolkit" in md
+    argv = ["--results", str(tmp_path / "res"), "--otb-root", str(tmp_path / "otb"), "--quiet"]
+    with pytest.raises(SystemExit, match="--results needs --out"):
+        O.main(argv)
+    argv[1] = str(tdir)
+    with pytest.raises(SystemExit, match=r"holds result files itself.*pass .*res\)"):
+        O.main([*argv, "--out", str(tmp_path / "o2")])
+
+
+def test_rescoring_names_results_left_from_an_earlier_run(tmp_path: Path, caplog) -> None:
+    """A run rewrites only its own sequences' files: re-scoring the folder says which files are older, and the
+    last run's end-to-end FPS is not reported for a set of files it did not make."""
+    gt = np.array([[11, 21, 15, 9]] * 4)
+    for name in ("A", "B"):
+        _otb_folder(tmp_path / "otb", name, _frames(4, 40, 60, 0), gt)
+    seqs = find_sequences(tmp_path / "otb").sequences
+    tdir = tmp_path / "res" / "T"
+    O.run_tracker(_ShiftStepper(), seqs, tdir, "got10k", 2, "cpu:test", show_progress=False)
+    assert O.score_tracker(tdir, seqs, "got10k").fps_end_to_end > 0  # the run's own files: its figure stands
+    O.run_tracker(_ShiftStepper(), seqs[:1], tdir, "pysot", 1, "cpu:test", show_progress=False)
+    with caplog.at_level("WARNING"):
+        s = O.score_tracker(tdir, seqs, "pysot")
+    assert "B.txt not written by the folder's last run (meta.json: protocol pysot)" in caplog.text
+    assert set(s.per_sequence) == {"A", "B"} and s.fps_end_to_end == -1.0

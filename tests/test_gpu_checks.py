@@ -20,6 +20,7 @@ def _commands() -> str:
 
 def test_script_is_valid_bash_and_names_existing_cuda_tests():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+    subprocess.run(["bash", "-n", str(REPO / "bench" / "gpu_wheels.sh")], check=True)
     ids = re.findall(r"(tests/test_\w+\.py)::(\w+)", _commands())
     assert len(ids) >= 3, ids
     for path, name in ids:
@@ -60,10 +61,10 @@ def test_a_cuda_test_that_skips_counts_as_failed(tmp_path: Path):
         f'exec {sys.executable} "$@"\n'
     )
     fake.chmod(0o755)
-    env = {"PYTHON": str(fake), "PATH": "/usr/bin:/bin", "QUICK": "1"}
+    env = {"PYTHON": str(fake), "PATH": "/usr/bin:/bin", "PARTS": "tests"}
     res = subprocess.run(["bash", str(SCRIPT), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
     log = (tmp_path / "gpu_checks.log").read_text()
     assert res.returncode == 1, log[-2000:]
     body = log.split("== summary")[0]
-    assert body.count("pytest skipped it although this machine has CUDA") == 4
+    assert body.count("pytest skipped it although this machine has CUDA") == 6  # 3 tests + 3 training configs
     assert "FAILED: CUDA test: DALI GPU graph = CPU graph (exit 3)" in log

@@ -115,7 +115,10 @@ def test_golden_gt_as_prediction() -> None:
         c = M.sequence_curves(gt, gt, protocol)
         assert c.success_auc == pytest.approx(20 / 21, abs=1e-12)
         assert c.precision_20 == 1.0 and c.success[-1] == 0.0
-        assert c.norm_precision_score == 1.0
+        if protocol == "otb":  # the Matlab toolkit defines no normalized precision
+            assert np.isnan(c.norm_precision_score)
+        else:
+            assert c.norm_precision_score == 1.0
     assert M.mean_curves([c, c]).success_auc == pytest.approx(20 / 21, abs=1e-12)
 
 
@@ -194,3 +197,69 @@ def test_fps_rule() -> None:
     assert M.tracking_fps(times) == pytest.approx(4 / 0.08)
     assert M.tracking_fps([np.array([0.5])]) == -1.0
     assert M.got10k_fps(np.array([0.5, 0.0, 0.25])) == pytest.approx(3.0)
+
+
+# The OTB Matlab toolkit (v1.0) calcSeqErrRobust.m + calcRectInt.m, transcribed loop by loop: the independent
+# reference of the "otb" profile.
+def _matlab_seq_err(res: np.ndarray, anno: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    res = res.copy()
+    for i in range(1, len(anno)):
+        r, r_anno = res[i], anno[i]
+        left = np.isnan(r) | (r[2] <= 0) | (r[3] <= 0)  # isnan(r) | r(3)<=0 | r(4)<=0: a 1x4 vector
+        if np.all(left & ~np.isnan(r_anno)):  # Matlab's `if` of a vector: every element true
+            res[i] = res[i - 1]
+    rect_mat = res.copy()
+    rect_mat[0] = anno[0]
+    center_gt = np.column_stack([anno[:, 0] + (anno[:, 2] - 1) / 2, anno[:, 1] + (anno[:, 3] - 1) / 2])
+    center = np.column_stack([rect_mat[:, 0] + (rect_mat[:, 2] - 1) / 2, rect_mat[:, 1] + (rect_mat[:, 3] - 1) / 2])
+    err_center = np.sqrt(np.sum((center - center_gt) ** 2, axis=1))
+    idx = np.sum(anno > 0, axis=1) == 4
+    cover = -np.ones(len(anno))
+    for i in np.flatnonzero(idx):
+        a, b = rect_mat[i], anno[i]
+        ra, ta, rb, tb = a[0] + a[2] - 1, a[1] + a[3] - 1, b[0] + b[2] - 1, b[1] + b[3] - 1
+        w = max(0.0, min(ra, rb) - max(a[0], b[0]) + 1)
+        h = max(0.0, min(ta, tb) - max(a[1], b[1]) + 1)
+        inter = w * h
+        cover[i] = inter / (a[2] * a[3] + b[2] * b[3] - inter)
+    err_center[~idx] = -1
+    return cover, err_center
+
+
+def test_otb_profile_equals_the_matlab_toolkit() -> None:
+    seqs = _synthetic(5)
+    gt, pred = seqs["Seq2"]
+    pred[4] = np.nan  # all NaN: repaired from the previous row
+    pred[5] = [np.nan, 3, 20, 20]  # some NaN: Matlab's vector `if` leaves it (and it fails)
+    pred[6, 3] = -2  # negative height: repaired
+    gt[7] = np.nan  # a NaN ground-truth row: no repair there, and invalid
+    pred[7] = np.nan
+    for gt, pred in seqs.values():
+        n = len(gt)
+        c = M.sequence_curves(pred, gt, "otb")
+        cover, err = _matlab_seq_err(pred, gt)
+        with np.errstate(invalid="ignore"):
+            ref_s = np.array([np.sum(cover > t) / n for t in np.arange(0, 1.05, 0.05)])
+            ref_p = np.array([np.sum(err <= t) / n for t in np.arange(0, 51)])
+        np.testing.assert_allclose(c.success, ref_s, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(c.precision, ref_p, rtol=0, atol=1e-12)
+    # Where every ground-truth row is valid and every prediction sane, the three toolkits agree.
+    rng = np.random.default_rng(6)
+    gt = _gt(80, rng)
+    pred = gt + rng.normal(0, [5, 5, 3, 3], (80, 4))
+    o, g = M.sequence_curves(pred, gt, "otb"), M.sequence_curves(pred, gt, "got10k")
+    np.testing.assert_allclose(o.success, g.success, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(o.precision, g.precision, rtol=0, atol=1e-12)
+
+
+def test_section_2_6_under_the_otb_rules() -> None:
+    """Zero ground-truth rows: failures in success, hits in precision (the Matlab -1 quirk), like pysot."""
+    rng = np.random.default_rng(4)
+    gt = np.column_stack([rng.uniform(30, 200, (100, 2)).round(), np.full((100, 2), 40.0)])
+    pred = gt + [3, -2, 4, 0]
+    pred[50] += [60, 0, 0, 0]
+    gt[90:] = 0
+    pred[90:] = [100, 100, 40, 40]
+    o, g = M.sequence_curves(pred, gt, "otb"), M.sequence_curves(pred, gt, "got10k")
+    assert o.success_auc == pytest.approx(g.success_auc, abs=1e-12)
+    assert (g.precision_20, o.precision_20) == (pytest.approx(0.89), pytest.approx(0.99))

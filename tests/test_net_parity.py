@@ -136,10 +136,12 @@ def test_fillers_and_param_groups() -> None:
     assert abs(net.target.conv3.weight.std().item() - 0.01) < 1e-4
     assert torch.all(net.target.conv1.bias == 0) and torch.all(net.target.conv2.bias == 1)
     assert torch.all(net.search.conv4.bias == 1) and torch.all(net.search.conv3.bias == 0)
-    groups = {g["name"]: g for g in net.caffe_param_groups(base_lr=1e-6, weight_decay=5e-4)}
+    from train.solver import param_groups
+
+    groups = {g["name"]: g for g in param_groups(net, weight_decay=5e-4)}
     assert set(groups) == {"fc_weight", "fc_bias"}  # frozen towers are left out
-    assert groups["fc_weight"]["lr"] == pytest.approx(1e-5) and groups["fc_weight"]["weight_decay"] == 5e-4
-    assert groups["fc_bias"]["lr"] == pytest.approx(2e-5) and groups["fc_bias"]["weight_decay"] == 0
+    assert groups["fc_weight"]["lr_mult"] == 10 and groups["fc_weight"]["weight_decay"] == 5e-4
+    assert groups["fc_bias"]["lr_mult"] == 20 and groups["fc_bias"]["weight_decay"] == 0
     assert len(groups["fc_weight"]["params"]) == 4
     net.train()
     with torch.no_grad():  # dropout only in train mode

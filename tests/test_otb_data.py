@@ -136,6 +136,8 @@ def test_tiger1_protocols(otb_tree: Path) -> None:
     assert (len(g), len(p)) == (354, 349)
     assert g.frames[0].name == "0001.jpg" and p.frames[0].name == "0006.jpg" and p.first_frame == 6
     np.testing.assert_array_equal(p.gt, g.gt[5:])
+    o = D.load_sequence(otb_tree / "Tiger1", protocol="otb")  # the Matlab toolkit's own init-omit
+    assert o.frames == p.frames and o.first_frame == 6
 
 
 def test_two_target_and_human4(otb_tree: Path) -> None:
@@ -249,3 +251,35 @@ def test_frames_are_ordered_by_number_and_unreadable_ones_named(tmp_path: Path) 
     for read in (D.read_frame, D.frame_size):
         with pytest.raises(D.FrameReadError, match=r"13\.jpg: cannot read the frame"):
             read(tmp_path / "13.jpg")
+
+
+def test_16bit_frames_keep_their_high_byte_and_float_frames_are_named(tmp_path: Path) -> None:
+    """A 16-bit PNG frame reads as the shard builder and the tracker read it (`model.image_modes.to_rgb8`),
+    not clipped to white above 255 as ``convert("RGB")`` would."""
+    a16 = np.array([[0, 255, 256, 4097], [32768, 65535, 1000, 20000]], dtype=np.uint16)
+    Image.fromarray(a16).save(tmp_path / "0001.png")
+    got = D.read_frame(tmp_path / "0001.png")
+    assert got.shape == (2, 4, 3)
+    np.testing.assert_array_equal(got, np.repeat((a16 >> 8).astype(np.uint8)[:, :, None], 3, axis=2))
+    Image.fromarray(a16.astype(np.float32), "F").save(tmp_path / "0002.tif")
+    with pytest.raises(D.FrameReadError, match=r"0002\.tif: cannot read the frame.*mode F"):
+        D.read_frame(tmp_path / "0002.tif")
+
+
+def test_pysot_copies_of_two_target_folders(tmp_path: Path) -> None:
+    """pysot's testing_dataset README copies Jogging to Jogging-1/ and Jogging-2/ (each with both annotation
+    files): each copy is its own target, not two (which scored four Jogging targets), and --version finds them."""
+    gts = {"groundtruth_rect.1.txt": _rows(6, 1), "groundtruth_rect.2.txt": _rows(6, 2)}
+    for copy in ("Jogging-1", "Jogging-2"):
+        make_seq(tmp_path, copy, 6, gts)
+    make_seq(tmp_path, "Man", 5, {"groundtruth_rect.txt": _rows(5, 3)})
+    found = D.find_sequences(tmp_path).sequences
+    assert [(s.name, s.gt_file) for s in found] == [
+        ("Jogging-1", "groundtruth_rect.1.txt"),
+        ("Jogging-2", "groundtruth_rect.2.txt"),
+        ("Man", "groundtruth_rect.txt"),
+    ]
+    np.testing.assert_array_equal(found[1].gt, gts["groundtruth_rect.2.txt"])
+    d = D.find_sequences(tmp_path, version="2013")
+    assert [s.name for s in d.sequences if s.name.startswith("Jogging")] == ["Jogging-1", "Jogging-2"]
+    assert "Jogging-1" not in d.missing and "Basketball" in d.missing

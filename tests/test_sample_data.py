@@ -50,11 +50,11 @@ def tree_digest(root: Path, skip: set[str] = frozenset()) -> str:
 
 
 def goturn_status(box: tuple[int, ...], w: int, h: int) -> str:
-    """loader_imagenet_det.cpp's filters, written out independently of the generator."""
+    """loader_imagenet_det.cpp's filters in its order (size first), written out independently of the generator."""
     x1, y1, x2, y2 = box
-    if x1 < 0 or y1 < 0 or x2 <= x1 or y2 <= y1:
-        return "invalid"
-    return "too_large" if (x2 - x1 > 0.66 * w or y2 - y1 > 0.66 * h) else "kept"
+    if x2 - x1 > 0.66 * w or y2 - y1 > 0.66 * h:
+        return "too_large"
+    return "invalid" if (x1 < 0 or y1 < 0 or x2 <= x1 or y2 <= y1) else "kept"
 
 
 def read_ann(path: Path) -> np.ndarray:
@@ -135,7 +135,8 @@ def test_imagenet_xml_parses_and_counts_match(clean):
             st = goturn_status(box, W, H)
             statuses.append(st)
             n_trunc += o.findtext("truncated") == "1"
-            if st != "invalid":  # 0-based, never beyond size - 1 (as in the real XMLs)
+            broken = box[0] < 0 or box[1] < 0 or box[2] <= box[0] or box[3] <= box[1]  # too large *and* broken:
+            if not broken:  # "too_large" (the size rule comes first); sound boxes are 0-based, within size - 1
                 assert 0 <= box[0] < box[2] <= W - 1 and 0 <= box[1] < box[3] <= H - 1
     assert n_images == mi["images"] and n_empty == mi["images_without_objects"]
     assert n_gray == mi["images_grayscale"] and n_trunc == mi["objects_truncated"]

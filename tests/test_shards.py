@@ -270,8 +270,10 @@ def test_decode_sample_refuses_a_pair_cut_short():
     boxes = npy_bytes(np.array([[1, 2, 20, 20], [2, 3, 21, 21]], np.float32))
     sample = {"__key__": "alov/v/1_2", "curr.jpg": jpeg(40, 30), "boxes.npy": boxes}
     sample["meta.json"] = meta_bytes({"source": "alov"})
-    with pytest.raises(ValueError, match="has 2 box\\(es\\) and no prev.jpg"):
+    with pytest.raises(ValueError, match=r"missing \['prev.jpg'\] \(truncated shard\?\)"):
         decode_sample(sample)
+    with pytest.raises(ValueError, match=r"expected float32 \(1, 4\) for a still .*truncated shard"):
+        decode_sample({**sample, "meta.json": meta_bytes({})})  # source unknown: the boxes give it away
     assert decode_sample({**sample, "prev.jpg": jpeg(40, 30)})["prev"].shape == (30, 40, 3)
 
 
@@ -326,7 +328,7 @@ def test_reader_never_unpickles(tmp_path):
             ("k.pyd", pickle.dumps(Boom())),
         ):
             if isinstance(data, io.BytesIO):
-                np.save(data, np.zeros((1, 4), np.float32))
+                np.save(data, np.array([[1, 1, 10, 10]], np.float32))
                 data = data.getvalue()
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -404,7 +406,7 @@ def test_verify_and_results_scoring_survive_hostile_files(tmp_path):
     entry |= {"source": "alov", "split": "train", "index": "alov-train-000000.idx"}
     manifest = {"schema_version": 1, "format": "goturn-shards-v1", "accounting": {}, "shards": [entry]}
     (out / "manifest.json").write_text(json.dumps(manifest | {"counts": {"alov": {"train": {"samples": 1}}}}))
-    assert "4294967296 bytes, more than any v1 member" in "\n".join(verify(out)[0])
+    assert "a 4294967296-byte member, more than any v1 member" in "\n".join(verify(out)[0])
 
     t = tmp_path / "T"
     (t / "times").mkdir(parents=True)
@@ -426,3 +428,96 @@ def test_stats_reports_a_damaged_shard_in_one_line(sample_build, tmp_path, capsy
     assert stats.main([str(copy)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot read the shards") and "shards.verify" in err
+
+
+def test_one_layout_rule_for_verify_reader_and_loader_diagnosis():
+    """A pair whose boxes say "still" (or the reverse) is flagged alike by `shards.verify`, refused by
+    `decode_sample`, and named by the loader's diagnosis of a failed batch, which reads no meta.json."""
+    from pipeline.bad_samples import member_problems
+    from shards.dataset import decode_sample
+    from shards.verify import check_sample
+
+    def npy(a: np.ndarray) -> bytes:
+        buf = io.BytesIO()
+        np.save(buf, a)
+        return buf.getvalue()
+
+    box = np.array([[4, 5, 30, 20]], np.float32)
+    meta = {"key": "alov/a/b", "source": "alov", "split": "train", "width": 48, "height": 32}
+    pair = {"boxes.npy": npy(np.vstack([box, box])), "curr.jpg": jpeg(48, 32, 1), "prev.jpg": jpeg(48, 32, 2)}
+    still = {"boxes.npy": npy(box), "curr.jpg": jpeg(48, 32, 1)}
+    bad = {
+        "pair with one box": {**pair, "boxes.npy": npy(box)},
+        "pair with float64 boxes": {**pair, "boxes.npy": npy(np.vstack([box, box]).astype(np.float64))},
+        "still with two boxes": {**still, "boxes.npy": npy(np.vstack([box, box]))},
+        "pickled boxes": {**pair, "boxes.npy": pickle.dumps([1, 2, 3])},
+    }
+    for name, members in {"pair": pair, "still": still, **bad}.items():
+        source = "imagenet" if name.startswith("still") else "alov"
+        full = {**members, "meta.json": json.dumps({**meta, "source": source}).encode()}
+        full = {m: full[m] for m in sorted(full)}  # SCHEMA's member order
+        found = check_sample("alov/a/b", full, source, "train"), member_problems(members)
+        if name in bad:
+            assert all(any("boxes.npy" in p for p in ps) for ps in found), (name, found)
+            with pytest.raises(ValueError, match="boxes.npy"):
+                decode_sample({"__key__": "alov/a/b", **full})
+        else:
+            assert found == ([], []), (name, found)
+            assert decode_sample({"__key__": "alov/a/b", **full})["boxes"].shape == (len(members) - 1, 4)
+
+
+def _ustar_header(name: str, size_field: bytes, typeflag: bytes = b"0") -> bytes:
+    """One 512-byte tar header with a raw size field and a correct checksum (what a forger writes)."""
+    h = bytearray(tarfile.TarInfo(name).tobuf(format=tarfile.USTAR_FORMAT))
+    h[124:136], h[156:157], h[148:156] = size_field, typeflag, b" " * 8
+    h[148:156] = b"%06o\0 " % sum(h)
+    return bytes(h)
+
+
+def test_hostile_tars_are_refused_before_tarfile_reads_them(sample_build, tmp_path):
+    """Python 3.11's tarfile loops forever on a negative base-256 size and takes quadratic time on a big PAX
+    header; every reader of ours walks the plain ustar headers first. An EXIF orientation, NaN boxes or a
+    forged npy header are named by verify; shards.stats leaves such samples out with a warning."""
+    from pipeline.shard_sets import index_entries
+    from shards import stats
+    from shards.format import read_boxes, tar_header_problem
+
+    root, report = sample_build
+    alov = max((e for e in report.manifest["shards"] if e["source"] == "alov"), key=lambda e: e["samples"])
+    copy = _tampered(root, tmp_path, "negative")
+    tar = copy / alov["file"]
+    body = tar.read_bytes().rstrip(b"\0")
+    body += b"\0" * (-len(body) % 512)
+    tar.write_bytes(body + _ustar_header("x.boxes.npy", b"\xff" * 12) + b"\0" * 1024)
+    assert "size field" in tar_header_problem(tar) and "not octal digits" in tar_header_problem(tar)
+    assert any("tar unreadable: header at byte" in p for p in verify(copy)[0])
+    assert stats.main([str(copy)]) == 1
+    with pytest.raises(ValueError, match="not octal digits"):
+        index_entries(tar, None)  # the loader's path when an .idx is missing
+    pax = tmp_path / "pax.tar"
+    pax.write_bytes(_ustar_header("././@PaxHeader", b"%011o\0" % 512, b"x") + b"9" * 512 + b"\0" * 1024)
+    assert "type 'x' (PAX / GNU extension)" in tar_header_problem(pax)
+
+    copy = _tampered(root, tmp_path, "members")
+    members = _members(copy / alov["file"])
+    keys = list(members)
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(members[keys[0]]["curr.jpg"]))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    members[keys[0]]["curr.jpg"] = buf.getvalue()
+    nan = io.BytesIO()
+    np.save(nan, np.array([[np.nan, 1, 5, 5], [1, 1, 5, 5]], np.float32))
+    members[keys[1]]["boxes.npy"] = nan.getvalue()
+    _resign(copy, alov, members)
+    text = "\n".join(verify(copy)[0])
+    assert f"{keys[0]}: curr.jpg does not decode: ValueError: EXIF orientation 6" in text
+    assert f"{keys[1]}: boxes.npy holds [[nan," in text
+    forged = io.BytesIO()
+    np.lib.format.write_array_header_1_0(forged, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 4)})
+    with pytest.raises(ValueError, match="more than 64 values"):
+        read_boxes(forged.getvalue() + b"\0" * 32)
+    assert stats.main([str(copy)]) == 0  # the NaN sample is left out with a warning, the rest is summarised

@@ -274,7 +274,8 @@ def test_frame_dtypes_convert_alike_for_numpy_torch_and_pil() -> None:
     a16 = rng.integers(0, 65536, (6, 8), dtype=np.uint16)
     a16[0, :4] = [0, 255, 256, 65535]
     want = np.broadcast_to((a16 >> 8).astype(np.uint8), (3, 6, 8))
-    for frame in (a16, a16.astype(">u2"), torch.from_numpy(a16), Image.fromarray(a16)):
+    pil_i32 = Image.fromarray(a16.astype(np.int32), "I")  # how older Pillow opens 16-bit PNGs
+    for frame in (a16, a16.astype(">u2"), torch.from_numpy(a16), Image.fromarray(a16), pil_i32):
         np.testing.assert_array_equal(frame_to_tensor(frame).numpy(), want)  # 16 bit -> high byte, as cv2
     f32 = rng.uniform(-20, 280, (6, 8)).astype(np.float32)
     f32[0, :6] = [0.4, 0.5, 1.5, 2.5, 254.6, 100.7]

@@ -29,7 +29,7 @@ import pytest
 import torch
 from PIL import Image
 
-from model import geometry as G
+from model import opencv_geometry as CV
 from model.checkpoint import load_model
 from model.net import CONV_SPECS, GoturnNet
 from model.tracker import GoturnTracker
@@ -100,7 +100,7 @@ def test_linear_exact_resize_is_bit_exact() -> None:
     for h, w in sizes:
         img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         ref = cv2.resize(img, (227, 227), interpolation=cv2.INTER_LINEAR_EXACT)
-        ours = G.opencv_crop_resize(torch.from_numpy(img).permute(2, 0, 1), (0, 0, w, h))
+        ours = CV.opencv_crop_resize(torch.from_numpy(img).permute(2, 0, 1), (0, 0, w, h))
         assert np.array_equal(ours.permute(1, 2, 0).numpy(), ref), (h, w)
     for _ in range(20):
         H, W = (int(v) for v in rng.integers(20, 300, 2))
@@ -110,23 +110,23 @@ def test_linear_exact_resize_is_bit_exact() -> None:
         x, y = int(rng.integers(0, W + pw)), int(rng.integers(0, H + ph))
         ww, hh = int(rng.integers(1, W + 2 * pw - x)), int(rng.integers(1, H + 2 * ph - y))
         ref = cv2.resize(padded[y : y + hh, x : x + ww], (227, 227), interpolation=cv2.INTER_LINEAR_EXACT)
-        ours = G.opencv_crop_resize(torch.from_numpy(img).permute(2, 0, 1), (x - pw, y - ph, ww, hh))
+        ours = CV.opencv_crop_resize(torch.from_numpy(img).permute(2, 0, 1), (x - pw, y - ph, ww, hh))
         assert np.array_equal(ours.permute(1, 2, 0).numpy(), ref)
 
 
 def test_opencv_patch_and_decode_arithmetic() -> None:
     """Spec 5.2 by hand: odd-sized interior box (half-pixel centres), clamps of an oversized box."""
-    p = G.opencv_patch(np.array([100, 50, 31, 21]), 640, 480)
+    p = CV.opencv_patch(np.array([100, 50, 31, 21]), 640, 480)
     # cx = 115.5, R = (115.5 - 31 + 62, 60.5 - 21 + 42, 62, 42) in padded coordinates; pads (62, 42)
     assert p.rect.tolist() == [146.5, 81.5, 62.0, 42.0]
     assert p.window.tolist() == [146 - 62, 82 - 42, 62, 42]  # cvRound(146.5) = 146, cvRound(81.5) = 82 (even)
-    raw = G.opencv_decode_raw(NO_MOTION.astype(np.float32), p)
+    raw = CV.opencv_decode_raw(NO_MOTION.astype(np.float32), p)
     assert np.allclose(raw, [100, 50, 31, 21], atol=1e-4)
-    big = G.opencv_patch(np.array([0, 0, 200, 150]), 240, 160)
+    big = CV.opencv_patch(np.array([0, 0, 200, 150]), 240, 160)
     assert big.rect.tolist() == [300.0, 225.0, 240.0, 160.0]  # width/height clamped to the image, x/y not
-    assert G.opencv_intersect(np.array([-5, 3, 10, 300]), 100, 50).tolist() == [0, 3, 5, 47]
-    assert G.opencv_intersect(np.array([120, 3, 10, 10]), 100, 50).tolist() == [0, 0, 0, 0]
-    assert G.opencv_intersect(np.array([10, 3, -4, 10]), 100, 50).tolist() == [0, 0, 0, 0]
+    assert CV.opencv_intersect(np.array([-5, 3, 10, 300]), 100, 50).tolist() == [0, 3, 5, 47]
+    assert CV.opencv_intersect(np.array([120, 3, 10, 10]), 100, 50).tolist() == [0, 0, 0, 0]
+    assert CV.opencv_intersect(np.array([10, 3, -4, 10]), 100, 50).tolist() == [0, 0, 0, 0]
 
 
 def test_tracker_matches_cv2_trackergoturn_on_man(opencv_model, man) -> None:
@@ -157,7 +157,7 @@ def test_tracker_matches_cv2_trackergoturn_on_man(opencv_model, man) -> None:
     for f in frames[1:]:
         prev_rect = np.rint(ours_tracker.box).astype(np.int64)
         ours.append(ours_tracker.update(f))
-        raw = G.opencv_decode_raw(ours_tracker.last_output, G.opencv_patch(prev_rect, W, H))
+        raw = CV.opencv_decode_raw(ours_tracker.last_output, CV.opencv_patch(prev_rect, W, H))
         margins.append(float(np.abs(raw - np.floor(raw) - 0.5).min()))  # distance to a .5 boundary
     ours = np.stack(ours)
 

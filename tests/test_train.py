@@ -615,3 +615,20 @@ def test_training_on_a_truncated_shard_stops_with_one_clear_line(tmp_path: Path,
     assert train_main(_argv(data, tmp_path / "run", 2, 11, "1e-6", "--no-val", "--sampling", "epoch")) == 1
     (line,) = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
     assert "alov-train-000001.tar is shorter than its index says" in line and "sampling='authors'" in line
+
+
+def test_cuda_device_of_a_rank(monkeypatch):
+    """torchrun: LOCAL_RANK picks the GPU; a launcher that gives each process its own GPU (CUDA_VISIBLE_DEVICES
+    with one entry, LOCAL_RANK still counting the node's processes) gets device 0; too few GPUs is a clear error."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert distributed.cuda_index(0) == 0
+    with pytest.raises(SystemExit, match="LOCAL_RANK 3 but only 1 CUDA device"):
+        distributed.cuda_index(3)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+    assert distributed.cuda_index(3) == 0
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.cuda_index(1) == 1
+    with pytest.raises(SystemExit, match="use --nproc-per-node"):
+        distributed.cuda_index(2)

@@ -15,12 +15,12 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-FORMAT = "goturn-checkpoint-v1"
+from model.checkpoint import fsync_dir, load_checkpoint, save_checkpoint
+
 LATEST = "checkpoint-latest.pt"
 _STEP_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
 
@@ -77,36 +77,6 @@ def set_rng_state(state: dict, device: torch.device | None = None) -> None:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def atomic_save(obj: Any, path: Path) -> Path:
-    """torch.save to a temporary name in the same folder, fsync, rename: nobody ever sees a partial file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def step_path(run_dir: Path, step: int) -> Path:
     return Path(run_dir) / f"checkpoint-{step:08d}.pt"
 
@@ -130,7 +100,7 @@ def save(run_dir: Path, ckpt: dict, keep_last: int = 3) -> Path:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = atomic_save(ckpt, step_path(run_dir, int(ckpt["step"])))
+    path = save_checkpoint(step_path(run_dir, int(ckpt["step"])), ckpt)
     latest = run_dir / LATEST
     tmp = run_dir / f".{LATEST}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -140,7 +110,7 @@ def save(run_dir: Path, ckpt: dict, keep_last: int = 3) -> Path:
     except OSError:  # file systems without hard links: a copy, still renamed atomically
         shutil.copyfile(path, tmp)
     os.replace(tmp, latest)
-    _fsync_dir(run_dir)
+    fsync_dir(run_dir)
     if keep_last > 0:
         for _, old in step_checkpoints(run_dir)[:-keep_last]:
             old.unlink(missing_ok=True)
@@ -148,10 +118,5 @@ def save(run_dir: Path, ckpt: dict, keep_last: int = 3) -> Path:
 
 
 def load(path: Path) -> dict:
-    """Load a checkpoint (weights_only: no arbitrary objects) onto the CPU and check its format."""
-    from model.checkpoint import torch_load
-
-    ckpt = torch_load(Path(path), map_location="cpu")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a {FORMAT} checkpoint")
-    return ckpt
+    """A training checkpoint, read and checked like every other (`model.checkpoint.load_checkpoint`)."""
+    return load_checkpoint(Path(path), map_location="cpu")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from model.net import pair_runs
+from pipeline.bad_samples import SampleDecodeError
 
 KEYS = ("target", "search", "bbox")
 MAX_BAD_ITEMS = 100  # consecutive undecodable loader batches before the run gives up
@@ -111,9 +112,7 @@ class ExampleBatcher:
                     item = next(it)
                 except StopIteration:
                     break
-                except Exception as e:
-                    if type(e).__name__ != "SampleDecodeError":
-                        raise
+                except SampleDecodeError as e:
                     if bad + 1 >= MAX_BAD_ITEMS:
                         raise DataError(f"{bad + 1} training loader batches in a row failed; the last: {e}") from e
                     bad += 1

@@ -33,18 +33,28 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def cuda_index(local_rank: int) -> int:
+    """This rank's CUDA device: ``LOCAL_RANK`` (torchrun: every process sees every GPU of the node), or 0 when the
+    launcher gave each process one GPU of its own through ``CUDA_VISIBLE_DEVICES`` (e.g. SLURM with one GPU per
+    task), where ``LOCAL_RANK`` still counts the node's processes."""
+    visible = torch.cuda.device_count()
+    if local_rank < visible:
+        return local_rank
+    own = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible == 1 and own and "," not in own:
+        return 0
+    raise SystemExit(
+        f"LOCAL_RANK {local_rank} but only {visible} CUDA device(s) visible: use --nproc-per-node <= the number of GPUs"
+    )
+
+
 def setup(device_type: str) -> DistContext:
     """Initialise the default group from the environment when ``WORLD_SIZE > 1``; pick this rank's device."""
     world = env_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_type == "cuda":
-        if local_rank >= torch.cuda.device_count():
-            raise SystemExit(
-                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} CUDA device(s) visible: "
-                "use --nproc-per-node <= the number of GPUs"
-            )
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", cuda_index(local_rank))
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")

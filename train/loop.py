@@ -19,10 +19,15 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+if TYPE_CHECKING:
+    from pipeline.augment import GoturnLoader
+
+from model.checkpoint import make_checkpoint, save_checkpoint
 from model.net import pair_runs, unique_consecutive_crops
 from train import checkpointing, distributed, solver
 from train.config import TrainConfig
@@ -41,7 +46,7 @@ class TrainingError(RuntimeError):
 INITIAL = "initial.pt"  # model-only checkpoint of the weights before step 1
 
 
-def build_loader(shards: str, split: str, cfg: TrainConfig, ctx: distributed.DistContext, seed: int):
+def build_loader(shards: str, split: str, cfg: TrainConfig, ctx: distributed.DistContext, seed: int) -> GoturnLoader:
     """`pipeline.augment.GoturnLoader` for this rank's shard of ``split``."""
     from pipeline.augment import GoturnLoader
 
@@ -63,42 +68,27 @@ def build_loader(shards: str, split: str, cfg: TrainConfig, ctx: distributed.Dis
     return GoturnLoader(shards, **kwargs)
 
 
-def init_state(path: str) -> tuple[str, dict[str, torch.Tensor], bool]:
-    """(variant, state dict, backbone_only) of an ``--init`` file: a caffemodel or a goturn checkpoint."""
-    from model.checkpoint import CheckpointError, load_checkpoint
-
-    p = Path(path)
-    if p.suffix == ".caffemodel":
-        from model.caffe_proto import CaffeModelError
-        from model.import_caffe import load_caffemodel
-
-        try:
-            r = load_caffemodel(p)
-        except CaffeModelError as e:
-            raise TrainingError(f"--init {p}: {e}") from None
-        return r.variant, r.state_dict, r.kind == "backbone"
-    try:
-        ckpt = load_checkpoint(p)
-    except CheckpointError as e:
-        raise TrainingError(f"--init {str(e).splitlines()[0]}") from None
-    return ckpt["variant"], ckpt["model"], bool(ckpt.get("backbone_only", False))
-
-
 def load_init(model: torch.nn.Module, path: str) -> str:
-    """Copy ``--init`` weights into ``model``; a backbone-only file (CaffeNet / tracker_init) sets the convs
-    only, so the head keeps this run's seeded Caffe fillers. Returns a one-line summary."""
-    variant, state, backbone_only = init_state(path)
-    if variant != model.variant and not backbone_only:
-        raise TrainingError(f"--init {path} holds a {variant!r} network; train it with --variant {variant}")
-    prefixes = ("module.", "_orig_mod.")
-    state = {next((k[len(q) :] for q in prefixes if k.startswith(q)), k): v for k, v in state.items()}
-    if backbone_only:
+    """Copy ``--init`` weights (a checkpoint or a caffemodel, `model.checkpoint.read_weights`) into ``model``; a
+    backbone-only file (CaffeNet / tracker_init) sets the convs only, so the head keeps this run's seeded Caffe
+    fillers. Returns a one-line summary."""
+    from model.caffe_proto import CaffeModelError
+    from model.checkpoint import CheckpointError, read_weights
+
+    try:
+        w = read_weights(path)
+    except (CheckpointError, CaffeModelError) as e:
+        raise TrainingError(f"--init {str(e).splitlines()[0]}") from None
+    if w.variant != model.variant and not w.backbone_only:
+        raise TrainingError(f"--init {path} holds a {w.variant!r} network; train it with --variant {w.variant}")
+    state = w.state
+    if w.backbone_only:
         state = {k: v for k, v in state.items() if k.startswith(("target.", "search."))}
     try:
-        model.load_state_dict(state, strict=not backbone_only)
+        model.load_state_dict(state, strict=not w.backbone_only)
     except RuntimeError as e:
         raise TrainingError(f"--init {path} does not fit GoturnNet({model.variant!r}): {e}") from None
-    what = "conv towers (head from Caffe fillers)" if backbone_only else "all layers"
+    what = "conv towers (head from Caffe fillers)" if w.backbone_only else "all layers"
     return f"initialised {what} from {path}"
 
 
@@ -310,6 +300,11 @@ class Trainer:
             self._seed_rngs(cfg.seed + 7919 * ctx.rank + 104729 * self.step)
             return None
         mine = ranks[ctx.rank]
+        if saved.get("device", self.device.type) != self.device.type:  # dropout draws from the device's generator
+            self.messages.append(
+                f"resume on {self.device.type} of a run trained on {saved['device']}: the data stream resumes "
+                "exactly, dropout masks do not (another device's random generator)"
+            )
         checkpointing.set_rng_state(mine["rng"], self.device)
         return mine["data"]
 
@@ -345,21 +340,19 @@ class Trainer:
             print(f"[train] warning: replicas differ at step {self.step} (DDP out of sync?)", file=sys.stderr)
         opt = self.optimizer.state_dict()
         opt["state"] = {i: {k: v.detach().cpu() for k, v in s.items()} for i, s in opt["state"].items()}
-        return {
-            "format": checkpointing.FORMAT,
-            "variant": self.model.variant,
-            "normalization": self.model.normalization,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": opt,
-            "scheduler": self.scheduler.state_dict(),
-            "step": self.step,
-            "examples": self.examples_done(),
-            "elapsed_s": self.elapsed_before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0),
-            "world_size": self.ctx.world_size,
-            "ranks": ranks,
-            "config": self.cfg.to_dict(),
-            "torch_version": str(torch.__version__),
-        }
+        return make_checkpoint(
+            self.model,
+            model={k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            optimizer=opt,
+            scheduler=self.scheduler.state_dict(),
+            step=self.step,
+            examples=self.examples_done(),
+            elapsed_s=self.elapsed_before + (time.perf_counter() - self._t0 if self._t0 is not None else 0.0),
+            world_size=self.ctx.world_size,
+            ranks=ranks,
+            config=self.cfg.to_dict(),
+            torch_version=str(torch.__version__),
+        )
 
     def examples_done(self) -> int:
         """Training examples seen by the run so far, over every rank and every resume."""
@@ -505,10 +498,9 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
-        if start_step == 0 and ctx.is_main:  # the untrained network, for before/after comparisons
-            from model.checkpoint import save_checkpoint
-
-            save_checkpoint(self.run_dir / INITIAL, self.model)
+        if start_step == 0 and ctx.is_main:  # the untrained network, for before/after comparisons; CPU tensors, so
+            cpu_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}  # a plain torch.load works
+            save_checkpoint(self.run_dir / INITIAL, make_checkpoint(self.model, model=cpu_state))
         prefetch = Prefetcher(lambda: iter(self.batcher), self.device, cfg.prefetch)
         vote = distributed.StopVote(ctx)
         pending: list[tuple[int, torch.Tensor]] = []

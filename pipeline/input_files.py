@@ -1,0 +1,56 @@
+"""Reading the builder's input files (XML, ``.ann``, images) so that a strange entry is a reason, not a hang.
+
+Why: input trees come from unpacked archives and hand-made copies. A FIFO named ``x.xml`` blocks ``open`` forever,
+a symlink loop raises ELOOP where a listing expects a bool, a directory named ``x.ann`` reads as an error deep in
+a parser. Every input read goes through `read_regular`, which never blocks, is bounded, and names what it found.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+_FILE_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFDIR: "a directory",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+class NotRegularFile(OSError):
+    """The path exists but is no regular file; the message says what it is."""
+
+
+def not_regular(mode: int) -> str | None:
+    """What a non-regular file is (reading a FIFO or device would block or never end); None for a file."""
+    return None if stat.S_ISREG(mode) else _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def read_regular(path: str | os.PathLike, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes of a regular file (one more than allowed, so a caller sees "too large").
+
+    Raises `NotRegularFile` for a FIFO, device or directory (opened non-blocking, so a FIFO cannot hang the
+    build) and the usual OSError for a missing file, a dangling symlink or a symlink loop.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        kind = not_regular(os.fstat(fd).st_mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    if kind:
+        os.close(fd)
+        raise NotRegularFile(f"{kind}, not a regular file")
+    with open(fd, "rb") as f:
+        return f.read(limit + 1)
+
+
+def is_file_entry(entry: os.DirEntry) -> bool:
+    """``entry.is_file()`` that answers False for a symlink loop instead of raising (the frame it stands for is
+    then reported missing, with what sits there, rather than losing the whole video)."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
