@@ -476,6 +476,29 @@ class Trainer:
 
     # ---- main loop ----------------------------------------------------------------------------------------
 
+    def _sync_point(
+        self, pending: list[tuple[int, torch.Tensor]], out_of_time: bool
+    ) -> tuple[list[float], bool, bool, int]:
+        """The one read-back of a logging step: the pending steps' losses (mean over ranks) and the stop flags
+        (any rank interrupted / out of time; loader batches skipped, all ranks) in a single all-reduce. A
+        non-finite loss stops the run here, before any checkpoint of that state is written."""
+        flags = [float(self._interrupted), float(out_of_time), float(self.batcher.skipped_items)]
+        losses = torch.stack([v for _, v in pending]).float()
+        buf = torch.cat([losses, torch.tensor(flags, device=losses.device)])
+        distributed.all_reduce_sum(buf, self.ctx)
+        vals = (buf[: len(pending)] / self.ctx.world_size).tolist()
+        interrupted, timed_out, skipped = buf[-3].item() > 0, buf[-2].item() > 0, int(buf[-1].item())
+        for (step, _), v in zip(pending, vals, strict=True):
+            if not math.isfinite(v):
+                kept = (
+                    f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written"
+                )
+                raise TrainingError(
+                    f"non-finite loss ({v}) at step {step}: stopping without saving this state; {kept}. Lower --lr, "
+                    "check --init, or inspect the data (python -m shards.verify names broken samples)."
+                )
+        return vals, interrupted, timed_out, skipped
+
     def _on_signal(self, signum: int, frame: object) -> None:
         if self._interrupted:  # second signal: give up at once
             raise KeyboardInterrupt
@@ -531,25 +554,8 @@ class Trainer:
                 interrupt_now = vote.poll(self._interrupted)  # under DDP: agreed by all ranks, this step
                 if not (s % cfg.log_every == 0 or do_ckpt or do_val or last or interrupt_now):
                     continue
-                # ---- sync point: losses of the pending steps (mean over ranks), stop flags -----------------
                 out_of_time = cfg.time_limit > 0 and (time.perf_counter() - t0) > cfg.time_limit * 60
-                flags = [float(self._interrupted), float(out_of_time), float(self.batcher.skipped_items)]
-                buf = torch.cat([torch.stack([v for _, v in pending]).float(), torch.tensor(flags, device=loss.device)])
-                distributed.all_reduce_sum(buf, ctx)
-                vals = (buf[: len(pending)] / ctx.world_size).tolist()
-                interrupted, timed_out, skipped = buf[-3].item() > 0, buf[-2].item() > 0, int(buf[-1].item())
-                for (st, _), v in zip(pending, vals, strict=True):
-                    if not math.isfinite(v):
-                        kept = (
-                            f"the last good checkpoint is {self.last_ckpt}"
-                            if self.last_ckpt
-                            else "no checkpoint was written"
-                        )
-                        raise TrainingError(
-                            f"non-finite loss ({v}) at step {st}: stopping without saving this state; "
-                            f"{kept}. "
-                            "Lower --lr, check --init, or inspect the data."
-                        )
+                vals, interrupted, timed_out, skipped = self._sync_point(pending, out_of_time)
                 if first_loss is None:
                     first_loss = vals[0]
                 last_loss = vals[-1]
