@@ -173,10 +173,11 @@ def sequence_curves(pred: np.ndarray, gt: np.ndarray, protocol: str = "got10k") 
 
 def calc_rect_int(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The OTB Matlab toolkit's ``calcRectInt``: pixel-inclusive corners (``right = x + w - 1``), the overlap
-    ``max(0, min(right) - max(left) + 1)`` per axis, IoU without eps (only called on valid ground truth)."""
+    ``max(0, min(right) - max(left) + 1)`` per axis, IoU without eps (only called on valid ground truth).
+    Matlab's ``min`` / ``max`` skip NaN (``max(NaN, 3)`` is 3), hence ``fmin`` / ``fmax``."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    iw = np.maximum(0, np.minimum(a[:, 0] + a[:, 2] - 1, b[:, 0] + b[:, 2] - 1) - np.maximum(a[:, 0], b[:, 0]) + 1)
-    ih = np.maximum(0, np.minimum(a[:, 1] + a[:, 3] - 1, b[:, 1] + b[:, 3] - 1) - np.maximum(a[:, 1], b[:, 1]) + 1)
+    iw = np.fmax(0, np.fmin(a[:, 0] + a[:, 2] - 1, b[:, 0] + b[:, 2] - 1) - np.fmax(a[:, 0], b[:, 0]) + 1)
+    ih = np.fmax(0, np.fmin(a[:, 1] + a[:, 3] - 1, b[:, 1] + b[:, 3] - 1) - np.fmax(a[:, 1], b[:, 1]) + 1)
     inter = iw * ih
     with np.errstate(divide="ignore", invalid="ignore"):
         return inter / (a[:, 2] * a[:, 3] + b[:, 2] * b[:, 3] - inter)

@@ -234,7 +234,8 @@ def score_tracker(
         return None
     meta = read_meta(tracker_dir)
     written = meta.get("results")
-    older = sorted(set(stems) - set(written)) if isinstance(written, list) and not exact else []
+    written = {w for w in written if isinstance(w, str)} if isinstance(written, list) else None
+    older = sorted(set(stems) - written) if written is not None and not exact else []
     if older:  # a run writes its own files only: these are left from an earlier run, maybe under other rules
         log.warning(
             "%s: %s not written by the folder's last run (meta.json: protocol %s): scored anyway",

@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 
 def result_name(seq: OTBSequence, protocol: str) -> str:
-    """File stem the protocol's toolkit expects: got10k ``Jogging.1`` / ``Human4``, pysot and the OTB Matlab
-    toolkit ``Jogging-1`` / ``Human4-2``."""
+    """File stem the protocol's toolkit expects: got10k ``Jogging.1`` / ``Human4``, pysot ``Jogging-1`` /
+    ``Human4-2``. ``otb`` takes pysot's (the spelling of the OTB toolkit's Python port; the Matlab toolkit keeps
+    its results in .mat files, which no text layout matches)."""
     return seq.got10k_name if protocol == "got10k" else seq.pysot_name
 
 

@@ -70,11 +70,11 @@ def frame_to_tensor(frame: FrameLike, device: torch.device | str = "cpu") -> tor
     """Any supported frame -> ``(3, H, W)`` uint8 RGB tensor on ``device``.
 
     numpy ``HxWx3`` RGB / ``HxW`` or ``HxWx1`` gray / ``HxWx4`` (alpha dropped); torch ``(3|1|4, H, W)`` or
-    ``(H, W)`` tensors; PIL images (16-bit ``I;16*`` and float ``F`` read as the numpy arrays they hold, other
-    modes converted to RGB). numpy and torch dtypes: uint8; uint16, scaled to 8 bit by ``>> 8`` as OpenCV reads
-    16-bit images; float holding 0..255 values (not 0..1), rounded then clipped. Any other dtype is a
-    TypeError, a frame with no rows or columns a ValueError. A uint8 RGB tensor already on ``device`` stays
-    there (no copy).
+    ``(H, W)`` tensors; PIL images (float ``F`` read as the numpy array it holds, every other mode through
+    `model.image_modes.to_rgb8`, as the shard builder and the OTB reader read them). numpy and torch dtypes:
+    uint8; uint16, scaled to 8 bit by ``>> 8`` as OpenCV reads 16-bit images; float holding 0..255 values (not
+    0..1), rounded then clipped. Any other dtype is a TypeError, a frame with no rows or columns a ValueError. A
+    uint8 RGB tensor already on ``device`` stays there (no copy).
     """
     if isinstance(frame, torch.Tensor):
         t = frame

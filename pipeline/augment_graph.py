@@ -185,7 +185,7 @@ def _example_graph(
         prev = _decode_prev_or_curr(prev_jpg, curr, dec, planar)
 
     # Image size: from the JPEG header on the GPU path (keeps the CPU box math independent of the GPU decode).
-    shp = fn.peek_image_shape(curr_jpg) if gpu else curr_hwc.shape()
+    shp = fn.peek_image_shape(curr_jpg, adjust_orientation=False) if gpu else curr_hwc.shape()
     size = fn.reshape(fn.cast(fn.stack(shp[1], shp[0]), dtype=types.FLOAT64), shape=[2, 1])  # (W; H)
 
     boxes = fn.cast(fn.decoders.numpy(boxes_raw), dtype=types.FLOAT64)  # (2, 4) [prev; curr] or (1, 4)

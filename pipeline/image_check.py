@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from model.image_modes import SIXTEEN_BIT_MODES, to_rgb8
-from pipeline.input_files import NotRegularFile, read_regular
+from pipeline.input_files import FileTooLarge, NotRegularFile, read_regular
 from shards.format import MAX_PIXELS
 
 MAX_IMAGE_BYTES = 64 << 20  # refuse to read larger files (largest real ImageNet/ALOV frames are a few MB)
@@ -58,16 +58,15 @@ class CheckedImage:
 def read_image_file(path: str) -> bytes:
     """Read an image file with a size bound; missing or unreadable files become `ImageRejected`."""
     try:
-        data = read_regular(path, MAX_IMAGE_BYTES)
+        return read_regular(path, MAX_IMAGE_BYTES)
     except NotRegularFile as e:
         raise ImageRejected("not_regular_file", str(e)) from e
+    except FileTooLarge as e:
+        raise ImageRejected("image_too_large", str(e)) from e
     except FileNotFoundError as e:
         raise ImageRejected("missing_image", "file not found") from e
     except OSError as e:
         raise ImageRejected("unreadable_image", f"{type(e).__name__}: {e.strerror or e}") from e
-    if len(data) > MAX_IMAGE_BYTES:
-        raise ImageRejected("image_too_large", f"more than {MAX_IMAGE_BYTES} bytes")
-    return data
 
 
 def jpeg_header(data: bytes) -> tuple[int | None, list[tuple[int, int]], int]:

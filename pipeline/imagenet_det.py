@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from pipeline.input_files import read_regular
+from pipeline.input_files import FileTooLarge, read_regular
 
 MAX_RATIO = 0.66  # kMaxRatio
 MAX_XML_BYTES = 4 << 20  # a real DET XML is < 10 KB
@@ -133,7 +133,11 @@ def parse_annotation(data: bytes) -> XmlAnnotation:
 
 def read_annotation(path: str) -> XmlAnnotation:
     """Read (bounded) and parse one XML file."""
-    return parse_annotation(read_regular(path, MAX_XML_BYTES))
+    try:
+        data = read_regular(path, MAX_XML_BYTES)
+    except FileTooLarge as e:
+        raise XmlError(f"file larger than {MAX_XML_BYTES} bytes ({e})") from None
+    return parse_annotation(data)
 
 
 def list_annotation_files(ann_root: Path) -> tuple[list[Path], list[tuple[Path, int]]]:

@@ -23,28 +23,37 @@ class NotRegularFile(OSError):
     """The path exists but is no regular file; the message says what it is."""
 
 
+class FileTooLarge(OSError):
+    """A regular file larger than its reader's bound (refused from its size, before reading)."""
+
+
 def not_regular(mode: int) -> str | None:
     """What a non-regular file is (reading a FIFO or device would block or never end); None for a file."""
     return None if stat.S_ISREG(mode) else _FILE_KINDS.get(stat.S_IFMT(mode), "not a regular file")
 
 
 def read_regular(path: str | os.PathLike, limit: int) -> bytes:
-    """At most ``limit + 1`` bytes of a regular file (one more than allowed, so a caller sees "too large").
+    """A regular file's bytes, at most ``limit``.
 
     Raises `NotRegularFile` for a FIFO, device or directory (opened non-blocking, so a FIFO cannot hang the
-    build) and the usual OSError for a missing file, a dangling symlink or a symlink loop.
+    build), `FileTooLarge` from the size alone, and the usual OSError for a missing file, a dangling symlink or a
+    symlink loop.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        kind = not_regular(os.fstat(fd).st_mode)
+        st = os.fstat(fd)
     except BaseException:
         os.close(fd)
         raise
-    if kind:
+    kind = not_regular(st.st_mode)
+    if kind or st.st_size > limit:
         os.close(fd)
-        raise NotRegularFile(f"{kind}, not a regular file")
+        raise NotRegularFile(f"{kind}, not a regular file") if kind else FileTooLarge(f"{st.st_size} bytes > {limit}")
     with open(fd, "rb") as f:
-        return f.read(limit + 1)
+        data = f.read(limit + 1)
+    if len(data) > limit:  # grew while being read
+        raise FileTooLarge(f"more than {limit} bytes")
+    return data
 
 
 def is_file_entry(entry: os.DirEntry) -> bool:

@@ -258,13 +258,13 @@ def plan_imagenet(images_root: Path, ann_root: Path, map_fn: MapFn) -> SourcePla
             rec.error = "duplicate_image"
             plan.skipped.append(Skip(rel, f"duplicate_image: {image_rel} already annotated by {seen[img_key]}"))
             continue
-        seen[img_key] = rel
         keys = {o.index: make_key("imagenet", ann.folder, ann.filename, f"obj{o.index:02d}") for o in kept}
         clash = next((k for k in keys.values() if k in key_owner), None)
         if clash is not None:  # two file names that differ only in characters the key format replaces
             rec.error = "duplicate_key"
             plan.skipped.append(Skip(rel, f"duplicate_key: sample key {clash} already made from {key_owner[clash]}"))
             continue
+        seen[img_key] = rel
         key_owner.update(dict.fromkeys(keys.values(), rel))
         pimg = PlannedImage(image[0], image_rel, image[1], image[2])
         for o in kept:

@@ -147,17 +147,37 @@ def layout_problems(
     if boxes.dtype != np.float32 or boxes.shape != want:
         what = "a pair (prev.jpg and curr.jpg)" if has_prev else "a still (curr.jpg only)"
         problems.append(f"boxes.npy is {boxes.dtype} {boxes.shape}, expected float32 {want} for {what}")
-    elif not np.isfinite(boxes).all() or not ((boxes[:, :2] >= 0) & (boxes[:, :2] < boxes[:, 2:])).all():
-        problems.append(f"boxes.npy holds {boxes.tolist()}: not corner boxes with 0 <= x1 < x2, 0 <= y1 < y2")
+    elif values := box_values_problem(boxes):
+        problems.append(values)
     return boxes, problems
+
+
+def box_values_problem(boxes: np.ndarray) -> str | None:
+    """What makes ``(n, 4)`` rows no v1 corner boxes (finite, ``0 <= x1 < x2``, ``0 <= y1 < y2``), or None."""
+    if np.isfinite(boxes).all() and ((boxes[:, :2] >= 0) & (boxes[:, :2] < boxes[:, 2:])).all():
+        return None
+    return f"boxes.npy holds {boxes.tolist()}: not corner boxes with 0 <= x1 < x2, 0 <= y1 < y2"
 
 
 MAX_BOX_VALUES = 64  # a v1 boxes.npy holds 4 or 8: never allocate what a forged header claims
 
 
+def _npy_header(rows: int) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((rows, 4), "<f4"))
+    return buf.getvalue()[: -rows * 16]
+
+
+_V1_HEADERS = {len(h) + rows * 16: (h, rows) for rows in (1, 2) for h in [_npy_header(rows)]}  # what the builder writes
+
+
 def read_boxes(data: bytes) -> np.ndarray:
     """``boxes.npy`` bytes -> array, without pickles and after checking the header's shape (np.load would first
-    allocate whatever shape a forged header claims); ValueError otherwise."""
+    allocate whatever shape a forged header claims); ValueError otherwise. The builder's own (1, 4) / (2, 4)
+    float32 files take a fast path (the training feed checks every sample it draws)."""
+    known = _V1_HEADERS.get(len(data))
+    if known is not None and data[: len(known[0])] == known[0]:
+        return np.frombuffer(data, "<f4", offset=len(known[0])).reshape(known[1], 4).copy()  # writable, as np.load
     f = io.BytesIO(data)
     version = np.lib.format.read_magic(f)
     if version == (1, 0):
@@ -171,41 +191,76 @@ def read_boxes(data: bytes) -> np.ndarray:
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
-_HEADER_TYPES_WALKED = frozenset(b"0\x00125346")  # plain headers tarfile reads in one step; x/g (PAX), L/K (GNU) not
+_DATA_TYPES = frozenset(b"0\x007")  # entries tarfile skips data for (regular / contiguous files)
+_ENTRY_TYPES = frozenset(b"123456")  # links, devices, folders, FIFOs: tarfile reads the next header right after
+_EXTENSION_TYPES = frozenset(b"xgLK")  # PAX extended / global headers, GNU long name / link name
+MAX_EXTENSION_BYTES = 8 << 10  # real PAX / GNU long-name headers take a few hundred bytes
 
 
-def tar_header_problem(path: str | os.PathLike) -> str | None:
-    """What makes a tar unsafe to hand to ``tarfile``, found by walking its 512-byte headers (seeks only), or None.
+def tar_header_problem(path: str | os.PathLike, strict: bool = False) -> str | None:
+    """What makes a tar unsafe to hand to ``tarfile``, found by walking its 512-byte headers as ``tarfile`` does
+    (seeks only), or None.
 
     Why: Python 3.11's ``tarfile`` (before 3.11.14) loops forever, growing memory, on a member whose base-256 size
-    is negative, and takes quadratic time on a large PAX header; v1 shards are plain ustar (`shards.tarwriter`),
-    so a PAX / GNU extension header, a size not in octal digits, or a member over `MAX_MEMBER_BYTES` is refused
-    here before any reader parses the file. Links and folders pass: readers report them as members v1 lacks.
+    is negative, and takes quadratic time on a large PAX header. Refused: a size that is not octal digits (base-256
+    included), a member over `MAX_MEMBER_BYTES`, a link / folder entry claiming data (it would hide a header from
+    this walk but not from ``tarfile``), and PAX / GNU extension headers over `MAX_EXTENSION_BYTES` or whose
+    ``size`` record is not a plain number within bounds. Extension headers within bounds pass (``webdataset``'s
+    ``TarWriter`` and ``tar --format=posix`` write them), unless ``strict``: v1 shards are plain ustar
+    (`shards.tarwriter`), so `shards.verify` refuses any.
     """
     end = os.path.getsize(path)
     offset = 0
+    pax_size: int | None = None  # a PAX "size" record: the size of the next member, in place of its field
     with open(path, "rb") as f:
         while offset + 512 <= end:
             f.seek(offset)
             header = f.read(512)
+            where = f"header at byte {offset}"
             if header == b"\0" * 512:
                 return None  # end-of-archive marker
             declared = header[148:156].replace(b"\0", b" ").strip()
             if not declared or any(c not in b"01234567" for c in declared):
-                return f"header at byte {offset}: no tar header checksum (not a tar, or damaged)"
+                return f"{where}: no tar header checksum (not a tar, or damaged)"
             unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
             signed = sum(struct.unpack("148b8x356b", header)) + 8 * 32  # old writers sum signed bytes
             if int(declared, 8) not in (unsigned, signed):
-                return f"header at byte {offset}: checksum mismatch (damaged)"
-            if header[156] not in _HEADER_TYPES_WALKED:
-                kind = chr(header[156]) if 32 <= header[156] < 127 else f"0x{header[156]:02x}"
-                return f"header at byte {offset}: type {kind!r} (PAX / GNU extension); v1 shards are plain ustar"
+                return f"{where}: checksum mismatch (damaged)"
             field = header[124:136].replace(b"\0", b" ").strip()
             if header[124] & 0x80 or not field or any(c not in b"01234567" for c in field):
-                return f"header at byte {offset}: size field {header[124:136]!r} is not octal digits"
+                return f"{where}: size field {header[124:136]!r} is not octal digits"
             size = int(field, 8)
+            kind = header[156]
+            name = header[:100].split(b"\0", 1)[0]
+            if kind in _EXTENSION_TYPES:
+                if strict:
+                    return f"{where}: a {chr(kind)!r} (PAX / GNU extension) header; v1 shards are plain ustar"
+                if size > MAX_EXTENSION_BYTES:
+                    return f"{where}: a {size}-byte {chr(kind)!r} extension header (at most {MAX_EXTENSION_BYTES})"
+                f.seek(offset + 512)
+                data = f.read(size)
+                if kind in b"xg":
+                    size_record = re.search(rb"(?:^|\n)\d+ size=([^\n]*)\n", data)
+                    if size_record is not None:
+                        value = size_record.group(1)
+                        if kind == ord("g") or not value.isdigit() or int(value) > MAX_MEMBER_BYTES:
+                            return f"{where}: PAX size record {value[:40]!r} (not a member size within bounds)"
+                        pax_size = int(value)
+                offset += 512 + -(-size // 512) * 512
+                continue
+            if pax_size is not None:
+                size, pax_size = pax_size, None
             if size > MAX_MEMBER_BYTES:
-                return f"header at byte {offset}: a {size}-byte member, more than any v1 member ({MAX_MEMBER_BYTES})"
+                return f"{where}: a {size}-byte member, more than any v1 member ({MAX_MEMBER_BYTES})"
+            if kind in _ENTRY_TYPES or (kind == 0 and name.endswith(b"/")):
+                if size:
+                    return (
+                        f"{where}: a type {chr(kind or 48)!r} entry (link / folder / device) claiming {size} data bytes"
+                    )
+                offset += 512
+                continue
+            if kind not in _DATA_TYPES:
+                return f"{where}: unknown entry type {chr(kind) if 32 <= kind < 127 else hex(kind)!r}"
             offset += 512 + -(-size // 512) * 512
     return None  # no end marker: a truncated copy, which the readers report in their own words
 

@@ -24,6 +24,7 @@ from shards.format import (
     BOXES,
     MANIFEST_NAME,
     META,
+    box_values_problem,
     parse_shard_name,
     read_boxes,
     read_manifest,
@@ -86,11 +87,11 @@ def _sample_geometry(m: dict[str, bytes]) -> tuple[np.ndarray, float, float]:
     """(boxes as float64, width, height) of one sample; ValueError / KeyError / TypeError when its members are
     not v1's (missing, forged npy header, boxes that are no corner boxes, meta without a size)."""
     boxes = read_boxes(m[BOXES])
-    if boxes.shape not in ((1, 4), (2, 4)) or not np.isfinite(boxes).all():
-        raise ValueError(f"boxes {boxes.dtype} {boxes.shape} {boxes.tolist()}")
+    if boxes.dtype != np.float32 or boxes.shape not in ((1, 4), (2, 4)):
+        raise ValueError(f"boxes.npy is {boxes.dtype} {boxes.shape}, not float32 (1, 4) or (2, 4)")
+    if problem := box_values_problem(boxes):
+        raise ValueError(problem)
     boxes = boxes.astype(np.float64)
-    if not (boxes[:, 2:] > boxes[:, :2]).all():
-        raise ValueError(f"boxes {boxes.tolist()}: not corner boxes")
     meta = json.loads(m[META])
     W, H = float(meta["width"]), float(meta["height"])
     if not (W > 0 and H > 0):

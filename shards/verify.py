@@ -140,7 +140,7 @@ def verify_shard(directory: str, entry: dict[str, Any]) -> tuple[str, list[str],
         if current is not None:
             problems.extend(check_sample(current, members, source, split))
 
-    unsafe = tar_header_problem(path)
+    unsafe = tar_header_problem(path, strict=True)  # a build's shards are plain ustar
     if unsafe:
         problems.append(f"tar unreadable: {unsafe}")
     try:

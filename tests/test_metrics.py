@@ -201,6 +201,15 @@ def test_fps_rule() -> None:
 
 # The OTB Matlab toolkit (v1.0) calcSeqErrRobust.m + calcRectInt.m, transcribed loop by loop: the independent
 # reference of the "otb" profile.
+def _mmin(x: float, y: float) -> float:
+    """Matlab's scalar ``min``: NaN is skipped unless both are NaN."""
+    return y if np.isnan(x) else x if np.isnan(y) else min(x, y)
+
+
+def _mmax(x: float, y: float) -> float:
+    return y if np.isnan(x) else x if np.isnan(y) else max(x, y)
+
+
 def _matlab_seq_err(res: np.ndarray, anno: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     res = res.copy()
     for i in range(1, len(anno)):
@@ -218,8 +227,8 @@ def _matlab_seq_err(res: np.ndarray, anno: np.ndarray) -> tuple[np.ndarray, np.n
     for i in np.flatnonzero(idx):
         a, b = rect_mat[i], anno[i]
         ra, ta, rb, tb = a[0] + a[2] - 1, a[1] + a[3] - 1, b[0] + b[2] - 1, b[1] + b[3] - 1
-        w = max(0.0, min(ra, rb) - max(a[0], b[0]) + 1)
-        h = max(0.0, min(ta, tb) - max(a[1], b[1]) + 1)
+        w = _mmax(0.0, _mmin(ra, rb) - _mmax(a[0], b[0]) + 1)
+        h = _mmax(0.0, _mmin(ta, tb) - _mmax(a[1], b[1]) + 1)
         inter = w * h
         cover[i] = inter / (a[2] * a[3] + b[2] * b[3] - inter)
     err_center[~idx] = -1
@@ -230,7 +239,7 @@ def test_otb_profile_equals_the_matlab_toolkit() -> None:
     seqs = _synthetic(5)
     gt, pred = seqs["Seq2"]
     pred[4] = np.nan  # all NaN: repaired from the previous row
-    pred[5] = [np.nan, 3, 20, 20]  # some NaN: Matlab's vector `if` leaves it (and it fails)
+    pred[5] = [np.nan, 3, 20, 20]  # some NaN: Matlab's vector `if` leaves it; its min / max skip the NaN
     pred[6, 3] = -2  # negative height: repaired
     gt[7] = np.nan  # a NaN ground-truth row: no repair there, and invalid
     pred[7] = np.nan

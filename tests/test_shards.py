@@ -496,7 +496,22 @@ def test_hostile_tars_are_refused_before_tarfile_reads_them(sample_build, tmp_pa
         index_entries(tar, None)  # the loader's path when an .idx is missing
     pax = tmp_path / "pax.tar"
     pax.write_bytes(_ustar_header("././@PaxHeader", b"%011o\0" % 512, b"x") + b"9" * 512 + b"\0" * 1024)
-    assert "type 'x' (PAX / GNU extension)" in tar_header_problem(pax)
+    assert "'x' (PAX / GNU extension) header; v1 shards are plain ustar" in tar_header_problem(pax, strict=True)
+    big = b"%011o\0" % 200_000  # a 200 KB PAX header: minutes of tarfile's quadratic parsing
+    pax.write_bytes(_ustar_header("././@PaxHeader", big, b"x") + b"9" * 200_192 + b"\0" * 1024)
+    assert "a 200000-byte 'x' extension header" in tar_header_problem(pax)
+    record = b"20 size=-1000000000\n"  # a PAX size record overriding the next member's
+    pax.write_bytes(_ustar_header("././@PaxHeader", b"%011o\0" % len(record), b"x") + record.ljust(512, b"\0"))
+    assert "PAX size record b'-1000000000'" in tar_header_problem(pax)
+    hidden = tmp_path / "hidden.tar"  # a symlink "holding" a header: tarfile reads it, a data-skipping walk would not
+    hidden.write_bytes(_ustar_header("a.link", b"%011o\0" % 512, b"2") + pax.read_bytes())
+    assert "(link / folder / device) claiming 512 data bytes" in tar_header_problem(hidden)
+    import webdataset as wds
+
+    theirs = tmp_path / "theirs-train-000000.tar"  # webdataset's own writer puts a PAX header on every member
+    with wds.TarWriter(str(theirs)) as w:
+        w.write({"__key__": "a", "curr.jpg": b"x" * 600})
+    assert tar_header_problem(theirs) is None and index_entries(theirs, None)[0][0] == "a"
 
     copy = _tampered(root, tmp_path, "members")
     members = _members(copy / alov["file"])

@@ -275,6 +275,8 @@ def test_frame_dtypes_convert_alike_for_numpy_torch_and_pil() -> None:
     a16[0, :4] = [0, 255, 256, 65535]
     want = np.broadcast_to((a16 >> 8).astype(np.uint8), (3, 6, 8))
     pil_i32 = Image.fromarray(a16.astype(np.int32), "I")  # how older Pillow opens 16-bit PNGs
+    small = np.array([[0, 7, 200, 255]], np.int32)  # mode I holding 8-bit values: read as they are
+    np.testing.assert_array_equal(frame_to_tensor(Image.fromarray(small, "I")).numpy()[0], small)
     for frame in (a16, a16.astype(">u2"), torch.from_numpy(a16), Image.fromarray(a16), pil_i32):
         np.testing.assert_array_equal(frame_to_tensor(frame).numpy(), want)  # 16 bit -> high byte, as cv2
     f32 = rng.uniform(-20, 280, (6, 8)).astype(np.float32)
