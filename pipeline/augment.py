@@ -66,12 +66,13 @@ class GoturnLoader:
 
     Epoch: one pass over each rank's share of the *largest* source (``len(self)`` batches, equal on every rank:
     ``(n_largest // num_shards) // (pairs_per_batch // n_sources)``); smaller sources are cycled as often as needed
-    (each pass over them is a fresh shuffle). Epoch ``e`` is a deterministic function of ``(seed, e, shard_id,
-    num_shards)`` and of nothing else: a new DALI pipeline is built per epoch with a seed derived from those, and
-    rank ``r`` reads the contiguous sample range ``(r + e) % num_shards`` of each source (DALI shards by sample over
-    the concatenated tars), so ranks are disjoint within an epoch, together cover the largest source except each
-    rank's last ``< pairs_per_source`` samples of its range (the shuffled tail, different every epoch), and see
-    different data in different epochs.
+    (through the shuffle buffer again). Epoch ``e`` is a deterministic function of ``(seed, e, shard_id,
+    num_shards)`` and of nothing else: a new DALI pipeline is built per epoch with a seed derived from those, the
+    tars are read in an order drawn anew each epoch (the same on every rank), and rank ``r`` reads the contiguous
+    sample range ``(r + e) % num_shards`` of each source (DALI shards by sample over the concatenated tars), so
+    ranks are disjoint within an epoch, together cover the largest source except each rank's last
+    ``< pairs_per_source`` samples of its range (the shuffled tail, different every epoch), and see different data
+    in a different order every epoch.
 
     Sampling: ``sampling="epoch"`` (the above) reads every sample once per epoch, so an image (video) counts as
     often as it has objects (pairs). ``sampling="authors"`` draws as ``train.cpp`` does (`pipeline.group_sampler`):
@@ -341,7 +342,8 @@ class GoturnLoader:
                 return None
         _, rseed = self._epoch_seed()
         kws = [
-            reader_kwargs(s, self._reader_shard(), self.num_shards, self.shuffle_buffer, rseed) for s in self.shard_sets
+            reader_kwargs(s, self._reader_shard(), self.num_shards, self.shuffle_buffer, rseed, rseed)
+            for s in self.shard_sets
         ]
         try:
             return find_bad_samples(self.shard_sets, kws, self.pairs_per_source, batch_index)
@@ -411,15 +413,23 @@ class GoturnLoader:
 
 
 def dump_batches(loader: GoturnLoader, n_batches: int, path: str | Path) -> dict[str, np.ndarray]:
-    """The first ``n_batches`` batches as numpy arrays in one .npz (crops uint8, windows in source pixels)."""
+    """The first ``n_batches`` batches as numpy arrays in one .npz (crops uint8, windows in source pixels),
+    going on into the next epochs when one epoch holds fewer (``epoch`` records each batch's)."""
     acc: dict[str, list] = {}
-    for i, b in enumerate(loader):
-        for name, v in b.items():
-            acc.setdefault(name, []).append(v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
-        if i + 1 >= n_batches:
+    epochs: list[int] = []
+    while len(epochs) < n_batches:
+        before = len(epochs)
+        for b in loader:
+            epochs.append(loader.epoch)
+            for name, v in b.items():
+                acc.setdefault(name, []).append(v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
+            if len(epochs) >= n_batches:
+                break
+        if len(epochs) == before:  # an epoch without batches: nothing more will come
             break
     arrays = {n: np.concatenate(v, axis=0) for n, v in acc.items()}
     arrays["batch_index"] = np.repeat(np.arange(len(acc["bbox"])), loader.examples_per_batch)
+    arrays["epoch"] = np.repeat(np.asarray(epochs, dtype=np.int64), loader.examples_per_batch)
     meta = {
         "format": "goturn-augment-dump-v1",
         "config": loader._config(),

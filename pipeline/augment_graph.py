@@ -11,7 +11,8 @@ check on the CPU is what a GPU trains on. Semantics are exactly `model.geometry`
   ``kMaxNumTries = 10`` tries is drawn up front (``(10, 2, k)`` uniforms) and the first accepted one is selected
   (min-reduction over the try index of accepted tries, then a one-hot sum, exact because every other term is
   ``x * 0``). The draws are consumed in the same roles as `model.geometry.shift_boxes` consumes its generator's,
-  so feeding DALI's draws to that function reproduces the boxes bit for bit (the tests do exactly this).
+  so feeding DALI's draws to that function reproduces the boxes (the tests do exactly this: equal, bar a rare
+  last-bit difference of DALI's ``log``, ~1e-14 px, in about one box in thousands).
 * All box arithmetic is float64, operation for operation as in `model.geometry.crop_geometry` (floor
   truncations, ceil'd canvas, fractional edge spacing) and `recenter_scale`; DALI's float constants are float32,
   so non-float32-exact constants (e.g. the +-0.4 scale limits) are assembled exactly from float32 parts.
@@ -298,10 +299,20 @@ def _goturn_pipeline_fn(
     return tuple(outs)
 
 
-def reader_kwargs(s: ShardSet, shard_id: int, num_shards: int, shuffle_buffer: int, seed: int) -> dict:
-    """fn.readers.webdataset arguments of one source (shared by the training and the diagnostic pipelines)."""
+def reader_kwargs(
+    s: ShardSet, shard_id: int, num_shards: int, shuffle_buffer: int, seed: int, tar_order_seed: int | None = None
+) -> dict:
+    """fn.readers.webdataset arguments of one source (shared by the training and the diagnostic pipelines).
+
+    ``tar_order_seed`` (the same on every rank, new every epoch) permutes the tars: the reader shards by sample
+    over the tars in the order given, and its shuffle buffer only mixes ``shuffle_buffer`` neighbours, so without
+    it every epoch would read nearly the same order. None keeps the sorted order.
+    """
+    order = np.arange(len(s.tars))
+    if tar_order_seed is not None:
+        order = np.random.default_rng([int(tar_order_seed), len(s.tars)]).permutation(len(s.tars))
     reader = {
-        "paths": list(s.tars),
+        "paths": [s.tars[i] for i in order],
         "shard_id": shard_id,
         "num_shards": num_shards,
         "stick_to_shard": True,
@@ -312,7 +323,7 @@ def reader_kwargs(s: ShardSet, shard_id: int, num_shards: int, shuffle_buffer: i
         "name": f"reader_{s.source}",
     }
     if s.index_paths is not None:
-        reader["index_paths"] = list(s.index_paths)
+        reader["index_paths"] = [s.index_paths[i] for i in order]
     return reader
 
 
@@ -357,8 +368,9 @@ def build_pipeline(
     the `AUDIT_NAMES` (``audit``) and `DRAW_NAMES` (``debug_draws``) outputs, listed in ``pipe.audit_names``.
 
     Readers use ``stick_to_shard=True`` (each rank only ever reads its own contiguous sample range of the
-    concatenated tars; every pass over it is a fresh shuffle) and ``pad_last_batch=False`` (the iterator stops
-    before a rank runs out, see `GoturnLoader`). With ``feeds`` (one `pipeline.group_sampler` feed per shard set)
+    concatenated tars, mixed by a ``shuffle_buffer``-sample buffer; ``reader_seed``, shared by the ranks, also
+    permutes the tars) and ``pad_last_batch=False`` (the iterator stops before a rank runs out, see
+    `GoturnLoader`). With ``feeds`` (one `pipeline.group_sampler` feed per shard set)
     the samples come from those instead of the readers: the authors' sampling. Random ops get explicit seeds, so
     CPU and GPU graphs draw the same numbers for the same ``seed``.
     """
@@ -370,7 +382,12 @@ def build_pipeline(
     for i, s in enumerate(shard_sets):
         op_seeds = [int(x) & 0x7FFFFFFF for x in np.random.SeedSequence([seed, i, 7]).generate_state(5)]
         reader = reader_kwargs(
-            s, shard_id, num_shards, shuffle_buffer, reader_seed if reader_seed is not None else op_seeds[4]
+            s,
+            shard_id,
+            num_shards,
+            shuffle_buffer,
+            reader_seed if reader_seed is not None else op_seeds[4],
+            reader_seed,
         )
         still = True if not s.has_pairs else (False if not s.has_stills else None)
         source = {"feed": feeds[i]} if feeds is not None else {"reader": reader}
