@@ -257,6 +257,10 @@ def test_bad_arguments_give_clear_errors(shards: Path, tmp_path: Path, capsys: p
         assert f"{tmp_path / 'afile'} is a file, not a directory" in error(["--shards", str(shards), "--out", str(out)])
     assert "must be positive" in error(["--shards", str(shards), "--out", str(tmp_path / "r"), "--steps", "0"])
     assert "finite" in error(["--shards", str(shards), "--out", str(tmp_path / "r"), "--lr", "nan"])
+    assert "overflows float32" in error(["--shards", str(shards), "--out", str(tmp_path / "r"), "--lr", "1e38"])
+    both = ["--shards", str(shards), "--out", str(tmp_path / "r")]
+    assert "pass one of them" in error([*both, "--resume", "--overwrite"])
+    assert "contradict each other" in error([*both, "--no-val", "--val-shards", str(shards)])
     cfg = resolve(["--shards", str(shards), "--out", str(tmp_path / "r")])
     assert (cfg.preset, cfg.steps, cfg.batch_examples, cfg.lr, cfg.lr_step) == (
         "authors",
@@ -632,3 +636,59 @@ def test_cuda_device_of_a_rank(monkeypatch):
     assert distributed.cuda_index(1) == 1
     with pytest.raises(SystemExit, match="use --nproc-per-node"):
         distributed.cuda_index(2)
+
+
+def test_checkpoint_files_after_a_rollback_and_a_killed_save(tmp_path: Path):
+    """Step files beyond the one just written are an abandoned branch (an older checkpoint copied over the latest
+    and resumed): keep-last used to delete the rollback's source and keep them. Temporary files of a save that
+    a SIGKILL cut short are removed (each can be a checkpoint's size)."""
+    from model.checkpoint import FORMAT
+    from train.checkpointing import remove_stale_temps, save, step_checkpoints
+
+    def ckpt(step: int) -> dict:
+        return {"format": FORMAT, "variant": "authors", "normalization": "caffe", "model": {}, "step": step}
+
+    for s in (2, 4, 6):
+        save(tmp_path, ckpt(s), keep_last=2)
+    assert [s for s, _ in step_checkpoints(tmp_path)] == [4, 6]
+    save(tmp_path, ckpt(5), keep_last=2)  # resumed from step 4
+    assert [s for s, _ in step_checkpoints(tmp_path)] == [4, 5]
+    assert torch.load(tmp_path / "checkpoint-latest.pt", weights_only=True)["step"] == 5
+    for name in (".checkpoint-00000007.pt.x1y2.tmp", ".checkpoint-latest.pt.tmp-123", ".initial.pt.ab.tmp"):
+        (tmp_path / name).write_bytes(b"partial")
+    assert remove_stale_temps(tmp_path) == sorted(
+        [".checkpoint-00000007.pt.x1y2.tmp", ".checkpoint-latest.pt.tmp-123", ".initial.pt.ab.tmp"]
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint-00000004.pt",
+        "checkpoint-00000005.pt",
+        "checkpoint-latest.pt",
+    ]
+
+
+def test_non_finite_weights_are_never_saved(shards: Path, tmp_path: Path):
+    """A step's loss comes from the weights before its update: the update itself can make them non-finite, and
+    the checkpoint of that step must not be written as a "good" one."""
+    trainer = _trainer(_argv(shards, tmp_path / "run", 2, 11, "1e-6", "--no-val"))
+    with torch.no_grad():
+        trainer.model.fc8.weight[0, 0] = float("inf")
+    with pytest.raises(TrainingError, match="non-finite weights after step 0: stopping without saving"):
+        trainer.save_checkpoint()
+    assert not list((tmp_path / "run").glob("checkpoint-*.pt"))
+
+
+def test_the_time_limit_is_checked_every_step(shards: Path, tmp_path: Path):
+    """It was read only at log steps: with --log-every 1000 a 3-second limit let a run go on for minutes."""
+    run = tmp_path / "run"
+    argv = _argv(shards, run, 200, 11, "1e-6", "--no-val", "--log-every", "1000", "--ckpt-every", "0")
+    assert train_main([*argv, "--time-limit", "0.0001"]) == 0  # 6 ms: over after the first step
+    (row,) = _rows(run)
+    assert row["step"] <= 3  # stopped within a step or two of the limit (all ranks agree through the vote)
+
+
+def test_resuming_a_complete_run_changes_nothing(run_1step: Path, capsys):
+    """It ran no step yet rewrote config.json and log.jsonl and added an empty event file."""
+    before = {p.name: p.stat().st_mtime_ns for p in run_1step.iterdir()}
+    assert train_main(["--out", str(run_1step), "--resume", "--no-progress"]) == 2
+    assert "is complete (step 1 of --steps 1); pass a larger --steps" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in run_1step.iterdir()} == before

@@ -22,6 +22,7 @@ import torch
 from model.checkpoint import fsync_dir, load_checkpoint, save_checkpoint
 
 LATEST = "checkpoint-latest.pt"
+INITIAL_NAME = "initial.pt"  # the untrained weights, written before step 1
 _STEP_RE = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
@@ -96,7 +97,9 @@ def save(run_dir: Path, ckpt: dict, keep_last: int = 3) -> Path:
     ``keep_last``.
 
     The previous latest stays untouched until the new file is complete (rename), so an interrupted save leaves
-    the last good checkpoint in place.
+    the last good checkpoint in place. Step files beyond the one just written belong to an abandoned branch (a
+    rollback: an older checkpoint copied over the latest and resumed) and are dropped too, so they can neither
+    crowd out the new ones nor be taken for the newest.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -111,10 +114,26 @@ def save(run_dir: Path, ckpt: dict, keep_last: int = 3) -> Path:
         shutil.copyfile(path, tmp)
     os.replace(tmp, latest)
     fsync_dir(run_dir)
+    step = int(ckpt["step"])
+    for s, stale in step_checkpoints(run_dir):
+        if s > step:
+            stale.unlink(missing_ok=True)
     if keep_last > 0:
         for _, old in step_checkpoints(run_dir)[:-keep_last]:
             old.unlink(missing_ok=True)
     return path
+
+
+def remove_stale_temps(run_dir: Path) -> list[str]:
+    """Delete the temporary files of saves a SIGKILL interrupted (``.checkpoint-*`` / ``.initial.pt.*``: up to a
+    checkpoint's size each, and a stale hard link keeps a pruned checkpoint's disk alive); returns their names.
+    Only a run's sole writer may call it: rank 0, before its first save."""
+    removed = []
+    for pattern in (".checkpoint-*", f".{INITIAL_NAME}.*"):
+        for p in Path(run_dir).glob(pattern):
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return sorted(removed)
 
 
 def load(path: Path) -> dict:

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     a(
         "--variant",
         choices=["authors", "opencv"],
-        help="network variant (default authors; opencv to fine-tune its model)",
+        help="network variant (default authors; opencv to fine-tune its model: its FC head, convs frozen unless "
+        "--train-backbone)",
     )
     a(
         "--resume",
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, help="seed of weights, dropout and augmentation (default 0)")
     a("--conv-init", choices=["caffe", "random-features"], help="conv init without --init (model/net.py)")
     a("--optimizer", choices=solver.OPTIMIZERS, help="caffe-sgd (authors, default) or adam (sample preset)")
-    a("--lr", type=float, help="Caffe base_lr (authors: 1e-6; FC weights x10, biases x20)")
+    a("--lr", type=float, help="Caffe base_lr (authors: 1e-6; FC weights x10, biases x20; logged as lr)")
     a("--lr-step", type=int, help="steps between lr x gamma (authors: 100000)")
     a("--gamma", type=float, help="lr decay factor at each --lr-step (authors: 0.1)")
     a("--momentum", type=float, help="(authors: 0.9)")
@@ -128,6 +129,13 @@ def _saved_settings(parser: argparse.ArgumentParser, latest: Path) -> dict:
     return {k: v for k, v in saved.items() if k in FIELD_NAMES}
 
 
+def _saved_step(latest: Path) -> int:
+    """The step a run's latest checkpoint holds (read without loading the tensors)."""
+    from model.checkpoint import torch_load
+
+    return int(torch_load(latest, map_location="cpu", mmap=True).get("step", 0))
+
+
 # Not reported as overridden on resume: set per invocation, or (--init) ignored by a resume, as the trainer says.
 _UNLISTED = ("out", "resume", "overwrite", "progress", "init")
 
@@ -141,6 +149,10 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.resume and args.overwrite:
+        parser.error("--resume continues a run, --overwrite starts one afresh: pass one of them")
+    if args.no_val and args.val_shards:
+        parser.error("--no-val and --val-shards contradict each other: pass one of them")
     from train.checkpointing import LATEST  # imports torch: only once the arguments parse
 
     preset = args.preset or ("authors" if args.shards else "sample")
@@ -207,7 +219,7 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
             hint = " (the run's saved --shards; pass --shards where the folder is now)"
         else:
             hint = " (build it with: python -m pipeline.build_shards)" if preset == "sample" else ""
-        parser.error(f"shard folder {shards} does not exist{hint}")
+        parser.error(f"shard folder {shards} {'is a file' if shards.exists() else 'does not exist'}{hint}")
     if not _has_split(shards, "train"):
         parser.error(f"{shards} holds no training shards (*-train-*.tar)")
     if args.no_val:
@@ -217,6 +229,17 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
             parser.error(f"--val-shards {args.val_shards}: no *-val-*.tar shards there")
     elif saved is None or saved.get("val_shards") == saved.get("shards"):  # the default: --shards' val split
         cfg.val_shards = str(shards) if _has_split(shards, "val") else None
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank and not cfg.val_shards and not args.no_val:
+        print(f"[train] warning: no validation: {shards} has no val split (pass --val-shards DIR)", file=sys.stderr)
+    sources = {s for s in ("imagenet", "alov") if any(shards.glob(f"{s}-train-*.tar"))}
+    if cfg.loader_pairs % max(len(sources), 1):
+        parser.error(f"--loader-pairs {cfg.loader_pairs} must be a multiple of the {len(sources)} sources in {shards}")
+    if main_rank and len(sources) == 1:
+        (only,) = sources
+        print(
+            f"[train] warning: {shards} holds {only} training shards only: no 1:1 ImageNet / ALOV mix", file=sys.stderr
+        )
 
     # ---- numbers ------------------------------------------------------------------------------------------
     for name in ("steps", "batch_examples", "log_every", "loader_pairs", "lr_step", "prefetch"):
@@ -232,6 +255,8 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
     reals = (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.gamma, cfg.time_limit)
     if not all(math.isfinite(v) for v in reals):  # nan passes every comparison below
         parser.error("--lr, --momentum, --weight-decay, --gamma and --time-limit must be finite numbers")
+    if cfg.lr * 20 > 3.4e38:  # the FC biases' rate (x20) as float32: torch would fail with an overflow traceback
+        parser.error(f"--lr {cfg.lr:g}: the FC biases' rate (x20) overflows float32 (the authors' base rate is 1e-6)")
     if cfg.lr <= 0 or cfg.momentum < 0 or cfg.weight_decay < 0 or not 0 < cfg.gamma <= 1 or cfg.time_limit < 0:
         parser.error("--lr must be > 0, --momentum/--weight-decay/--time-limit >= 0, 0 < --gamma <= 1")
 
@@ -240,11 +265,10 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
         parser.error("--out is required with --shards (the run directory)")
     out = Path(cfg.out)
     if cfg.init and not cfg.resume and not Path(cfg.init).is_file():  # a resume ignores --init
-        parser.error(f"--init {cfg.init}: no such file")
+        parser.error(f"--init {cfg.init}: {'not a file' if Path(cfg.init).exists() else 'no such file'}")
     if not cfg.resume and (out / LATEST).exists() and not cfg.overwrite:
         parser.error(f"{out} already holds a run: pass --resume to continue it or --overwrite to start afresh")
     # Rank 0 only: under torchrun it writes config.json at once, which a slower rank would take for a leftover.
-    main_rank = int(os.environ.get("RANK", "0")) == 0
     left = sorted(p.name for pat in RUN_FILES for p in out.glob(pat)) if out.is_dir() and main_rank else []
     if not cfg.resume and left and not cfg.overwrite:  # e.g. a run that stopped before its first checkpoint
         parser.error(
@@ -281,11 +305,24 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(cfg.out)
     is_main = int(os.environ.get("RANK", "0")) == 0
+    if cfg.resume:
+        done = _saved_step(out / "checkpoint-latest.pt")
+        if done >= cfg.steps:  # nothing to train: leave the run's files as they are
+            print(
+                f"error: the run in {out} is complete (step {done} of --steps {cfg.steps}); pass a larger --steps "
+                "to train on",
+                file=sys.stderr,
+            )
+            return 2
     if is_main:
-        if cfg.overwrite and not cfg.resume:
-            clear_run_dir(out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        try:
+            if cfg.overwrite and not cfg.resume:
+                clear_run_dir(out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+        except OSError as e:
+            print(f"error: --out {out}: {e.strerror or e}", file=sys.stderr)
+            return 2
     try:
         summary = run(cfg)
     except TrainingError as e:

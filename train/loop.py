@@ -43,7 +43,7 @@ class TrainingError(RuntimeError):
 # ------------------------------------------------------------------------------------------------------------
 
 
-INITIAL = "initial.pt"  # model-only checkpoint of the weights before step 1
+INITIAL = checkpointing.INITIAL_NAME  # model-only checkpoint of the weights before step 1
 
 
 def build_loader(shards: str, split: str, cfg: TrainConfig, ctx: distributed.DistContext, seed: int) -> GoturnLoader:
@@ -229,7 +229,7 @@ class Trainer:
                 build_loader(cfg.val_shards, "val", cfg, ctx, seed=cfg.seed + 1)
             except (ValueError, FileNotFoundError) as e:
                 raise TrainingError(
-                    f"validation data in {cfg.val_shards}: {e} (use --no-val or --val-shards)"
+                    f"validation data in {cfg.val_shards}: {e} (use --no-val, --val-shards or a smaller --loader-pairs)"
                 ) from None
         self.batcher = ExampleBatcher(self.loader, cfg.batch_examples, position, device=self.device)
         self.last_position = position
@@ -328,6 +328,12 @@ class Trainer:
         """This run's state, gathered from every rank (a collective: all ranks must call it)."""
         with torch.no_grad():
             sums = torch.stack([p.detach().float().sum() for p in self.model.parameters()]).cpu()
+        if not torch.isfinite(sums).all():  # the losses so far were finite, this step's update was not
+            kept = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written"
+            raise TrainingError(
+                f"non-finite weights after step {self.step}: stopping without saving this state; {kept}. Lower --lr, "
+                "check --init, or inspect the data (python -m shards.verify names broken samples)."
+            )
         mine = {
             "rng": checkpointing.rng_state(self.device),
             "data": position_to_cpu(self.last_position) if self.last_position is not None else None,
@@ -425,7 +431,9 @@ class Trainer:
         try:
             loader = build_loader(cfg.val_shards, "val", cfg, self.ctx, seed=cfg.seed + 1)
         except (ValueError, FileNotFoundError) as e:
-            raise TrainingError(f"validation data in {cfg.val_shards}: {e} (use --no-val or --val-shards)") from None
+            raise TrainingError(
+                f"validation data in {cfg.val_shards}: {e} (use --no-val, --val-shards or a smaller --loader-pairs)"
+            ) from None
         self.model.eval()
         acc = torch.zeros(5, dtype=torch.float64, device=self.device)  # loss, examples, IoU, true ones, skipped
         per_pair = cfg.k + 1
@@ -521,6 +529,8 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=cfg.steps, initial=start_step, unit="step", dynamic_ncols=True, file=sys.stderr)
+        if ctx.is_main and (stale := checkpointing.remove_stale_temps(self.run_dir)):
+            print(f"[train] removed temporary files of interrupted saves: {', '.join(stale)}", file=sys.stderr)
         if start_step == 0 and ctx.is_main:  # the untrained network, for before/after comparisons; CPU tensors, so
             cpu_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}  # a plain torch.load works
             save_checkpoint(self.run_dir / INITIAL, make_checkpoint(self.model, model=cpu_state))
@@ -551,10 +561,10 @@ class Trainer:
                 do_ckpt = cfg.ckpt_every > 0 and s % cfg.ckpt_every == 0
                 do_val = bool(cfg.val_shards) and cfg.val_every > 0 and s % cfg.val_every == 0
                 last = s >= cfg.steps
-                interrupt_now = vote.poll(self._interrupted)  # under DDP: agreed by all ranks, this step
-                if not (s % cfg.log_every == 0 or do_ckpt or do_val or last or interrupt_now):
-                    continue
                 out_of_time = cfg.time_limit > 0 and (time.perf_counter() - t0) > cfg.time_limit * 60
+                stop_now = vote.poll(self._interrupted or out_of_time)  # under DDP: agreed by all ranks, this step
+                if not (s % cfg.log_every == 0 or do_ckpt or do_val or last or stop_now):
+                    continue
                 vals, interrupted, timed_out, skipped = self._sync_point(pending, out_of_time)
                 if first_loss is None:
                     first_loss = vals[0]
