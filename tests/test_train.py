@@ -159,15 +159,30 @@ def test_batches_of_50_carry_leftovers_and_resume_exactly():
     epoch = torch.arange(132, dtype=torch.float32)  # 6 items x 22: batches straddle the epoch end, no gap
     assert torch.equal(ids, torch.cat([epoch, epoch[:118]]))
     assert all(b.bbox.shape[0] == 50 for b in batches)
-    # Position after batch 2 (100 examples = 5 items pulled, 10 carried) resumes to the same batches 3..5.
+    # Position after batch 2 (100 examples = 5 items pulled, 10 carried: the last 10 of item 5) resumes to the
+    # same batches 3..5 by pulling item 5 again; a checkpoint holds these numbers, not the leftovers' pixels.
     pos = batches[1].position
-    assert pos["carry"]["bbox"].shape[0] == 10 and pos["loader"] == {"i": 5}
+    assert pos["loader"] == {"i": 5} and pos["carry"] is None
+    assert pos["replay"] == {"loader": {"i": 4}, "items": 4, "skip": 12, "rows": 10}
     from train.data import position_to_cpu
 
     resumed = iter(ExampleBatcher(_ListLoader(), 50, position_to_cpu(pos)))
     again = [next(resumed) for _ in range(3)]
     for a, b in zip(batches[2:], again, strict=True):
         assert torch.equal(a.bbox, b.bbox) and torch.equal(a.search, b.search)
+    # Batches of 30 from items of 22: the leftovers can span items (replayed from the oldest one's state).
+    small = [next(it) for it in [iter(ExampleBatcher(_ListLoader(), 40))] for _ in range(4)]
+    pos = small[0].position  # 40 of 44 rows: 4 left, of item 2
+    assert pos["replay"] == {"loader": {"i": 1}, "items": 1, "skip": 18, "rows": 4}
+    tail = iter(ExampleBatcher(_ListLoader(), 40, position_to_cpu(pos)))
+    assert all(torch.equal(next(tail).bbox, b.bbox) for b in small[1:])
+
+    class Stateless:  # no state_dict: the position keeps the leftovers themselves
+        def __iter__(self):
+            return iter(_ListLoader())
+
+    pos = next(iter(ExampleBatcher(Stateless(), 50))).position
+    assert pos["replay"] is None and pos["carry"]["bbox"].shape[0] == 16
 
 
 class _PairLoader(_ListLoader):
@@ -193,7 +208,7 @@ def test_batches_know_from_the_layout_which_examples_share_a_target_crop(per_ite
     it = iter(ExampleBatcher(_PairLoader(per_item=per_item), 30))
     batches = [next(it) for _ in range(14)]
     pos = batches[3].position
-    assert pos["carry"]["bbox"].shape[0] == {22: 12, 66: 12}[per_item]
+    assert pos["replay"]["rows"] == {22: 12, 66: 12}[per_item]
     resumed = iter(ExampleBatcher(_PairLoader(per_item=per_item), 30, position_to_cpu(pos)))
     offsets = set()
     for b in batches + [next(resumed) for _ in range(8)]:
@@ -306,7 +321,7 @@ def test_resume_continues_the_same_loss_curve_bit_for_bit(shards: Path, tmp_path
     assert train_main(_argv(shards, full, 4, 30, "1e-5", *extra)) == 0
     assert train_main(_argv(shards, split, 2, 30, "1e-5", *extra)) == 0
     mid = _load(split / LATEST)
-    assert mid["step"] == 2 and mid["ranks"][0]["data"]["carry"]["bbox"].shape[0] == 6
+    assert mid["step"] == 2 and mid["ranks"][0]["data"]["replay"]["rows"] == 6  # replayed, not stored
     assert train_main(_argv(shards, split, 4, 30, "1e-5", *extra, "--resume")) == 0
 
     a, b = _rows(full), _rows(split)
@@ -424,9 +439,9 @@ def test_two_process_gloo_ddp(shards: Path, tmp_path: Path):
     assert ckpt["world_size"] == 2 and ckpt["step"] == 3
     assert torch.equal(r0["param_sums"], r1["param_sums"])  # identical replicas after the steps
     assert r0["data"]["loader"]["config"]["shard_id"] == 0 and r1["data"]["loader"]["config"]["shard_id"] == 1
-    c0, c1 = r0["data"]["carry"], r1["data"]["carry"]  # each rank's 2nd item of 22 examples, 11 used
-    assert c0["bbox"].shape[0] == c1["bbox"].shape[0] == 11
-    assert not torch.equal(c0["search"], c1["search"]) and not torch.equal(c0["bbox"], c1["bbox"])
+    c0, c1 = r0["data"]["replay"], r1["data"]["replay"]  # each rank's 2nd item of 22 examples, 11 used
+    assert c0["rows"] == c1["rows"] == 11 and c0["skip"] == c1["skip"] == 11 and c0["items"] == c1["items"] == 1
+    assert (c0["loader"]["config"]["shard_id"], c1["loader"]["config"]["shard_id"]) == (0, 1)
     rows = _rows(run)
     assert [r["examples"] for r in rows] == [22, 44, 66]  # global batch = 2 ranks x 11
     # Resumed in one process: the running totals go on from the checkpoint's (they used to be step x 11 x the

@@ -3,8 +3,10 @@ data position for resuming, and a background prefetcher that overlaps data work 
 
 The loader yields ``pairs x (1 + k)`` examples per item; the authors append every pair's 11 examples to a
 buffer and step whenever it holds 50, the leftovers starting the next batch (`goturn_spec.md` 3.5).
-`ExampleBatcher` does exactly that. Its *position* after a batch is ``(loader state after the last item
-pulled, leftover examples)``; both go into the checkpoint so that a resumed run sees the very same batches.
+`ExampleBatcher` does exactly that. Its *position* after a batch is the loader state after the last item pulled
+plus where the leftover examples came from (the loader state before the item they start in, and how many of its
+rows were used), so a resume pulls those items again and sees the very same batches; a checkpoint stores a few
+numbers instead of the leftovers' pixels (up to ~50 MB a rank).
 """
 
 from __future__ import annotations
@@ -46,16 +48,28 @@ def _loader_state(loader: Any) -> Any:
     return loader.state_dict() if hasattr(loader, "state_dict") else None
 
 
+def _advance(origins: list[tuple[Any, int, int]], offset: int, rows: int) -> tuple[list[tuple[Any, int, int]], int]:
+    """The carry's origins after ``rows`` more of its rows are used: items wholly used drop out."""
+    offset += rows
+    i = 0
+    while i < len(origins) and offset >= origins[i][2]:
+        offset -= origins[i][2]
+        i += 1
+    return origins[i:], offset if i < len(origins) else 0
+
+
 class ExampleBatcher:
     """Re-chunks loader items into batches of exactly ``batch_examples`` examples, carrying leftovers over.
 
-    ``position`` (from a checkpoint) restores the loader state and the carried-over examples. Loaders without
-    ``state_dict``/``load_state_dict`` are fast-forwarded by re-reading the consumed items (exact for a seeded
-    loader, but slow; a warning says so). With a CUDA ``device`` every item is first copied into memory of
-    torch's caching allocator on the current stream (host items pinned and copied without blocking; GPU items of
-    DALI's backend cloned, then the stream synchronised before the loader's buffer is released): the batches
-    then live in memory whose reuse torch orders against the training stream (``record_stream``), which the
-    loader's own buffers would not be.
+    ``position`` (from a checkpoint) restores the loader state and the carried-over examples: a ``replay`` (the
+    loader state before the item the leftovers start in, and the rows of it already used) re-pulls those items,
+    which a seeded loader gives again bit for bit; positions of loaders without ``state_dict`` hold the
+    leftovers themselves (``carry``), as older checkpoints do. Loaders without ``state_dict``/``load_state_dict``
+    are fast-forwarded by re-reading the consumed items (exact for a seeded loader, but slow; a warning says so).
+    With a CUDA ``device`` every item is first copied into memory of torch's caching allocator on the current
+    stream (host items pinned and copied without blocking; GPU items of DALI's backend cloned, then the stream
+    synchronised before the loader's buffer is released): the batches then live in memory whose reuse torch
+    orders against the training stream (``record_stream``), which the loader's own buffers would not be.
 
     Loader items hold whole pairs of ``loader.k + 1`` examples (as `GoturnLoader` does, with its default
     ``expand_target=True``); then every batch also carries ``runs``, which examples share a target crop, known
@@ -79,21 +93,47 @@ class ExampleBatcher:
         self.items = 0  # loader items pulled so far (fast-forward when the loader has no state)
         self.carry: dict[str, torch.Tensor] | None = None
         self._skip = 0
+        self._stream: Iterator[dict[str, torch.Tensor]] | None = None  # items left over from a replay
+        # Where the carry's rows come from: (loader state before the item, items before it, its rows), oldest
+        # first, and how many rows of the oldest are used already.
+        self._origins: list[tuple[Any, int, int]] = []
+        self._offset = 0
+        self._state = _loader_state(loader)
         if position is not None:
             self.items = int(position.get("items", 0))
-            carry = position.get("carry")
-            if carry is not None and int(carry["bbox"].shape[0]) > 0:
-                self.carry = {k: carry[k] for k in KEYS}
-            state = position.get("loader")
-            if state is not None and hasattr(loader, "load_state_dict"):
-                loader.load_state_dict(state)
-            elif self.items:
-                warnings.warn(
-                    f"loader has no state_dict: fast-forwarding {self.items} loader batches to resume",
-                    stacklevel=2,
-                )
-                self._skip = self.items
-        self._state = _loader_state(loader)
+            replay, carry, state = position.get("replay"), position.get("carry"), position.get("loader")
+            if replay is not None and hasattr(loader, "load_state_dict"):
+                self._replay(replay, self.items)
+            else:
+                if carry is not None and int(carry["bbox"].shape[0]) > 0:
+                    self.carry = {k: carry[k] for k in KEYS}
+                if state is not None and hasattr(loader, "load_state_dict"):
+                    loader.load_state_dict(state)
+                elif self.items:
+                    warnings.warn(
+                        f"loader has no state_dict: fast-forwarding {self.items} loader batches to resume",
+                        stacklevel=2,
+                    )
+                    self._skip = self.items
+                self._state = _loader_state(loader)
+
+    def _replay(self, replay: dict, items: int) -> None:
+        """Rebuild the carry of a position: the loader state before the item it starts in, then its items."""
+        self.loader.load_state_dict(replay["loader"])
+        self.items = int(replay["items"])
+        self._state = _loader_state(self.loader)
+        self._stream = self._items()
+        parts = [self._next_item(self._stream) for _ in range(items - self.items)]
+        skip = int(replay["skip"])
+        self.carry = {k: torch.cat([p[k] for p in parts])[skip:] for k in KEYS}
+        self._offset = skip
+        if int(self.carry["bbox"].shape[0]) != int(replay["rows"]):
+            raise DataError(
+                f"resume: the loader gave {int(self.carry['bbox'].shape[0])} leftover examples where the checkpoint "
+                f"recorded {int(replay['rows'])} (other shards or loader settings than the run's?)"
+            )
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()  # the carry is used on the prefetch stream
 
     def _items(self) -> Iterator[dict[str, torch.Tensor]]:
         """Loader items forever, epoch after epoch (a finished epoch restarts the loader's iterator).
@@ -135,16 +175,23 @@ class ExampleBatcher:
             if empty >= 2:
                 raise DataError("the training loader produced no batch in a whole epoch (empty split?)")
 
+    def _next_item(self, items: Iterator[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Pull one loader item (on the device) and note where its rows come from."""
+        item = next(items)
+        before = (self._state, self.items)
+        self.items += 1
+        self._state = _loader_state(self.loader)
+        rows = {k: int(item[k].shape[0]) for k in KEYS}
+        if len(set(rows.values())) != 1:
+            raise ValueError(f"loader item rows differ {rows}: batches need one target crop per example")
+        self._origins.append((*before, rows["bbox"]))
+        return self._adopt({k: item[k] for k in KEYS})
+
     def __iter__(self) -> Iterator[Batch]:
         B = self.batch_examples
-        for item in self._items():
-            self.items += 1
-            self._state = _loader_state(self.loader)
-            rows = {k: int(item[k].shape[0]) for k in KEYS}
-            if len(set(rows.values())) != 1:
-                raise ValueError(f"loader item rows differ {rows}: batches need one target crop per example")
-            parts = self._adopt({k: item[k] for k in KEYS})
-            del item
+        items, self._stream = self._stream or self._items(), None
+        while True:
+            parts = self._next_item(items)
             carried = 0
             if self.carry is not None:
                 dev = parts["bbox"].device
@@ -158,8 +205,9 @@ class ExampleBatcher:
                 start += B
                 rest = {k: parts[k][start:] for k in KEYS} if start < n else None
                 self.carry = rest
-                yield Batch(chunk["target"], chunk["search"], chunk["bbox"], self._position_view(rest), runs)
+                yield Batch(chunk["target"], chunk["search"], chunk["bbox"], self._position_view(rest, start), runs)
             self.carry = {k: parts[k][start:] for k in KEYS} if start < n else None
+            self._origins, self._offset = _advance(self._origins, self._offset, start)
 
     def _adopt(self, parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         dev = self.device
@@ -176,9 +224,17 @@ class ExampleBatcher:
             torch.cuda.current_stream(dev).synchronize()
         return out
 
-    def _position_view(self, rest: dict[str, torch.Tensor] | None) -> dict:
-        """Position after the batch just cut, holding references (copied to the CPU only when saved)."""
-        return {"items": self.items, "loader": self._state, "carry": rest}
+    def _position_view(self, rest: dict[str, torch.Tensor] | None, used: int) -> dict:
+        """Position after the batch just cut (``used`` rows of carry + item so far): a replay of the leftovers'
+        items where the loader has a state, else the leftovers themselves (references, copied when saved)."""
+        if rest is None:
+            return {"items": self.items, "loader": self._state, "carry": None, "replay": None}
+        if self._state is None:
+            return {"items": self.items, "loader": None, "carry": rest, "replay": None}
+        origins, offset = _advance(self._origins, self._offset, used)
+        state, items, _ = origins[0]
+        replay = {"loader": state, "items": items, "skip": offset, "rows": int(rest["bbox"].shape[0])}
+        return {"items": self.items, "loader": self._state, "carry": None, "replay": replay}
 
 
 def position_to_cpu(position: dict) -> dict:
@@ -186,7 +242,7 @@ def position_to_cpu(position: dict) -> dict:
     carry = position.get("carry")
     if carry is not None:
         carry = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in carry.items()}
-    return {"items": position["items"], "loader": position["loader"], "carry": carry}
+    return {"items": position["items"], "loader": position["loader"], "carry": carry, "replay": position.get("replay")}
 
 
 class Prefetcher:
