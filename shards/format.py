@@ -197,6 +197,42 @@ _EXTENSION_TYPES = frozenset(b"xgLK")  # PAX extended / global headers, GNU long
 MAX_EXTENSION_BYTES = 8 << 10  # real PAX / GNU long-name headers take a few hundred bytes
 
 
+def _octal_field(field: bytes) -> int | None:
+    """A numeric header field as ``tarfile`` reads it (up to the first NUL, spaces stripped, empty = 0), or None
+    for anything else: base-256 (what 3.11's tarfile mishandles when negative) and non-octal text."""
+    if field[:1] and field[0] & 0x80:
+        return None
+    text = field.split(b"\0", 1)[0].strip()
+    if any(c not in b"01234567" for c in text):
+        return None
+    return int(text, 8) if text else 0
+
+
+_PAX_RECORD = re.compile(rb"(\d+) ([^=]+)=")
+
+
+def _pax_records(buf: bytes) -> dict[bytes, bytes] | str:
+    """PAX records framed as ``tarfile`` frames them (``"<length> <key>=<value>\n"``, parsed from the length
+    prefix), or what is wrong: a record not ending in a newline, a key given twice (tarfile keeps the last, a
+    reader that keeps the first sees another size), GNU sparse keys (they move where tarfile looks for the next
+    header), or bytes left over that are not the block's NUL padding."""
+    records: dict[bytes, bytes] = {}
+    pos = 0
+    while m := _PAX_RECORD.match(buf, pos):
+        length, key = int(m.group(1)), m.group(2)
+        if length <= len(m.group(0)) or pos + length > len(buf) or buf[pos + length - 1 : pos + length] != b"\n":
+            return f"record at {pos} is not '<length> <key>=<value>\\n'"
+        if key in records:
+            return f"key {key[:40]!r} given twice"
+        if key.startswith(b"GNU.sparse"):
+            return f"key {key[:40]!r} (GNU sparse files are not shard members)"
+        records[key] = buf[m.end() : pos + length - 1]
+        pos += length
+    if buf[pos:].strip(b"\0"):
+        return f"bytes at {pos} that are no record"
+    return records
+
+
 def tar_header_problem(path: str | os.PathLike, strict: bool = False) -> str | None:
     """What makes a tar unsafe to hand to ``tarfile``, found by walking its 512-byte headers as ``tarfile`` does
     (seeks only), or None.
@@ -212,6 +248,7 @@ def tar_header_problem(path: str | os.PathLike, strict: bool = False) -> str | N
     end = os.path.getsize(path)
     offset = 0
     pax_size: int | None = None  # a PAX "size" record: the size of the next member, in place of its field
+    pax_pending = False  # a PAX "x" header was read: the next header must be its member
     with open(path, "rb") as f:
         while offset + 512 <= end:
             f.seek(offset)
@@ -219,18 +256,19 @@ def tar_header_problem(path: str | os.PathLike, strict: bool = False) -> str | N
             where = f"header at byte {offset}"
             if header == b"\0" * 512:
                 return None  # end-of-archive marker
-            declared = header[148:156].replace(b"\0", b" ").strip()
-            if not declared or any(c not in b"01234567" for c in declared):
+            declared = _octal_field(header[148:156])
+            if declared is None:
                 return f"{where}: no tar header checksum (not a tar, or damaged)"
             unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
             signed = sum(struct.unpack("148b8x356b", header)) + 8 * 32  # old writers sum signed bytes
-            if int(declared, 8) not in (unsigned, signed):
+            if declared not in (unsigned, signed):
                 return f"{where}: checksum mismatch (damaged)"
-            field = header[124:136].replace(b"\0", b" ").strip()
-            if header[124] & 0x80 or not field or any(c not in b"01234567" for c in field):
+            size = _octal_field(header[124:136])
+            if size is None:
                 return f"{where}: size field {header[124:136]!r} is not octal digits"
-            size = int(field, 8)
             kind = header[156]
+            if pax_pending and kind in _EXTENSION_TYPES:
+                return f"{where}: a {chr(kind)!r} extension header right after a PAX header (tarfile nests them)"
             name = header[:100].split(b"\0", 1)[0]
             if kind in _EXTENSION_TYPES:
                 if strict:
@@ -238,16 +276,20 @@ def tar_header_problem(path: str | os.PathLike, strict: bool = False) -> str | N
                 if size > MAX_EXTENSION_BYTES:
                     return f"{where}: a {size}-byte {chr(kind)!r} extension header (at most {MAX_EXTENSION_BYTES})"
                 f.seek(offset + 512)
-                data = f.read(size)
+                data = f.read(-(-size // 512) * 512)  # tarfile parses the whole padded block
                 if kind in b"xg":
-                    size_record = re.search(rb"(?:^|\n)\d+ size=([^\n]*)\n", data)
-                    if size_record is not None:
-                        value = size_record.group(1)
+                    records = _pax_records(data)
+                    if isinstance(records, str):
+                        return f"{where}: PAX header {records}"
+                    value = records.get(b"size")
+                    if value is not None:
                         if kind == ord("g") or not value.isdigit() or int(value) > MAX_MEMBER_BYTES:
                             return f"{where}: PAX size record {value[:40]!r} (not a member size within bounds)"
                         pax_size = int(value)
+                    pax_pending = kind == ord("x")
                 offset += 512 + -(-size // 512) * 512
                 continue
+            pax_pending = False
             if pax_size is not None:
                 size, pax_size = pax_size, None
             if size > MAX_MEMBER_BYTES:

@@ -503,6 +503,20 @@ def test_hostile_tars_are_refused_before_tarfile_reads_them(sample_build, tmp_pa
     record = b"20 size=-1000000000\n"  # a PAX size record overriding the next member's
     pax.write_bytes(_ustar_header("././@PaxHeader", b"%011o\0" % len(record), b"x") + record.ljust(512, b"\0"))
     assert "PAX size record b'-1000000000'" in tar_header_problem(pax)
+    nul = tmp_path / "nul.tar"  # tarfile reads a size field up to its first NUL: "\0...1000" is 0, not 512
+    nul.write_bytes(_ustar_header("first", b"\0" * 7 + b"1000\0") + _ustar_header("x", b"\xff" * 12) + b"\0" * 1024)
+    assert "size field b'\\xff" in tar_header_problem(nul)
+    for records, why in (
+        (b"10 size=0\n13 size=1024\n", "key b'size' given twice"),  # tarfile keeps the last
+        (b"12 path=a.tX13 size=1024\n", "is not '<length> <key>=<value>"),  # a record not ending in a newline
+        (b"22 GNU.sparse.major=1\n", "GNU sparse"),
+    ):
+        head = _ustar_header("././@PaxHeader", b"%011o\0" % len(records), b"x") + records.ljust(512, b"\0")
+        pax.write_bytes(head + _ustar_header("a.txt", b"%011o\0" % 0) + b"\0" * 1024)
+        assert why in tar_header_problem(pax), records
+    chained = _ustar_header("././@PaxHeader", b"%011o\0" % 0, b"x") * 2 + b"\0" * 1024
+    pax.write_bytes(chained)
+    assert "extension header right after a PAX header" in tar_header_problem(pax)
     hidden = tmp_path / "hidden.tar"  # a symlink "holding" a header: tarfile reads it, a data-skipping walk would not
     hidden.write_bytes(_ustar_header("a.link", b"%011o\0" % 512, b"2") + pax.read_bytes())
     assert "(link / folder / device) claiming 512 data bytes" in tar_header_problem(hidden)

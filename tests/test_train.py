@@ -707,3 +707,28 @@ def test_resuming_a_complete_run_changes_nothing(run_1step: Path, capsys):
     assert train_main(["--out", str(run_1step), "--resume", "--no-progress"]) == 2
     assert "is complete (step 1 of --steps 1); pass a larger --steps" in capsys.readouterr().err
     assert {p.name: p.stat().st_mtime_ns for p in run_1step.iterdir()} == before
+
+
+def test_positions_of_older_checkpoints_with_leftover_pixels_resume(tmp_path: Path):
+    """Checkpoints before the replay format hold the leftovers' pixels: they resume as before, their positions
+    keep pixels until those rows are used, then switch to replays; every step matches the uninterrupted run."""
+    from train.data import position_to_cpu
+
+    for per_item, batch in ((44, 50), (88, 50), (22, 30), (66, 25)):
+        ref = [b for b, _ in zip(ExampleBatcher(_ListLoader(per_item=per_item), batch), range(12), strict=False)]
+        for cut in range(1, 8):
+            old = position_to_cpu(ref[cut].position)
+            if old["replay"] is None:
+                continue
+            # the old format: the leftovers themselves, no replay
+            loader = _ListLoader(per_item=per_item)
+            rows = ExampleBatcher(loader, batch, old)  # rebuild the carry the replay describes ...
+            old = {"items": old["items"], "loader": old["loader"], "carry": rows.carry, "replay": None}
+            resumed = ExampleBatcher(_ListLoader(per_item=per_item), batch, position_to_cpu(old))
+            got = [b for b, _ in zip(resumed, range(12 - cut - 1), strict=False)]
+            for a, b in zip(ref[cut + 1 :], got, strict=True):
+                assert torch.equal(a.bbox, b.bbox), (per_item, batch, cut)
+            for b_idx, b in enumerate(got[:-1]):  # ... and every position of the resumed run resumes exactly
+                again = ExampleBatcher(_ListLoader(per_item=per_item), batch, position_to_cpu(b.position))
+                nxt = next(iter(again))
+                assert torch.equal(nxt.bbox, got[b_idx + 1].bbox), (per_item, batch, cut, b_idx)
