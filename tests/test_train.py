@@ -276,6 +276,7 @@ def test_bad_arguments_give_clear_errors(shards: Path, tmp_path: Path, capsys: p
     both = ["--shards", str(shards), "--out", str(tmp_path / "r")]
     assert "pass one of them" in error([*both, "--resume", "--overwrite"])
     assert "contradict each other" in error([*both, "--no-val", "--val-shards", str(shards)])
+    assert "Adam keeps its own" in error([*both, "--optimizer", "adam", "--momentum", "0.5"])
     cfg = resolve(["--shards", str(shards), "--out", str(tmp_path / "r")])
     assert (cfg.preset, cfg.steps, cfg.batch_examples, cfg.lr, cfg.lr_step) == (
         "authors",
@@ -732,3 +733,26 @@ def test_positions_of_older_checkpoints_with_leftover_pixels_resume(tmp_path: Pa
                 again = ExampleBatcher(_ListLoader(per_item=per_item), batch, position_to_cpu(b.position))
                 nxt = next(iter(again))
                 assert torch.equal(nxt.bbox, got[b_idx + 1].bbox), (per_item, batch, cut, b_idx)
+
+
+def test_a_replay_past_a_skipped_batch_does_not_count_it_again():
+    """Resuming pulls the leftovers' items again; a batch the loader failed among them was skipped (and logged)
+    by the run before its checkpoint, so the resumed run must not log it as a new skip."""
+    from pipeline.bad_samples import SampleDecodeError
+    from train.data import position_to_cpu
+
+    class Flaky(_ListLoader):
+        def __iter__(self):
+            for item in super().__iter__():
+                if self.i == 3:  # the third item of every epoch fails to decode
+                    raise SampleDecodeError("cannot read/decode sample key='k3'")
+                yield item
+
+    batches = [b for b, _ in zip(ExampleBatcher(Flaky(per_item=22), 60), range(4), strict=False)]
+    pos = next(b.position for b in batches if (r := b.position["replay"]) and r["items"] < 3 <= b.position["items"])
+    resumed = ExampleBatcher(Flaky(per_item=22), 60, position_to_cpu(pos))
+    assert resumed.skipped_items == 0
+    later = [b for b, _ in zip(resumed, range(2), strict=False)]
+    i = next(k for k, b in enumerate(batches) if b.position is pos)
+    for a, b in zip(batches[i + 1 :], later, strict=False):
+        assert torch.equal(a.bbox, b.bbox)

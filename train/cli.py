@@ -259,6 +259,8 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
         parser.error(f"--lr {cfg.lr:g}: the FC biases' rate (x20) overflows float32 (the authors' base rate is 1e-6)")
     if cfg.lr <= 0 or cfg.momentum < 0 or cfg.weight_decay < 0 or not 0 < cfg.gamma <= 1 or cfg.time_limit < 0:
         parser.error("--lr must be > 0, --momentum/--weight-decay/--time-limit >= 0, 0 < --gamma <= 1")
+    if args.momentum is not None and cfg.optimizer == "adam":
+        parser.error("--momentum applies to --optimizer caffe-sgd; Adam keeps its own moment estimates")
 
     # ---- run directory ------------------------------------------------------------------------------------
     if not cfg.out:

@@ -129,6 +129,7 @@ class ExampleBatcher:
         skip = int(replay["skip"])
         self.carry = {k: torch.cat([p[k] for p in parts])[skip:] for k in KEYS}
         self._offset = skip
+        self.skipped_items = 0  # batches the run already skipped (and logged) before its checkpoint
         if int(self.carry["bbox"].shape[0]) != int(replay["rows"]):
             raise DataError(
                 f"resume: the loader gave {int(self.carry['bbox'].shape[0])} leftover examples where the checkpoint "
