@@ -289,7 +289,7 @@ def build_report(
                 for n, c in s.per_sequence.items()
             },
         }
-    invalid = {q.name: int((~q.valid).sum()) for q in sequences if not q.valid.all()}
+    invalid = invalid_rows(sequences)
     return {
         "protocol": protocol,
         "rules": M.PROTOCOL_RULES[protocol],
@@ -300,6 +300,11 @@ def build_report(
         "notes": list(notes),
         "trackers": trackers,
     }
+
+
+def invalid_rows(sequences: Sequence[OTBSequence]) -> dict[str, int]:
+    """Sequence -> its ground-truth rows that fail the OTB validity rule (only sequences that have some)."""
+    return {q.name: int((~q.valid).sum()) for q in sequences if not q.valid.all()}
 
 
 def _json_number(v: float) -> float | None:
@@ -335,7 +340,7 @@ def markdown_report(scores: Sequence[TrackerScores], protocol: str, discovery: D
         "single-stream figure papers report, run with `--batch-sequences 1`.",
         f"Norm. precision: {M.NORM_PRECISION_DEFINITIONS[protocol]}.",
     ]
-    invalid = {q.name: int((~q.valid).sum()) for q in discovery.sequences if not q.valid.all()}
+    invalid = invalid_rows(discovery.sequences)
     if invalid:
         listed = ", ".join(f"{k} {v}" for k, v in invalid.items())
         lines.append(

@@ -151,8 +151,9 @@ class FrameIndex:
         self.by_number: dict[int, int] = {}
         for pos, (name, _, _) in enumerate(frames):
             stem = name.rsplit(".", 1)[0]
-            if _frame_number(stem) is not None:
-                self.by_number.setdefault(int(stem), pos)
+            number = _frame_number(stem)
+            if number is not None:
+                self.by_number.setdefault(number, pos)
 
     def lookup(self, frame: int) -> tuple[str, int, int] | None:
         pos = frame - 1

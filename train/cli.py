@@ -296,19 +296,23 @@ def clear_run_dir(out: Path) -> None:
     """--overwrite: remove what a previous run wrote (only the trainer's own files)."""
     if not out.is_dir():
         return
-    for pattern in (*RUN_FILES, ".checkpoint-*"):
+    from train.checkpointing import remove_stale_temps
+
+    for pattern in RUN_FILES:
         for f in out.glob(pattern):
             f.unlink()
+    remove_stale_temps(out)  # what interrupted saves left behind
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = resolve(argv)
+    from train.checkpointing import LATEST
     from train.loop import TrainingError, run
 
     out = Path(cfg.out)
     is_main = int(os.environ.get("RANK", "0")) == 0
     if cfg.resume:
-        done = _saved_step(out / "checkpoint-latest.pt")
+        done = _saved_step(out / LATEST)
         if done >= cfg.steps:  # nothing to train: leave the run's files as they are
             print(
                 f"error: the run in {out} is complete (step {done} of --steps {cfg.steps}); pass a larger --steps "
