@@ -4,9 +4,9 @@
 # Why: the device machine has python 3.12 with torch (CUDA), torchvision, Pillow, numpy, OpenCV and lxml, and no
 # package registry (../shared/tools/device-dali/README.md); DALI travels in parts. The checks also import pytest
 # (the CUDA tests), tensorboard + protobuf (the trainer's log), webdataset + braceexpand + pyyaml (the shard
-# reader) and tqdm. These are pure Python (pyyaml: one cp312 wheel), about 9 MB in all: small enough to carry with
-# a DALI part. tensorboard's server-side dependencies (grpcio, werkzeug, ...) are left out: writing event files
-# needs none of them.
+# reader), tqdm and simplejpeg (the shard JPEG rule). Pure Python but for two cp312 wheels (pyyaml,
+# simplejpeg), about 9 MB in all: small enough to carry with a DALI part. tensorboard's server-side dependencies
+# (grpcio, werkzeug, ...) are left out: writing event files needs none of them.
 #
 #   bash bench/gpu_wheels.sh download [DIR]   # here (a registry, the project's .venv): wheels into DIR (.gpuwheels)
 #   bash bench/gpu_wheels.sh install DIR      # there: install them into python3, offline
@@ -14,7 +14,7 @@
 # Versions: those installed in the project's .venv (pinned by pyproject.toml), so both machines run the same code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS=(tensorboard absl-py protobuf pytest pluggy iniconfig pygments packaging webdataset braceexpand pyyaml tqdm)
+PKGS=(tensorboard absl-py protobuf pytest pluggy iniconfig pygments packaging webdataset braceexpand pyyaml tqdm simplejpeg)
 cmd=${1:-}
 dir=${2:-.gpuwheels}
 case $cmd in
@@ -60,7 +60,7 @@ for whl in sorted(pathlib.Path(sys.argv[1]).glob("*.whl")):
         zipfile.ZipFile(whl).extractall(site)
         print(f"installed {whl.name}")
 PYEOF
-    python3 -c "import pytest, tensorboard, google.protobuf, webdataset, yaml, tqdm; print('gpu wheels: ready')"
+    python3 -c "import pytest, tensorboard, google.protobuf, webdataset, yaml, tqdm, simplejpeg; print('gpu wheels: ready')"
     ;;
 *)
     echo "usage: bash bench/gpu_wheels.sh download [DIR] | install DIR"

@@ -1,13 +1,18 @@
 """Full-decode validation of one input image, and the rule for when its bytes may be copied into a shard.
 
+The full decode of a JPEG is libjpeg-turbo's in strict mode (`shards.jpeg.libjpeg_warning`: the decoder under
+PIL and DALI's CPU backend, with warnings as errors); PIL decodes PNGs and what is re-encoded.
+
 A shard JPEG must decode to the same RGB pixels in every reader (PIL, DALI's CPU decoder, nvJPEG). So an input
 is copied byte for byte only when it is a JPEG (baseline, extended-sequential or progressive, 8-bit) that
 decodes completely to 3-channel RGB. PNG-named-JPEG, CMYK, grayscale and other modes are converted to RGB and
 re-encoded (baseline JPEG, quality 95); 16-bit samples keep their high byte, as ``cv2.imread`` (the authors'
 reader) does. A JPEG with an EXIF orientation tag other than 1 in any of its EXIF segments has all of them
 removed (pixels untouched), because DALI applies EXIF orientation (of the last segment) by default while the
-boxes refer to the stored pixels. Anything that does not decode completely is rejected with a reason; nothing
-here raises for bad data except `ImageRejected`.
+boxes refer to the stored pixels. Anything that does not decode completely is rejected with a reason, and so is
+a JPEG on which libjpeg-turbo warns (decoders fill its missing blocks with grey without an error), except junk
+before the end-of-image marker (all data decoded: re-encoded). Nothing here raises for bad data except
+`ImageRejected`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from PIL import Image
 from model.image_modes import SIXTEEN_BIT_MODES, to_rgb8
 from pipeline.input_files import FileTooLarge, NotRegularFile, read_regular
 from shards.format import MAX_PIXELS
+from shards.jpeg import TRAILING_JUNK, jpeg_header, libjpeg_warning, oriented_exif
 
 MAX_IMAGE_BYTES = 64 << 20  # refuse to read larger files (largest real ImageNet/ALOV frames are a few MB)
 REENCODE_QUALITY = 95
@@ -31,8 +37,6 @@ REENCODE_QUALITY = 95
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COPYABLE_SOF = {0xC0: "baseline", 0xC1: "extended", 0xC2: "progressive"}
-ALL_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
-EXIF_ORIENTATION = 0x0112
 _ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
@@ -69,40 +73,6 @@ def read_image_file(path: str) -> bytes:
         raise ImageRejected("unreadable_image", f"{type(e).__name__}: {e.strerror or e}") from e
 
 
-def jpeg_header(data: bytes) -> tuple[int | None, list[tuple[int, int]], int]:
-    """(SOF marker, byte ranges of every APP1 Exif segment, sample precision) from the segments before SOS.
-
-    Every Exif segment, not just the first: PIL reads the first, DALI obeys the last.
-    """
-    i, n = 2, len(data)
-    sof: int | None = None
-    exif: list[tuple[int, int]] = []
-    precision = 8
-    while i + 4 <= n:
-        if data[i] != 0xFF:  # stray bytes between segments: libjpeg skips them with a warning, so do we
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers
-            i += 2
-            continue
-        if marker == 0xD9:
-            break
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if length < 2 or marker == 0xDA:  # broken length (the decoder will judge) or start of scan: header over
-            break
-        if marker in ALL_SOF and sof is None:
-            sof = marker
-            precision = data[i + 4] if i + 4 < n else 8
-        elif marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\0\0":
-            exif.append((i, i + 2 + length))
-        i += 2 + length
-    return sof, exif, precision
-
-
 @contextmanager
 def _pil_pixel_limit(limit: int) -> Iterator[None]:
     """PIL's decompression-bomb limit set to ours while decoding, then restored: the rule that applies is
@@ -116,17 +86,13 @@ def _pil_pixel_limit(limit: int) -> Iterator[None]:
         Image.MAX_IMAGE_PIXELS = saved
 
 
-def _decode(data: bytes, fmt: str) -> Image.Image:
-    """Open and fully decode (``load``); every failure is an `ImageRejected`, never an exception escaping."""
+@contextmanager
+def _decoder_errors() -> Iterator[None]:
+    """PIL's failures on a broken or oversized file as `ImageRejected`, never an exception escaping."""
     try:
         with warnings.catch_warnings(), _pil_pixel_limit(MAX_PIXELS):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=(fmt,))
-            w, h = im.size
-            if w < 1 or h < 1 or w * h > MAX_PIXELS:
-                raise ImageRejected("image_too_large", f"{w}x{h} pixels")
-            im.load()
-        return im
+            yield
     except ImageRejected:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:  # PIL's check of MAX_PIXELS
@@ -134,6 +100,22 @@ def _decode(data: bytes, fmt: str) -> Image.Image:
     except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, struct.error... for broken files
         message = _ADDRESS.sub("<data>", str(e))  # no object addresses: the manifest stays reproducible
         raise ImageRejected("corrupt_image", f"{type(e).__name__}: {message}") from e
+
+
+def _open(data: bytes, fmt: str) -> Image.Image:
+    """Open: the header, with the size limits (no decode yet)."""
+    with _decoder_errors():
+        im = Image.open(io.BytesIO(data), formats=(fmt,))
+        w, h = im.size
+        if w < 1 or h < 1 or w * h > MAX_PIXELS:
+            raise ImageRejected("image_too_large", f"{w}x{h} pixels")
+    return im
+
+
+def _load(im: Image.Image) -> Image.Image:
+    with _decoder_errors():
+        im.load()
+    return im
 
 
 def _reencode(im: Image.Image) -> bytes:
@@ -146,16 +128,6 @@ def _reencode(im: Image.Image) -> bytes:
     buf = io.BytesIO()
     rgb.save(buf, format="JPEG", quality=REENCODE_QUALITY)
     return buf.getvalue()
-
-
-def _orientation(segment: bytes) -> int | None:
-    """EXIF orientation of one APP1 segment, or None when it cannot be parsed (then it is removed too)."""
-    try:
-        exif = Image.Exif()
-        exif.load(segment[4:])  # after marker and length: b"Exif\0\0" + TIFF header
-        return int(exif.get(EXIF_ORIENTATION, 1))
-    except Exception:
-        return None
 
 
 def _without(data: bytes, ranges: list[tuple[int, int]]) -> bytes:
@@ -172,20 +144,38 @@ def check_image(data: bytes) -> CheckedImage:
     if not data:
         raise ImageRejected("empty_image", "0 bytes")
     if data.startswith(PNG_MAGIC):
-        im = _decode(data, "PNG")
+        im = _load(_open(data, "PNG"))
         reason = "png_16bit" if im.mode in SIXTEEN_BIT_MODES else "png"
         return CheckedImage(_reencode(im), im.width, im.height, reason)
     if data.startswith(JPEG_MAGIC[:2]) and not data.startswith(JPEG_MAGIC):  # SOI, then no marker: damaged
         raise ImageRejected("corrupt_image", f"JPEG start-of-image not followed by a marker ({data[:8].hex()})")
     if not data.startswith(JPEG_MAGIC):
         raise ImageRejected("unsupported_format", f"neither JPEG nor PNG (starts with {data[:8].hex()})")
+    return _check_jpeg(data)
+
+
+def _check_jpeg(data: bytes) -> CheckedImage:
+    """One full decode for the common case, a JPEG copied as is: libjpeg-turbo's strict one (PIL opens the header
+    only). PIL decodes what is re-encoded from its pixels."""
     sof, exif, precision = jpeg_header(data)
-    im = _decode(data, "JPEG")
+    im = _open(data, "JPEG")
+    copyable = sof in COPYABLE_SOF and precision == 8 and im.mode == "RGB"
+    try:
+        warning = libjpeg_warning(data)
+    except ValueError as e:
+        if copyable:
+            raise ImageRejected("corrupt_image", f"libjpeg-turbo: {e}") from e
+        warning = None  # e.g. 12-bit or lossless, which libjpeg-turbo's 8-bit decoder refuses: PIL judges
+    if warning is not None and not TRAILING_JUNK.fullmatch(warning):
+        raise ImageRejected("corrupt_image", f"libjpeg-turbo warns: {warning} (PIL and DALI decode it silently)")
     if sof not in COPYABLE_SOF or precision != 8:
-        return CheckedImage(_reencode(im), im.width, im.height, f"jpeg_sof{(sof or 0) - 0xC0}_{precision}bit")
-    if im.mode != "RGB":
+        reason = f"jpeg_sof{(sof or 0) - 0xC0}_{precision}bit"
+    elif im.mode != "RGB":
         reason = {"L": "grayscale", "CMYK": "cmyk"}.get(im.mode, f"mode_{im.mode}")
-        return CheckedImage(_reencode(im), im.width, im.height, reason)
-    if any(_orientation(data[a:b]) != 1 for a, b in exif):
+    elif warning is not None:  # every coefficient decoded; re-encoded so that no reader has to recover from junk
+        reason = "jpeg_trailing_junk"
+    elif oriented_exif(data):
         return CheckedImage(_without(data, exif), im.width, im.height, "exif_orientation")
-    return CheckedImage(data, im.width, im.height, None)
+    else:
+        return CheckedImage(data, im.width, im.height, None)
+    return CheckedImage(_reencode(_load(im)), im.width, im.height, reason)

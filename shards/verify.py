@@ -1,11 +1,11 @@
 """``python -m shards.verify DIR``: prove a shard directory is exactly what its manifest says, or say why not.
 
 Per shard: size and sha256 against the manifest, the ``.idx`` against the tar's real offsets, every member
-name and sample layout, every JPEG fully decoded as RGB, ``boxes.npy`` (float32, (1,4) still / (2,4) pair, no
-pickle) with every box inside its image (``0 <= x1 < x2 <= W``, same for y), ``meta.json`` consistent with the
-sample. Globally: sample totals against ``counts``, keys unique, the accounting adds up (total = written +
-skipped), and no shard file on disk that the manifest does not list. Exit status 1 with a readable report on
-any mismatch.
+name and sample layout, every JPEG fully decoded as RGB without a libjpeg warning, ``boxes.npy`` (float32,
+(1,4) still / (2,4) pair, no pickle) with every box inside its image (``0 <= x1 < x2 <= W``, same for y),
+``meta.json`` consistent with the sample. Globally: sample totals against ``counts``, keys unique, the
+accounting adds up (total = written + skipped), and no shard file on disk that the manifest does not list.
+Exit status 1 with a readable report on any mismatch.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from PIL.ExifTags import Base as ExifTag
 
 from shards.format import (
     CURR,
@@ -46,6 +45,7 @@ from shards.format import (
     tar_header_problem,
     tar_of_index,
 )
+from shards.jpeg import exif_orientation, jpeg_header, libjpeg_warning
 from shards.tarwriter import format_index
 
 # accounting quantity -> the counts field its "written" must equal (summed over splits)
@@ -55,17 +55,22 @@ MAX_PROBLEMS_PER_SHARD = 20
 
 def _image(data: bytes) -> tuple[int, int]:
     """(width, height) of a member JPEG, decoded in full; ValueError for what v1 never holds: another mode, more
-    pixels than the builder accepts, or an EXIF orientation (PIL reads the stored pixels, DALI would rotate them:
-    the boxes can only fit one of the two)."""
+    pixels than the builder accepts, an EXIF orientation in any Exif segment (PIL reads the stored pixels, DALI
+    would rotate them: the boxes can only fit one of the two), or a libjpeg warning (a JPEG cut short decodes
+    without an error, its missing blocks grey)."""
     with Image.open(io.BytesIO(data), formats=("JPEG",)) as im:
         if im.mode != "RGB":
             raise ValueError(f"mode {im.mode}, expected RGB")
         if im.width * im.height > MAX_PIXELS:
             raise ValueError(f"{im.width}x{im.height}: more than the builder's {MAX_PIXELS} pixels")
-        orientation = im.getexif().get(ExifTag.Orientation, 1)
-        if orientation != 1:
-            raise ValueError(f"EXIF orientation {orientation} (v1 images are stored upright, with none)")
-        im.load()
+        for a, b in jpeg_header(data)[1]:
+            orientation = exif_orientation(data[a:b])
+            if orientation != 1:
+                what = "an unreadable Exif segment" if orientation is None else f"EXIF orientation {orientation}"
+                raise ValueError(f"{what} (v1 images are stored upright, with no orientation)")
+        warning = libjpeg_warning(data)  # the full decode (libjpeg-turbo, PIL's decoder too); ValueError if fatal
+        if warning is not None:
+            raise ValueError(f"libjpeg-turbo warns: {warning}")
         return im.size
 
 

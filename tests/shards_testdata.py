@@ -35,6 +35,26 @@ def jpeg(w: int, h: int, seed: int = 0, mode: str = "RGB", **save: object) -> by
     return buf.getvalue()
 
 
+def exif_segment(orientation: int | None) -> bytes:
+    """An APP1 Exif segment with that orientation (None: not parseable)."""
+    body = b"Exif\0\0garbage!" if orientation is None else Image.Exif()
+    if orientation is not None:
+        body[0x0112] = orientation
+        body = body.tobytes()
+    return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
+
+
+def with_exif(data: bytes, *orientations: int | None) -> bytes:
+    """``data`` (a JPEG) with one Exif segment per orientation right after its start-of-image marker."""
+    return data[:2] + b"".join(exif_segment(o) for o in orientations) + data[2:]
+
+
+def cut_short(data: bytes, keep: float = 0.75) -> bytes:
+    """A JPEG cut inside its scan data and closed with an end-of-image marker: PIL and DALI decode it without an
+    error (the missing blocks grey); only libjpeg's warning tells."""
+    return data[: int(len(data) * keep)] + b"\xff\xd9"
+
+
 def cached_build(
     name: str, tmp_root: Callable[[str], Path], make: Callable[[Path], BuildConfig]
 ) -> tuple[Path, BuildReport]:

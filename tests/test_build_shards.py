@@ -28,6 +28,7 @@ from PIL import Image
 from shards_testdata import (
     ALOV_REAL_VIDEOS,
     cached_build,
+    cut_short,
     edge_tree,
     jpeg,
     read_shards,
@@ -35,13 +36,15 @@ from shards_testdata import (
     sample_args,
     sample_config,
     sample_tree,
+    with_exif,
     xml,
 )
 
 from pipeline import alov, image_check, imagenet_det
 from pipeline.build_shards import BuildConfig, build, main, parse_size
-from pipeline.image_check import ImageRejected, check_image, jpeg_header, read_image_file
+from pipeline.image_check import ImageRejected, check_image, read_image_file
 from shards.format import make_key
+from shards.jpeg import TRAILING_JUNK, jpeg_header, libjpeg_warning
 
 pytestmark = pytest.mark.xdist_group("shards")
 REPO = Path(__file__).resolve().parents[1]
@@ -809,24 +812,39 @@ def test_sixteen_bit_png_keeps_its_gray_levels():
         image_check._reencode(Image.new("F", (4, 4), 1000.5))
 
 
-def exif_segment(orientation: int | None) -> bytes:
-    """An APP1 Exif segment with that orientation (None: not parseable)."""
-    body = b"Exif\0\0garbage!" if orientation is None else Image.Exif()
-    if orientation is not None:
-        body[0x0112] = orientation
-        body = body.tobytes()
-    return b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body
-
-
 @pytest.mark.parametrize("orientations", [(1,), (6,), (1, 6), (6, 1), (1, None), (1, 1)])
 def test_every_exif_segment_is_checked(orientations):
     plain = jpeg(40, 30)
-    data = plain[:2] + b"".join(exif_segment(o) for o in orientations) + plain[2:]
+    data = with_exif(plain, *orientations)
     c = check_image(data)
     if all(o == 1 for o in orientations):
         assert c.converted is None and c.data == data
     else:  # DALI obeys the last segment, PIL the first: remove them all
         assert c.converted == "exif_orientation" and c.data == plain and not jpeg_header(c.data)[1]
+
+
+@pytest.mark.parametrize("kind", [{}, {"progressive": True}, {"mode": "L"}, {"mode": "CMYK"}])
+def test_jpeg_cut_short_and_closed_with_an_end_marker_is_rejected(kind):
+    good = jpeg(200, 150, **kind)
+    bad = cut_short(good)
+    with Image.open(io.BytesIO(bad)) as im:
+        im.load()  # the reason for the check: PIL decodes it without an error (as do DALI and OpenCV)
+        assert im.size == (200, 150)
+    with pytest.raises(ImageRejected) as e:
+        check_image(bad)
+    assert e.value.code == "corrupt_image"
+    assert e.value.detail.startswith("libjpeg-turbo warns: Corrupt JPEG data: premature end of data segment")
+    assert libjpeg_warning(good) is None
+
+
+def test_junk_before_the_end_marker_is_reencoded_with_every_pixel():
+    good = jpeg(64, 48)
+    junky = good[:-2] + b"\0" * 100 + b"\xff\xd9"
+    assert TRAILING_JUNK.fullmatch(libjpeg_warning(junky) or "")  # "99 extraneous bytes before marker 0xd9"
+    c = check_image(junky)
+    assert (c.width, c.height, c.converted) == (64, 48, "jpeg_trailing_junk") and libjpeg_warning(c.data) is None
+    decoded = [np.asarray(Image.open(io.BytesIO(d)), dtype=int) for d in (good, c.data)]
+    assert np.abs(decoded[0] - decoded[1]).mean() < 2  # the same picture (re-encoded at quality 95)
 
 
 def test_pil_pixel_limit_follows_max_pixels(monkeypatch):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from shards_testdata import cached_build, jpeg, read_shards, sample_tree
+from shards_testdata import cached_build, cut_short, jpeg, read_shards, sample_tree, with_exif
 
 from shards import open_dataset
 from shards.dataset import shard_paths
@@ -476,8 +476,9 @@ def _ustar_header(name: str, size_field: bytes, typeflag: bytes = b"0") -> bytes
 
 def test_hostile_tars_are_refused_before_tarfile_reads_them(sample_build, tmp_path):
     """Python 3.11's tarfile loops forever on a negative base-256 size and takes quadratic time on a big PAX
-    header; every reader of ours walks the plain ustar headers first. An EXIF orientation, NaN boxes or a
-    forged npy header are named by verify; shards.stats leaves such samples out with a warning."""
+    header; every reader of ours walks the plain ustar headers first. An EXIF orientation (in any Exif segment),
+    a JPEG cut short (it decodes without an error), NaN boxes or a forged npy header are named by verify;
+    shards.stats leaves such samples out with a warning."""
     from pipeline.shard_sets import index_entries
     from shards import stats
     from shards.format import read_boxes, tar_header_problem
@@ -541,10 +542,14 @@ def test_hostile_tars_are_refused_before_tarfile_reads_them(sample_build, tmp_pa
     nan = io.BytesIO()
     np.save(nan, np.array([[np.nan, 1, 5, 5], [1, 1, 5, 5]], np.float32))
     members[keys[1]]["boxes.npy"] = nan.getvalue()
+    members[keys[0]]["prev.jpg"] = cut_short(members[keys[0]]["prev.jpg"])
+    members[keys[1]]["prev.jpg"] = with_exif(members[keys[1]]["prev.jpg"], 1, 3)  # PIL reads only the first
     _resign(copy, alov, members)
     text = "\n".join(verify(copy)[0])
     assert f"{keys[0]}: curr.jpg does not decode: ValueError: EXIF orientation 6" in text
     assert f"{keys[1]}: boxes.npy holds [[nan," in text
+    assert f"{keys[0]}: prev.jpg does not decode: ValueError: libjpeg-turbo warns: Corrupt JPEG data: premature" in text
+    assert f"{keys[1]}: prev.jpg does not decode: ValueError: EXIF orientation 3" in text
     forged = io.BytesIO()
     np.lib.format.write_array_header_1_0(forged, {"descr": "<f4", "fortran_order": False, "shape": (10**12, 4)})
     with pytest.raises(ValueError, match="more than 64 values"):
