@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from PIL import Image
 
 from evaluate.metrics import PROTOCOLS
 from model.image_modes import to_rgb8
+from pipeline.input_files import FileTooLarge, NotRegularFile, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +177,16 @@ MAX_TEXT_BYTES = 16 << 20  # an OTB annotation or result file is a few hundred K
 
 def read_annotation_text(path: Path) -> str:
     """An annotation (or result) file's text; ``utf-8-sig`` drops the byte-order mark some Windows editors
-    write. Only a regular file of at most `MAX_TEXT_BYTES` is read: a FIFO hung, ``/dev/zero`` ate memory."""
-    st = Path(path).stat()
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError(f"{path}: not a regular file")
-    if st.st_size > MAX_TEXT_BYTES:
-        raise ValueError(f"{path}: {st.st_size} bytes, larger than any annotation file ({MAX_TEXT_BYTES})")
+    write. Read through `pipeline.input_files.read_regular` (the builder's reader): only a regular file of at most
+    `MAX_TEXT_BYTES`, opened without blocking (a FIFO hung, ``/dev/zero`` ate memory)."""
     try:
-        return path.read_text(encoding="utf-8-sig")
+        data = read_regular(path, MAX_TEXT_BYTES)
+    except NotRegularFile as e:
+        raise ValueError(f"{path}: {e}") from None
+    except FileTooLarge as e:
+        raise ValueError(f"{path}: {e}: larger than any annotation file") from None
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
