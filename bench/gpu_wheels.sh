@@ -38,6 +38,8 @@ install)
     # No pip needed (the machine may have none): a wheel is a zip laid out for site-packages. A package the machine
     # already has is left alone (its own version, which its other packages were installed with).
     [ -d "$dir" ] || { echo "no wheel folder $dir (carry .gpuwheels and copy it there first)"; exit 1; }
+    python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' || {
+        echo "the wheels are for CPython 3.12, python3 here is $(python3 -V 2>&1): not installing"; exit 1; }
     python3 - "$dir" <<'PYEOF'
 import importlib.util
 import pathlib
