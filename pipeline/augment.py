@@ -32,7 +32,15 @@ from pipeline.augment_graph import (
     max_k,
     reader_kwargs,
 )
-from pipeline.bad_samples import DATA_OPS_RE, SampleDecodeError, explain, find_bad_samples, split_source_info
+from pipeline.bad_samples import (
+    DATA_OPS_RE,
+    SampleDecodeError,
+    box_problems,
+    explain,
+    find_bad_samples,
+    refuse,
+    split_source_info,
+)
 from pipeline.group_sampler import GroupSampler, drawn_problems, stream_seed
 from pipeline.shard_sets import ShardSet, find_shards
 
@@ -233,6 +241,9 @@ class GoturnLoader:
                 raise
             self.batch += 1
             self._pipe_pos, self._after_error = (self.epoch, self.batch), False
+            bad = box_problems(outs[3 : 3 + len(self.shard_sets)])
+            if bad:  # the batch is dropped, the pipeline stays where it is: iterating again continues
+                raise refuse(bad)
             yield self._assemble(outs, pipe.audit_names, self.batch - 1)
         self._close()
         self.epoch, self.batch = self.epoch + 1, 0
@@ -368,10 +379,8 @@ class GoturnLoader:
             "bbox": _to_torch(outs[2], gpu).view(-1, 4),
         }
         if audit_names:
-            n = len(audit_names)
-            per = {
-                name: [outs[3 + i * n + j] for i in range(len(self.shard_sets))] for j, name in enumerate(audit_names)
-            }
+            n, n_src = len(audit_names), len(self.shard_sets)
+            per = {name: [outs[3 + n_src + i * n + j] for i in range(n_src)] for j, name in enumerate(audit_names)}
             batch.update(self._audit(per, audit_names, 1 + self.k, batch_index))
         return batch
 

@@ -242,6 +242,7 @@ def _example_graph(
         "search_boxes": search_boxes,
         "target_box": target_box,
         "size": fn.reshape(size, shape=[2]),
+        "boxes": boxes,
     }
     if debug_draws and sh is not None:
         for i, name in enumerate(DRAW_NAMES):  # not zip(strict=True): AutoGraph (conditionals) lacks its kwargs
@@ -269,7 +270,7 @@ def _goturn_pipeline_fn(
     Sample ``p`` of the batch holds pair ``p`` of every source, so stacking per sample gives the final batch
     layout (pairs alternating between sources, examples grouped by pair) with no copy outside DALI:
     ``target`` / ``search`` (n_src * (1 + k), 3, 227, 227) ("FCHW"; (..., 227, 227, 3) for "FHWC") and ``bbox``
-    (n_src, 1 + k, 4) per sample.
+    (n_src, 1 + k, 4) per sample; then each source's input boxes (CPU, float64), then the audit outputs.
     """
     from nvidia.dali import fn, types
 
@@ -293,7 +294,7 @@ def _goturn_pipeline_fn(
         search = fn.crop_mirror_normalize(search, **cmn)
         target = fn.crop_mirror_normalize(target, **cmn)
     bbox = fn.cast(fn.stack(*[g["bbox"] for g in per], axis=0), dtype=types.FLOAT)
-    outs = [target, search, bbox]
+    outs = [target, search, bbox, *[g["boxes"] for g in per]]  # the input boxes per source: checked on the host
     for g in per:
         outs.extend(g[n] for n in audit_names)
     return tuple(outs)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from pipeline.augment_graph import READER_EXTS
 from pipeline.shard_sets import ShardSet, index_entries
-from shards.format import BOXES, CURR, PREV, layout_problems, split_member_name
+from shards.format import BOXES, CURR, PREV, box_values_problem, layout_problems, split_member_name
 
 DATA_OPS_RE = re.compile(r"fn\.(decoders|readers|peek_image_shape)")  # DALI errors raised by the data ops
 _SOURCE_INFO_RE = re.compile(r"(?P<tar>[^\s'\"]+?\.tar):(?P<offset>\d+):(?P<member>[^\s'\"]+)")
@@ -112,13 +113,49 @@ def find_bad_samples(
     return bad
 
 
+def box_problems(box_outputs: Sequence[Any]) -> list[tuple[str, str, list[str]]]:
+    """Samples of a batch whose input boxes (the graph's per-source ``boxes`` outputs) are no v1 boxes: NaN or
+    inverted boxes decode and crop without an error, so DALI would train on them. Cheap: one vectorised check
+    per source, per-sample work only when it fails."""
+    bad = []
+    for tl in box_outputs:
+        try:
+            if box_values_problem(np.asarray(tl.as_tensor())) is None:
+                continue
+        except RuntimeError:  # not one dense tensor: stills and pairs in one source ((1, 4) and (2, 4) boxes)
+            pass
+        for i in range(len(tl)):
+            problem = box_values_problem(np.asarray(tl[i]))
+            if problem:
+                tar, key = split_source_info(tl[i].source_info() or "?:0:?")
+                bad.append((tar, key, [problem]))
+    return bad
+
+
+def _named(bad: Sequence[tuple[str, str, list[str]]] | None) -> list[str]:
+    return [f"key={key!r} in shard {tar}: {'; '.join(p)}" for tar, key, p in (bad or [])]
+
+
+def _listed(found: list[str]) -> str:
+    return " and ".join(found[:4]) + (f" (+{len(found) - 4} more)" if len(found) > 4 else "")
+
+
+def refuse(bad: Sequence[tuple[str, str, list[str]]]) -> SampleDecodeError:
+    """A batch that decoded but holds samples that must not train (`box_problems`) -> an error naming them."""
+    what = "cannot train on sample " + _listed(_named(bad))
+    return SampleDecodeError(
+        f"{what}. The loader dropped the whole batch; iterating again continues with the next one. Re-validate "
+        "(python -m shards.verify) or rebuild the shard."
+    )
+
+
 def explain(
     err: Exception, bad: Sequence[tuple[str, str, list[str]]] | None, shard_sets: Sequence[ShardSet]
 ) -> SampleDecodeError:
     """DALI's RuntimeError -> an error naming the shard(s), the key(s) and what is wrong with each."""
     text = str(err)
     first = " | ".join(line.strip() for line in text.splitlines() if line.strip())[:600]
-    found = [f"key={key!r} in shard {tar}: {'; '.join(p)}" for tar, key, p in (bad or [])]
+    found = _named(bad)
     if not found:
         m = _SOURCE_INFO_RE.search(text)
         if m:
@@ -130,8 +167,7 @@ def explain(
             key = _index_key(m["stem"], int(m["line"]))
             found = [f"key={key!r} in shard {m['stem']}.tar: {m['what'].strip()} (truncated shard?)"]
     if found:
-        what = "cannot read/decode sample " + " and ".join(found[:4])
-        what += f" (+{len(found) - 4} more)" if len(found) > 4 else ""
+        what = "cannot read/decode sample " + _listed(found)
     else:
         tars = [t for s in shard_sets for t in s.tars]
         shown = ", ".join(tars[:8]) + (f", ... ({len(tars)} tars)" if len(tars) > 8 else "")

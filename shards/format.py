@@ -153,8 +153,8 @@ def layout_problems(
 
 
 def box_values_problem(boxes: np.ndarray) -> str | None:
-    """What makes ``(n, 4)`` rows no v1 corner boxes (finite, ``0 <= x1 < x2``, ``0 <= y1 < y2``), or None."""
-    if np.isfinite(boxes).all() and ((boxes[:, :2] >= 0) & (boxes[:, :2] < boxes[:, 2:])).all():
+    """What makes ``(..., 4)`` rows no v1 corner boxes (finite, ``0 <= x1 < x2``, ``0 <= y1 < y2``), or None."""
+    if np.isfinite(boxes).all() and ((boxes[..., :2] >= 0) & (boxes[..., :2] < boxes[..., 2:])).all():
         return None
     return f"boxes.npy holds {boxes.tolist()}: not corner boxes with 0 <= x1 < x2, 0 <= y1 < y2"
 

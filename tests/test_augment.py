@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -640,13 +641,25 @@ def test_channels_last_and_unexpanded_target_are_the_same_data(synth):
     assert b["target"].shape == (4, 3, 227, 227) and torch.equal(a["target"][::11], b["target"])
 
 
-def test_the_authors_sampling_refuses_boxes_that_are_no_boxes(tmp_path):
-    """NaN or inverted boxes decode fine, so DALI would train on them (the loss turns NaN much later without a
-    name); the sampler's feed checks the v1 layout and the loader names the sample."""
-    samples = synthetic_samples(4, "alov", seed=8, w=96, h=72)
+@pytest.mark.parametrize("sampling", ["authors", "epoch"])
+def test_boxes_that_are_no_boxes_are_refused_and_named(tmp_path, sampling):
+    """NaN or inverted boxes decode and crop without an error, so DALI would train on them (the loss turns NaN
+    much later, without a name). The authors' sampler checks them before DALI; DALI's own reader (epoch) hands
+    each batch's input boxes to the host, where they are checked. Either way the loader names the sample, drops
+    the batch, and iterating again goes on."""
+    samples = synthetic_samples(8, "alov", seed=8, w=96, h=72)
     samples[2].boxes = np.array([[40, 30, 10, 60], [5, 5, 20, 20]], np.float32)  # x2 < x1
-    write_shards(tmp_path, "alov", samples, per_tar=4)
-    ld = loader(tmp_path, pairs_per_batch=4, k=1, num_threads=1, sampling="authors")
-    with pytest.raises(SampleDecodeError, match=r"alov_000002.*boxes\.npy holds \[\[40\.0, 30\.0, 10\.0"):
-        for _ in range(20):  # 4 draws a batch with replacement: the bad pair comes up within a few batches
-            next(iter(ld))
+    samples[1].boxes = np.array([[5, 5, 20, 20], [np.nan, 5, 20, 20]], np.float32)
+    write_shards(tmp_path, "alov", samples, per_tar=8)
+    ld = loader(tmp_path, pairs_per_batch=4, k=1, num_threads=1, sampling=sampling, shuffle_buffer=1)
+    named, good = set(), 0
+    for _ in range(30 if sampling == "authors" else 2):  # authors: 4 draws with replacement a batch
+        try:
+            good += len(next(iter(ld))["bbox"]) > 0
+        except StopIteration:  # an epoch is 2 batches
+            continue
+        except SampleDecodeError as e:
+            named |= {k for k in ("alov_000001", "alov_000002") if f"key='{k}'" in str(e)}
+            assert re.search(r"boxes\.npy holds \[\[(40\.0, 30\.0, 10\.0|5\.0, 5\.0, 20\.0, 20\.0\], \[nan)", str(e))
+            assert "iterating again continues with the next one" in str(e)
+    assert named == {"alov_000001", "alov_000002"} and good > 0
