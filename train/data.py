@@ -90,6 +90,7 @@ class ExampleBatcher:
         expanded = getattr(loader, "expand_target", True)  # GoturnLoader(expand_target=False): one target per pair
         self.per_pair = k + 1 if isinstance(k, int) and k >= 0 and expanded else None
         self.skipped_items = 0
+        self._replaying = False  # pulling items the run already used before its checkpoint: its skips are old
         self.items = 0  # loader items pulled so far (fast-forward when the loader has no state)
         self.carry: dict[str, torch.Tensor] | None = None
         self._skip = 0
@@ -125,7 +126,11 @@ class ExampleBatcher:
         self.items = int(replay["items"])
         self._state = _loader_state(self.loader)
         self._stream = self._items()
-        parts = [self._next_item(self._stream) for _ in range(items - self.items)]
+        self._replaying = True
+        try:
+            parts = [self._next_item(self._stream) for _ in range(items - self.items)]
+        finally:
+            self._replaying = False
         skip = int(replay["skip"])
         self.carry = {k: torch.cat([p[k] for p in parts])[skip:] for k in KEYS}
         self._offset = skip
@@ -161,7 +166,8 @@ class ExampleBatcher:
                     bad += 1
                     last_error = e
                     self.skipped_items += 1
-                    print(f"[train] warning: skipped a loader batch: {e}", file=sys.stderr)
+                    if not self._replaying:  # a replay's skips were reported by the run before its checkpoint
+                        print(f"[train] warning: skipped a loader batch: {e}", file=sys.stderr)
                     it = iter(self.loader)  # the loader continues with the next batch
                     continue
                 n += 1
