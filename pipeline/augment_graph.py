@@ -365,8 +365,9 @@ def build_pipeline(
     """Build (not start) the DALI pipeline: one reader per shard set, each with a batch of ``pairs_per_source``.
 
     Outputs: ``target``, ``search`` (per sample (n_src * (1 + k), 3, 227, 227), or n_src targets without
-    ``expand_target``; (..., 227, 227, 3) with ``channels_last``), ``bbox`` (n_src, 1 + k, 4); then per source
-    the `AUDIT_NAMES` (``audit``) and `DRAW_NAMES` (``debug_draws``) outputs, listed in ``pipe.audit_names``.
+    ``expand_target``; (..., 227, 227, 3) with ``channels_last``), ``bbox`` (n_src, 1 + k, 4); then each source's
+    input boxes ((1, 4) or (2, 4), float64, CPU: `pipeline.bad_samples.box_problems`); then per source the
+    `AUDIT_NAMES` (``audit``) and `DRAW_NAMES` (``debug_draws``) outputs, listed in ``pipe.audit_names``.
 
     Readers use ``stick_to_shard=True`` (each rank only ever reads its own contiguous sample range of the
     concatenated tars, mixed by a ``shuffle_buffer``-sample buffer; ``reader_seed``, shared by the ranks, also

@@ -11,8 +11,8 @@ reader) does. A JPEG with an EXIF orientation tag other than 1 in any of its EXI
 removed (pixels untouched), because DALI applies EXIF orientation (of the last segment) by default while the
 boxes refer to the stored pixels. Anything that does not decode completely is rejected with a reason, and so is
 a JPEG on which libjpeg-turbo warns (decoders fill its missing blocks with grey without an error), except junk
-before the end-of-image marker (all data decoded: re-encoded). Nothing here raises for bad data except
-`ImageRejected`.
+before the end-of-image marker (all blocks decoded: re-encoded) and two header fields libjpeg ignores (repaired
+in place, then checked again). Nothing here raises for bad data except `ImageRejected`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,15 @@ from PIL import Image
 from model.image_modes import SIXTEEN_BIT_MODES, to_rgb8
 from pipeline.input_files import FileTooLarge, NotRegularFile, read_regular
 from shards.format import MAX_PIXELS
-from shards.jpeg import TRAILING_JUNK, jpeg_header, libjpeg_warning, oriented_exif
+from shards.jpeg import (
+    HEADER_REPAIRABLE,
+    TRAILING_JUNK,
+    LibjpegCannotCheck,
+    exif_rotates,
+    jpeg_header,
+    libjpeg_warning,
+    repair_header,
+)
 
 MAX_IMAGE_BYTES = 64 << 20  # refuse to read larger files (largest real ImageNet/ALOV frames are a few MB)
 REENCODE_QUALITY = 95
@@ -156,26 +164,35 @@ def check_image(data: bytes) -> CheckedImage:
 
 def _check_jpeg(data: bytes) -> CheckedImage:
     """One full decode for the common case, a JPEG copied as is: libjpeg-turbo's strict one (PIL opens the header
-    only). PIL decodes what is re-encoded from its pixels."""
+    only). PIL decodes what is re-encoded from its pixels, and what the TurboJPEG API cannot check."""
     sof, exif, precision = jpeg_header(data)
     im = _open(data, "JPEG")
     copyable = sof in COPYABLE_SOF and precision == 8 and im.mode == "RGB"
+    changes: list[str] = []
     try:
         warning = libjpeg_warning(data)
+        if warning is not None and HEADER_REPAIRABLE.fullmatch(warning):  # checked again: it may hide another
+            data = repair_header(data)
+            changes.append("jpeg_header_repaired")
+            warning = libjpeg_warning(data)
+    except LibjpegCannotCheck:
+        warning = None
+        _load(im)  # PIL's full decode is the only check (shards/jpeg.py: limits)
     except ValueError as e:
         if copyable:
             raise ImageRejected("corrupt_image", f"libjpeg-turbo: {e}") from e
-        warning = None  # e.g. 12-bit or lossless, which libjpeg-turbo's 8-bit decoder refuses: PIL judges
+        warning = None  # e.g. a 12-bit JPEG, which libjpeg-turbo's 8-bit decoder refuses: PIL judges
     if warning is not None and not TRAILING_JUNK.fullmatch(warning):
-        raise ImageRejected("corrupt_image", f"libjpeg-turbo warns: {warning} (PIL and DALI decode it silently)")
+        raise ImageRejected("corrupt_image", f"libjpeg-turbo warns: {warning}")
     if sof not in COPYABLE_SOF or precision != 8:
         reason = f"jpeg_sof{(sof or 0) - 0xC0}_{precision}bit"
     elif im.mode != "RGB":
         reason = {"L": "grayscale", "CMYK": "cmyk"}.get(im.mode, f"mode_{im.mode}")
-    elif warning is not None:  # every coefficient decoded; re-encoded so that no reader has to recover from junk
+    elif warning is not None:  # every block decoded; re-encoded so that no reader has to recover from junk
         reason = "jpeg_trailing_junk"
-    elif oriented_exif(data):
-        return CheckedImage(_without(data, exif), im.width, im.height, "exif_orientation")
     else:
-        return CheckedImage(data, im.width, im.height, None)
+        if exif_rotates(data):  # every Exif segment goes (the repair moved no segment)
+            data = _without(data, exif)
+            changes.append("exif_orientation")
+        return CheckedImage(data, im.width, im.height, ",".join(changes) or None)
     return CheckedImage(_reencode(_load(im)), im.width, im.height, reason)

@@ -1,18 +1,25 @@
 """What a shard JPEG is beyond "PIL decodes it": the rules the builder makes inputs meet and `shards.verify` checks.
 
-One place for them, because shards come from other writers too: the header walk (SOF, precision, every Exif
-segment), the EXIF orientation rule, and the clean-decode rule.
+One place for them, because shards come from other writers too: the marker walk (SOF, precision, every Exif
+segment, every scan header), the EXIF orientation rule, and the clean-decode rule.
 
 Why a clean decode needs its own check: libjpeg *warns*, it does not fail, when a JPEG's entropy-coded data stops
 early. A file cut short and closed with an EOI marker (as some downloaders and repair tools leave them) decodes
 in PIL, DALI's CPU decoder and OpenCV without an error, its missing blocks filled with flat grey (128) under
 boxes that describe the real object. libjpeg-turbo through ``simplejpeg`` (a maintained binding whose strict
 mode raises on libjpeg warnings; PIL exposes none) finds those.
+
+Limits: only libjpeg's first warning is known (so two header warnings it decodes around, `HEADER_REPAIRABLE`,
+are repaired before the check, not tolerated); the TurboJPEG API cannot decode some valid files (sampling
+factors it has no name for, 12-bit, lossless: `LibjpegCannotCheck`), which PIL's decode then judges alone; and
+a file cut exactly at a scan boundary (a progressive JPEG missing its last refinement scans, a sequential one
+missing its chroma scans) decodes without a warning anywhere: complete, with less detail or colour.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import simplejpeg
 from PIL import Image
@@ -20,13 +27,67 @@ from PIL import Image
 from shards.format import MAX_PIXELS
 
 ALL_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+SEQUENTIAL_SOF = frozenset({0xC0, 0xC1, 0xC5, 0xC9, 0xCD})  # DCT, not progressive, not lossless
 EXIF_ORIENTATION = 0x0112
-# The one warning after which every coefficient was decoded: junk between the last scan and the end-of-image
-# marker (libjpeg reads up to the next marker, and EOI is the last). Any other warning may hide lost data.
+# Junk between the last scan and the end-of-image marker: libjpeg found all of the image's blocks before it
+# (so no grey fill), though it cannot tell whether they are the original data.
 TRAILING_JUNK = re.compile(r"Corrupt JPEG data: \d+ extraneous bytes before marker 0xd9")
+# Header fields libjpeg warns about and then ignores (a sequential scan's Ss/Se/Ah/Al, which some phone cameras
+# write wrongly; a JFIF major version other than 1): `repair_header` sets them to what libjpeg assumes.
+HEADER_REPAIRABLE = re.compile(
+    r"Invalid SOS parameters for sequential JPEG|Warning: unknown JFIF revision number \d+\.\d+"
+)
+# TurboJPEG API errors on valid files that libjpeg's own API (PIL's, DALI's) decodes.
+_CANNOT_CHECK = re.compile(
+    r"Could not determine subsampling level|Unsupported JPEG data precision|Unsupported JPEG process"
+)
 # The output that decodes every component's data at the least cost, per source colorspace: grey skips the
 # chroma IDCT and colour conversion of YCbCr; RGB and CMYK sources convert to nothing cheaper than themselves.
 _CHECK_COLORSPACE = {"RGB": "RGB", "CMYK": "CMYK", "YCCK": "CMYK"}
+
+
+class LibjpegCannotCheck(ValueError):
+    """The TurboJPEG API cannot decode this JPEG although it may be valid (see `_CANNOT_CHECK`)."""
+
+
+def segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """``(marker, start, end)`` of every marker segment of a JPEG, in order, until EOI or the data ends.
+
+    Scans' entropy-coded data is skipped to the next marker that is neither a stuffed ``FF 00`` nor a restart
+    marker; stray bytes between segments are skipped as libjpeg skips them (with a warning). A segment whose
+    length field is broken ends the walk (the decoder will judge the file).
+    """
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:  # stray bytes between segments
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD8:  # standalone markers (and a stray stuffed byte)
+            i += 2
+            continue
+        if marker == 0xD9:
+            return
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if length < 2:
+            return
+        yield marker, i, i + 2 + length
+        i += 2 + length
+        if marker == 0xDA:  # entropy-coded data follows: find the next real marker
+            while (j := data.find(b"\xff", i)) >= 0 and j + 1 < n:
+                following = data[j + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7:
+                    i = j + 2
+                elif following == 0xFF:
+                    i = j + 1
+                else:
+                    i = j
+                    break
+            else:
+                return
 
 
 def jpeg_header(data: bytes) -> tuple[int | None, list[tuple[int, int]], int]:
@@ -34,33 +95,31 @@ def jpeg_header(data: bytes) -> tuple[int | None, list[tuple[int, int]], int]:
 
     Every Exif segment, not just the first: PIL reads the first, DALI obeys the last.
     """
-    i, n = 2, len(data)
     sof: int | None = None
     exif: list[tuple[int, int]] = []
     precision = 8
-    while i + 4 <= n:
-        if data[i] != 0xFF:  # stray bytes between segments: libjpeg skips them with a warning, so do we
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # standalone markers
-            i += 2
-            continue
-        if marker == 0xD9:
-            break
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if length < 2 or marker == 0xDA:  # broken length (the decoder will judge) or start of scan: header over
+    for marker, start, end in segments(data):
+        if marker == 0xDA:
             break
         if marker in ALL_SOF and sof is None:
             sof = marker
-            precision = data[i + 4] if i + 4 < n else 8
-        elif marker == 0xE1 and data[i + 4 : i + 10] == b"Exif\0\0":
-            exif.append((i, i + 2 + length))
-        i += 2 + length
+            precision = data[start + 4] if start + 4 < len(data) else 8
+        elif marker == 0xE1 and data[start + 4 : start + 10] == b"Exif\0\0":
+            exif.append((start, end))
     return sof, exif, precision
+
+
+def repair_header(data: bytes) -> bytes:
+    """``data`` with the `HEADER_REPAIRABLE` fields set to what libjpeg assumes when it warns about them (pixels
+    unchanged): every scan header of a sequential JPEG to Ss=0, Se=63, Ah=Al=0, and a JFIF major version to 1."""
+    out = bytearray(data)
+    sof = jpeg_header(data)[0]
+    for marker, start, end in segments(data):
+        if marker == 0xE0 and data[start + 4 : start + 9] == b"JFIF\0" and end >= start + 11:
+            out[start + 9] = 1
+        elif marker == 0xDA and sof in SEQUENTIAL_SOF and end - 3 > start + 4:
+            out[end - 3 : end] = b"\x00\x3f\x00"
+    return bytes(out)
 
 
 def exif_orientation(segment: bytes) -> int | None:
@@ -73,19 +132,29 @@ def exif_orientation(segment: bytes) -> int | None:
         return None
 
 
-def oriented_exif(data: bytes) -> list[tuple[int, int]]:
-    """Byte ranges of the Exif segments with an orientation other than 1 or none that parses (empty: upright)."""
-    return [(a, b) for a, b in jpeg_header(data)[1] if exif_orientation(data[a:b]) != 1]
+def exif_rotates(data: bytes) -> bool:
+    """Whether any Exif segment has an orientation other than 1 or none that parses (DALI obeys the last)."""
+    return any(exif_orientation(data[a:b]) != 1 for a, b in jpeg_header(data)[1])
 
 
 def libjpeg_warning(data: bytes) -> str | None:
     """libjpeg-turbo's first warning while decoding all of ``data``, or None when it decodes cleanly.
 
-    Raises ValueError when libjpeg-turbo cannot decode the file at all (a fatal error) or it has more than
-    `MAX_PIXELS` pixels. Only the first warning is
-    known, which is why `TRAILING_JUNK` (nothing can follow it but EOI) is the only warning worth telling apart.
+    Raises `LibjpegCannotCheck` for a file the TurboJPEG API cannot decode but may be valid, ValueError for any
+    other fatal error or more than `MAX_PIXELS` pixels.
     """
-    height, width, source_colorspace, _ = simplejpeg.decode_jpeg_header(data)  # ValueError when unreadable
+    try:
+        return _first_warning(data)
+    except ValueError as e:
+        if _CANNOT_CHECK.search(str(e)):
+            raise LibjpegCannotCheck(str(e)) from e
+        raise
+    except Exception as e:  # simplejpeg's lenient header read raises e.g. KeyError(-1) on a broken header
+        raise ValueError(f"unreadable header ({type(e).__name__}: {e})") from e
+
+
+def _first_warning(data: bytes) -> str | None:
+    height, width, source_colorspace, _ = simplejpeg.decode_jpeg_header(data, strict=False)
     if height * width > MAX_PIXELS:
         raise ValueError(f"{width}x{height}: more than {MAX_PIXELS} pixels")
     colorspace = _CHECK_COLORSPACE.get(source_colorspace, "GRAY")
@@ -93,5 +162,8 @@ def libjpeg_warning(data: bytes) -> str | None:
         simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=True)
         return None
     except ValueError as strict_error:
-        simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=False)  # ValueError: not a warning but fatal
-        return str(strict_error)
+        message = str(strict_error)
+        if HEADER_REPAIRABLE.fullmatch(message):
+            return message  # a warning, which simplejpeg raises even when lenient (its header read is strict)
+        simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=False)  # ValueError: fatal, not a warning
+        return message

@@ -1,7 +1,7 @@
 """``python -m shards.verify DIR``: prove a shard directory is exactly what its manifest says, or say why not.
 
 Per shard: size and sha256 against the manifest, the ``.idx`` against the tar's real offsets, every member
-name and sample layout, every JPEG fully decoded as RGB without a libjpeg warning, ``boxes.npy`` (float32,
+name and sample layout, every JPEG RGB and fully decoded without a libjpeg warning, ``boxes.npy`` (float32,
 (1,4) still / (2,4) pair, no pickle) with every box inside its image (``0 <= x1 < x2 <= W``, same for y),
 ``meta.json`` consistent with the sample. Globally: sample totals against ``counts``, keys unique, the
 accounting adds up (total = written + skipped), and no shard file on disk that the manifest does not list.
@@ -45,7 +45,7 @@ from shards.format import (
     tar_header_problem,
     tar_of_index,
 )
-from shards.jpeg import exif_orientation, jpeg_header, libjpeg_warning
+from shards.jpeg import LibjpegCannotCheck, exif_orientation, jpeg_header, libjpeg_warning
 from shards.tarwriter import format_index
 
 # accounting quantity -> the counts field its "written" must equal (summed over splits)
@@ -68,7 +68,11 @@ def _image(data: bytes) -> tuple[int, int]:
             if orientation != 1:
                 what = "an unreadable Exif segment" if orientation is None else f"EXIF orientation {orientation}"
                 raise ValueError(f"{what} (v1 images are stored upright, with no orientation)")
-        warning = libjpeg_warning(data)  # the full decode (libjpeg-turbo, PIL's decoder too); ValueError if fatal
+        try:
+            warning = libjpeg_warning(data)  # the full decode (libjpeg-turbo, strict); ValueError if fatal
+        except LibjpegCannotCheck:
+            im.load()  # a valid kind the TurboJPEG API cannot decode: PIL's full decode is the check
+            return im.size
         if warning is not None:
             raise ValueError(f"libjpeg-turbo warns: {warning}")
         return im.size

@@ -55,6 +55,27 @@ def cut_short(data: bytes, keep: float = 0.75) -> bytes:
     return data[: int(len(data) * keep)] + b"\xff\xd9"
 
 
+def flat_jpeg(w: int, h: int, factors: list[tuple[int, int]]) -> bytes:
+    """A valid baseline JPEG, flat grey (128), with any sampling factors per component (PIL writes only 4:4:4,
+    4:2:2 and 4:2:0): every block is DC difference 0 then end-of-block, each a 1-bit Huffman code."""
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+    one_code = bytes([1] + [0] * 15) + b"\x00"  # one code of length 1 for symbol 0 (DC: category 0; AC: EOB)
+    ids = range(1, len(factors) + 1)
+    sof = bytes([8]) + h.to_bytes(2, "big") + w.to_bytes(2, "big") + bytes([len(factors)])
+    sof += b"".join(bytes([c, (fh << 4) | fv, 0]) for c, (fh, fv) in zip(ids, factors, strict=True))
+    sos = bytes([len(factors)]) + b"".join(bytes([c, 0x00]) for c in ids) + bytes([0, 63, 0])
+    hmax, vmax = max(f[0] for f in factors), max(f[1] for f in factors)
+    mcus = -(-w // (8 * hmax)) * -(-h // (8 * vmax)) if len(factors) > 1 else -(-w // 8) * -(-h // 8)
+    bits = 2 * mcus * (sum(fh * fv for fh, fv in factors) if len(factors) > 1 else 1)
+    scan = bytes(bits // 8) + (bytes([0xFF >> (bits % 8)]) if bits % 8 else b"")  # padded with 1-bits
+    head = segment(0xDB, bytes(1) + bytes([1] * 64)) + segment(0xC0, sof)
+    head += segment(0xC4, b"\x00" + one_code) + segment(0xC4, b"\x10" + one_code) + segment(0xDA, sos)
+    return b"\xff\xd8" + head + scan + b"\xff\xd9"
+
+
 def cached_build(
     name: str, tmp_root: Callable[[str], Path], make: Callable[[Path], BuildConfig]
 ) -> tuple[Path, BuildReport]:

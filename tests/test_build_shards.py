@@ -30,6 +30,7 @@ from shards_testdata import (
     cached_build,
     cut_short,
     edge_tree,
+    flat_jpeg,
     jpeg,
     read_shards,
     real_tree,
@@ -44,7 +45,7 @@ from pipeline import alov, image_check, imagenet_det
 from pipeline.build_shards import BuildConfig, build, main, parse_size
 from pipeline.image_check import ImageRejected, check_image, read_image_file
 from shards.format import make_key
-from shards.jpeg import TRAILING_JUNK, jpeg_header, libjpeg_warning
+from shards.jpeg import TRAILING_JUNK, LibjpegCannotCheck, jpeg_header, libjpeg_warning, segments
 
 pytestmark = pytest.mark.xdist_group("shards")
 REPO = Path(__file__).resolve().parents[1]
@@ -845,6 +846,49 @@ def test_junk_before_the_end_marker_is_reencoded_with_every_pixel():
     assert (c.width, c.height, c.converted) == (64, 48, "jpeg_trailing_junk") and libjpeg_warning(c.data) is None
     decoded = [np.asarray(Image.open(io.BytesIO(d)), dtype=int) for d in (good, c.data)]
     assert np.abs(decoded[0] - decoded[1]).mean() < 2  # the same picture (re-encoded at quality 95)
+
+
+def test_header_fields_libjpeg_ignores_are_repaired_then_checked_again():
+    """Some phone cameras write a sequential scan's Ss/Se/Ah/Al wrongly, some writers a JFIF version 2: libjpeg
+    warns, then decodes around them. Tolerating the warning would hide the next one (only the first is known), so
+    the fields are set to what libjpeg assumes and the file is checked again."""
+    good = jpeg(64, 48)
+    sos_end = next(end for marker, _, end in segments(good) if marker == 0xDA)
+    bad_sos = good[: sos_end - 3] + b"\x00\x00\x00" + good[sos_end:]  # Se = 0
+    app0 = next(start for marker, start, _ in segments(good) if marker == 0xE0)
+    assert good[app0 + 4 : app0 + 11] == b"JFIF\0\x01\x01"
+    jfif2 = good[: app0 + 9] + b"\x02" + good[app0 + 10 :]
+    pixels = np.asarray(Image.open(io.BytesIO(good)))
+    for data, warning in ((bad_sos, "Invalid SOS parameters"), (jfif2, "unknown JFIF revision number 2.01")):
+        assert warning in libjpeg_warning(data)
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)  # decoders ignore the fields
+        c = check_image(data)
+        assert c.converted == "jpeg_header_repaired" and c.data == good  # exactly the fields PIL wrote
+    assert check_image(with_exif(bad_sos, 6)).converted == "jpeg_header_repaired,exif_orientation"
+    with pytest.raises(ImageRejected, match="premature end of data segment"):
+        check_image(cut_short(bad_sos))  # the repair does not let a truncation through
+
+
+def test_sampling_factors_turbojpeg_cannot_name_are_checked_by_pil():
+    """TurboJPEG (simplejpeg) refuses sampling factors it has no name for (3x1 luma here), which libjpeg's own API
+    (PIL's, DALI's) decodes: such a file is validated by PIL's full decode and copied, as before the strict check."""
+    odd = flat_jpeg(64, 48, [(3, 1), (1, 1), (1, 1)])
+    with pytest.raises(LibjpegCannotCheck, match="subsampling"):
+        libjpeg_warning(odd)
+    c = check_image(odd)
+    assert (c.width, c.height, c.converted) == (64, 48, None) and c.data == odd
+    from pipeline.sample_build import meta_bytes, npy_bytes
+    from shards.verify import check_sample
+
+    meta = {"key": "imagenet/a/b", "source": "imagenet", "split": "train", "width": 64, "height": 48}
+    boxes = npy_bytes(np.array([[1, 2, 30, 20]], np.float32))
+    still = {"boxes.npy": boxes, "curr.jpg": odd, "meta.json": meta_bytes(meta)}
+    assert check_sample("imagenet/a/b", still, "imagenet", "train") == []  # verify: PIL's full decode too
+    cut = {**still, "curr.jpg": odd[: len(odd) // 2]}
+    assert "curr.jpg does not decode" in check_sample("imagenet/a/b", cut, "imagenet", "train")[0]
+    with pytest.raises(ImageRejected) as e:
+        check_image(odd[: len(odd) // 2])
+    assert e.value.code == "corrupt_image"
 
 
 def test_pil_pixel_limit_follows_max_pixels(monkeypatch):
