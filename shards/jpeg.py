@@ -37,6 +37,11 @@ TRAILING_JUNK = re.compile(r"Corrupt JPEG data: \d+ extraneous bytes before mark
 HEADER_REPAIRABLE = re.compile(
     r"Invalid SOS parameters for sequential JPEG|Warning: unknown JFIF revision number \d+\.\d+"
 )
+# The texts of libjpeg's warnings (jerror.h JWRN_*), as opposed to its fatal errors.
+_WARNING_TEXT = re.compile(
+    r"Corrupt JPEG data|Warning: |Premature end of JPEG file|Invalid SOS parameters|Inconsistent progression"
+    r"|Unknown Adobe color transform|Application transferred too many scanlines"
+)
 # TurboJPEG API errors on valid files that libjpeg's own API (PIL's, DALI's) decodes.
 _CANNOT_CHECK = re.compile(
     r"Could not determine subsampling level|Unsupported JPEG data precision|Unsupported JPEG process"
@@ -149,6 +154,8 @@ def libjpeg_warning(data: bytes) -> str | None:
         if _CANNOT_CHECK.search(str(e)):
             raise LibjpegCannotCheck(str(e)) from e
         raise
+    except MemoryError:
+        raise
     except Exception as e:  # simplejpeg's lenient header read raises e.g. KeyError(-1) on a broken header
         raise ValueError(f"unreadable header ({type(e).__name__}: {e})") from e
 
@@ -163,7 +170,10 @@ def _first_warning(data: bytes) -> str | None:
         return None
     except ValueError as strict_error:
         message = str(strict_error)
-        if HEADER_REPAIRABLE.fullmatch(message):
-            return message  # a warning, which simplejpeg raises even when lenient (its header read is strict)
-        simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=False)  # ValueError: fatal, not a warning
-        return message
+    try:
+        simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=False)
+    except ValueError:
+        if not _WARNING_TEXT.match(message):
+            raise  # fatal, not a warning
+        # else a warning met while reading the header, which simplejpeg raises even when lenient
+    return message

@@ -836,6 +836,11 @@ def test_jpeg_cut_short_and_closed_with_an_end_marker_is_rejected(kind):
     assert e.value.code == "corrupt_image"
     assert e.value.detail.startswith("libjpeg-turbo warns: Corrupt JPEG data: premature end of data segment")
     assert libjpeg_warning(good) is None
+    dqt = next(start for marker, start, _ in segments(good) if marker == 0xDB)
+    stray = good[:dqt] + b"\0" + good[dqt:]  # a header warning first (simplejpeg raises it even when lenient) ...
+    assert libjpeg_warning(stray) == "Corrupt JPEG data: 1 extraneous bytes before marker 0xdb"
+    with pytest.raises(ImageRejected, match="extraneous bytes before marker 0xdb"):
+        check_image(cut_short(stray))  # ... is no licence to re-encode what follows unchecked
 
 
 def test_junk_before_the_end_marker_is_reencoded_with_every_pixel():
