@@ -20,6 +20,7 @@ removed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -47,6 +48,7 @@ from shards.format import (
     SCHEMA_VERSION,
     index_name,
     parse_shard_name,
+    read_manifest,
     sha256_file,
     tar_of_index,
 )
@@ -198,10 +200,13 @@ def write_shard(out: Path, shard: ShardPlan, outcomes: Any, bar: tqdm, times: di
             f.write(index)
             f.flush()
             os.fsync(f.fileno())
+        rec["index_sha256"] = hashlib.sha256(index).hexdigest()
+    # The record first: a build killed between the two leaves a recorded name (ours, rebuilt on resume since
+    # its sha256 does not match), never a shard file without a record (which `_check_out` would call foreign).
+    _atomic_write(_record_path(out, shard.name), json.dumps(rec, sort_keys=True).encode())
+    if summary.samples:
         os.replace(tmp, tar)
         os.replace(idx_tmp, idx)
-        rec["index_sha256"] = hashlib.sha256(index).hexdigest()
-    _atomic_write(_record_path(out, shard.name), json.dumps(rec, sort_keys=True).encode())
     times["write"] += time.perf_counter() - t
     return rec
 
@@ -270,19 +275,26 @@ def build(cfg: BuildConfig) -> BuildReport:
 
 
 def _check_out(cfg: BuildConfig) -> None:
-    """Shard files in an ``--out`` that no build of this tool has used (no ``.build/``, no manifest) are someone
-    else's, e.g. hand-made tars: a build would replace or delete them, so refuse unless ``overwrite``."""
+    """Shard files in ``--out`` that no build of this tool wrote are someone else's, e.g. hand-made tars: a build
+    would replace or delete them, so refuse unless ``overwrite``. Ours are those with a resume record in
+    ``.build/`` (written before a shard's rename, so a killed build leaves none unrecorded) or listed in
+    ``manifest.json``."""
     out = cfg.out
     if out.exists() and not out.is_dir():
         raise OutputInUse(f"--out {out} is a file, not a folder: pass a folder (it is created if missing)")
-    if not out.is_dir() or cfg.overwrite or (out / BUILD_STATE_DIR).is_dir() or (out / MANIFEST_NAME).is_file():
+    if not out.is_dir() or cfg.overwrite:
         return
-    theirs = sorted(p.name for p in out.iterdir() if parse_shard_name(p.name))
+    ours = {p.stem + ".tar" for p in (out / BUILD_STATE_DIR).glob("*.json")}
+    with contextlib.suppress(OSError, ValueError):  # no manifest (interrupted or first build), or unreadable
+        ours |= {e["file"] for e in read_manifest(out / MANIFEST_NAME)["shards"]}
+    theirs = sorted(
+        p.name for p in out.iterdir() if parse_shard_name(tar_of_index(p.name)) and tar_of_index(p.name) not in ours
+    )
     if theirs:
         raise OutputInUse(
             f"{out} holds shard files that no build of this tool wrote ({', '.join(theirs[:3])}"
-            f"{', ...' if len(theirs) > 3 else ''}; no {BUILD_STATE_DIR}/ or {MANIFEST_NAME}): a build would "
-            "replace or delete them. Use another --out, or pass --overwrite to replace them."
+            f"{', ...' if len(theirs) > 3 else ''}: no record in {BUILD_STATE_DIR}/, not in {MANIFEST_NAME}): a build "
+            "would replace or delete them. Use another --out, or pass --overwrite to replace them."
         )
 
 

@@ -687,6 +687,21 @@ def test_hand_made_tars_in_out_are_refused_and_removed_files_listed(tmp_path, ca
     assert "removed from" not in capsys.readouterr().out
 
 
+def test_a_hand_made_tar_in_a_build_folder_is_refused_too(tmp_path, capsys):
+    """A build folder (with .build/ and a manifest) can still receive someone's tar: the builder owns only the
+    names it has a resume record of or lists in its manifest, so any other shard-named file stops the build."""
+    cfg = tiny_config(tmp_path)
+    assert main(cli_args(cfg)) == 0
+    capsys.readouterr()
+    theirs = cfg.out / "alov-train-000007.tar"
+    theirs.write_bytes(b"someone's")
+    assert main(cli_args(cfg)) == 2
+    err = capsys.readouterr().err
+    assert "holds shard files that no build of this tool wrote (alov-train-000007.tar" in err and "--overwrite" in err
+    assert theirs.read_bytes() == b"someone's" and (cfg.out / "manifest.json").is_file()
+    assert main([*cli_args(cfg), "--overwrite"]) == 0 and not theirs.exists()
+
+
 def test_annotations_at_other_depths_are_reported(tmp_path):
     cfg = tiny_config(tmp_path)
     nested = cfg.imagenet_annotations / "ILSVRC2013_train" / "n02"  # ILSVRC2015 layout: two levels down
