@@ -12,7 +12,8 @@ removed (pixels untouched), because DALI applies EXIF orientation (of the last s
 boxes refer to the stored pixels. Anything that does not decode completely is rejected with a reason, and so is
 a JPEG on which libjpeg-turbo warns (decoders fill its missing blocks with grey without an error), except junk
 before the end-of-image marker (all blocks decoded: re-encoded) and two header fields libjpeg ignores (repaired
-in place, then checked again). Nothing here raises for bad data except `ImageRejected`.
+in place, then checked again), and a JPEG whose scans stop short (cut at a scan boundary, which no decoder
+notices). Nothing here raises for bad data except `ImageRejected`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from shards.jpeg import (
     jpeg_header,
     libjpeg_warning,
     repair_header,
+    uncoded_scans,
 )
 
 MAX_IMAGE_BYTES = 64 << 20  # refuse to read larger files (largest real ImageNet/ALOV frames are a few MB)
@@ -184,6 +186,8 @@ def _check_jpeg(data: bytes) -> CheckedImage:
         warning = None  # e.g. a 12-bit JPEG, which libjpeg-turbo's 8-bit decoder refuses: PIL judges
     if warning is not None and not TRAILING_JUNK.fullmatch(warning):
         raise ImageRejected("corrupt_image", f"libjpeg-turbo warns: {warning}")
+    if uncoded := uncoded_scans(data):  # decodes without a warning anywhere
+        raise ImageRejected("corrupt_image", f"incomplete JPEG: {uncoded}")
     if sof not in COPYABLE_SOF or precision != 8:
         reason = f"jpeg_sof{(sof or 0) - 0xC0}_{precision}bit"
     elif im.mode != "RGB":

@@ -9,11 +9,13 @@ in PIL, DALI's CPU decoder and OpenCV without an error, its missing blocks fille
 boxes that describe the real object. libjpeg-turbo through ``simplejpeg`` (a maintained binding whose strict
 mode raises on libjpeg warnings; PIL exposes none) finds those.
 
+A file cut exactly at a scan boundary (a progressive JPEG without its last refinement scans, a sequential one
+without its chroma scans) decodes without a warning anywhere, blurred or colourless: `uncoded_scans` finds it
+from the scan headers.
+
 Limits: only libjpeg's first warning is known (so two header warnings it decodes around, `HEADER_REPAIRABLE`,
 are repaired before the check, not tolerated); the TurboJPEG API cannot decode some valid files (sampling
-factors it has no name for, 12-bit, lossless: `LibjpegCannotCheck`), which PIL's decode then judges alone; and
-a file cut exactly at a scan boundary (a progressive JPEG missing its last refinement scans, a sequential one
-missing its chroma scans) decodes without a warning anywhere: complete, with less detail or colour.
+factors it has no name for, 12-bit, lossless: `LibjpegCannotCheck`), which PIL's decode then judges alone.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from shards.format import MAX_PIXELS
 
 ALL_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 SEQUENTIAL_SOF = frozenset({0xC0, 0xC1, 0xC5, 0xC9, 0xCD})  # DCT, not progressive, not lossless
+PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+LOSSLESS_SOF = frozenset({0xC3, 0xC7, 0xCB, 0xCF})
 EXIF_ORIENTATION = 0x0112
 # Junk between the last scan and the end-of-image marker: libjpeg found all of the image's blocks before it
 # (so no grey fill), though it cannot tell whether they are the original data.
@@ -112,6 +116,45 @@ def jpeg_header(data: bytes) -> tuple[int | None, list[tuple[int, int]], int]:
         elif marker == 0xE1 and data[start + 4 : start + 10] == b"Exif\0\0":
             exif.append((start, end))
     return sof, exif, precision
+
+
+def uncoded_scans(data: bytes) -> str | None:
+    """What a JPEG's scans leave uncoded, or None when every component is coded (sequential) or every
+    coefficient of every component reaches full precision, Al = 0 (progressive).
+
+    A file cut exactly at a scan boundary and closed with EOI decodes without any warning: a progressive one
+    blurred or colourless, a sequential one with a scan per component without its chroma. Encoders (libjpeg's
+    scan scripts, mozjpeg, Photoshop) always code everything. Lossless and unparsable files: None (not judged).
+    """
+    try:
+        sof, ids, remaining = None, [], set()
+        for marker, start, end in segments(data):
+            if marker in ALL_SOF and sof is None:
+                sof = marker
+                ids = [data[start + 10 + 3 * i] for i in range(data[start + 9])]
+                if sof in LOSSLESS_SOF:
+                    return None
+                remaining = {(c, k) for c in ids for k in range(64)} if sof in PROGRESSIVE_SOF else set(ids)
+            elif marker == 0xDA and sof is not None:
+                scan = {data[start + 5 + 2 * i] for i in range(data[start + 4])}
+                ss, se, al = data[end - 3], data[end - 2], data[end - 1] & 0x0F
+                if sof not in PROGRESSIVE_SOF:
+                    remaining -= scan
+                elif al == 0:
+                    remaining -= {(c, k) for c in scan for k in range(ss, min(se, 63) + 1)}
+                if not remaining:
+                    return None
+    except IndexError:
+        return None
+    if sof is None or not ids:
+        return None
+    if sof not in PROGRESSIVE_SOF:
+        return f"no scan codes component(s) {sorted(remaining)} of {ids} (a file cut at a scan boundary?)"
+    short = sorted({c for c, _ in remaining})
+    return (
+        f"its scans leave {len(remaining)} coefficient(s) of component(s) {short} short of full precision "
+        "(a progressive file cut at a scan boundary?)"
+    )
 
 
 def repair_header(data: bytes) -> bytes:

@@ -45,7 +45,7 @@ from shards.format import (
     tar_header_problem,
     tar_of_index,
 )
-from shards.jpeg import LibjpegCannotCheck, exif_orientation, jpeg_header, libjpeg_warning
+from shards.jpeg import LibjpegCannotCheck, exif_orientation, jpeg_header, libjpeg_warning, uncoded_scans
 from shards.tarwriter import format_index
 
 # accounting quantity -> the counts field its "written" must equal (summed over splits)
@@ -56,8 +56,8 @@ MAX_PROBLEMS_PER_SHARD = 20
 def _image(data: bytes) -> tuple[int, int]:
     """(width, height) of a member JPEG, decoded in full; ValueError for what v1 never holds: another mode, more
     pixels than the builder accepts, an EXIF orientation in any Exif segment (PIL reads the stored pixels, DALI
-    would rotate them: the boxes can only fit one of the two), or a libjpeg warning (a JPEG cut short decodes
-    without an error, its missing blocks grey)."""
+    would rotate them: the boxes can only fit one of the two), a libjpeg warning (a JPEG cut short decodes
+    without an error, its missing blocks grey), or scans that stop short."""
     with Image.open(io.BytesIO(data), formats=("JPEG",)) as im:
         if im.mode != "RGB":
             raise ValueError(f"mode {im.mode}, expected RGB")
@@ -68,6 +68,8 @@ def _image(data: bytes) -> tuple[int, int]:
             if orientation != 1:
                 what = "an unreadable Exif segment" if orientation is None else f"EXIF orientation {orientation}"
                 raise ValueError(f"{what} (v1 images are stored upright, with no orientation)")
+        if uncoded := uncoded_scans(data):
+            raise ValueError(f"incomplete JPEG: {uncoded}")
         try:
             warning = libjpeg_warning(data)  # the full decode (libjpeg-turbo, strict); ValueError if fatal
         except LibjpegCannotCheck:

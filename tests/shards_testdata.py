@@ -55,9 +55,10 @@ def cut_short(data: bytes, keep: float = 0.75) -> bytes:
     return data[: int(len(data) * keep)] + b"\xff\xd9"
 
 
-def flat_jpeg(w: int, h: int, factors: list[tuple[int, int]]) -> bytes:
+def flat_jpeg(w: int, h: int, factors: list[tuple[int, int]], scans: int | None = None) -> bytes:
     """A valid baseline JPEG, flat grey (128), with any sampling factors per component (PIL writes only 4:4:4,
-    4:2:2 and 4:2:0): every block is DC difference 0 then end-of-block, each a 1-bit Huffman code."""
+    4:2:2 and 4:2:0): every block is DC difference 0 then end-of-block, each a 1-bit Huffman code. ``scans``:
+    that many of the components, each in a scan of its own (1x1 factors only), instead of one interleaved scan."""
 
     def segment(marker: int, payload: bytes) -> bytes:
         return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
@@ -72,8 +73,13 @@ def flat_jpeg(w: int, h: int, factors: list[tuple[int, int]]) -> bytes:
     bits = 2 * mcus * (sum(fh * fv for fh, fv in factors) if len(factors) > 1 else 1)
     scan = bytes(bits // 8) + (bytes([0xFF >> (bits % 8)]) if bits % 8 else b"")  # padded with 1-bits
     head = segment(0xDB, bytes(1) + bytes([1] * 64)) + segment(0xC0, sof)
-    head += segment(0xC4, b"\x00" + one_code) + segment(0xC4, b"\x10" + one_code) + segment(0xDA, sos)
-    return b"\xff\xd8" + head + scan + b"\xff\xd9"
+    head += segment(0xC4, b"\x00" + one_code) + segment(0xC4, b"\x10" + one_code)
+    if scans is None:
+        return b"\xff\xd8" + head + segment(0xDA, sos) + scan + b"\xff\xd9"
+    bits = 2 * -(-w // 8) * -(-h // 8)  # a non-interleaved scan: one block per 8x8 of the image
+    scan = bytes(bits // 8) + (bytes([0xFF >> (bits % 8)]) if bits % 8 else b"")
+    body = b"".join(segment(0xDA, bytes([1, c, 0x00, 0, 63, 0])) + scan for c in list(ids)[:scans])
+    return b"\xff\xd8" + head + body + b"\xff\xd9"
 
 
 def cached_build(

@@ -911,6 +911,33 @@ def test_sampling_factors_turbojpeg_cannot_name_are_checked_by_pil():
     assert e.value.code == "corrupt_image"
 
 
+def test_a_jpeg_cut_at_a_scan_boundary_is_rejected_by_builder_and_verify():
+    """Cut exactly before a scan and closed with EOI, a JPEG decodes with no warning in any decoder (blurred, or
+    without colour); its scan headers tell."""
+    from pipeline.sample_build import meta_bytes, npy_bytes
+    from shards.verify import check_sample
+
+    meta = meta_bytes({"key": "imagenet/a/b", "source": "imagenet", "split": "train", "width": 64, "height": 48})
+    boxes = npy_bytes(np.array([[1, 2, 30, 20]], np.float32))
+    for good in (
+        jpeg(64, 48, progressive=True),
+        jpeg(64, 48, progressive=True, mode="L"),
+        flat_jpeg(64, 48, [(1, 1)] * 3, scans=3),  # sequential, one scan per component
+    ):
+        assert check_image(good).width == 64
+        scans = [start for marker, start, _ in segments(good) if marker == 0xDA]
+        assert len(scans) >= 3
+        for start in scans[1:]:
+            cut = good[:start] + b"\xff\xd9"
+            assert libjpeg_warning(cut) is None and Image.open(io.BytesIO(cut)).getbbox() is not None  # decodes
+            with pytest.raises(ImageRejected, match="incomplete JPEG: .* a scan boundary"):
+                check_image(cut)
+            if Image.open(io.BytesIO(cut)).mode == "RGB":
+                members = {"boxes.npy": boxes, "curr.jpg": cut, "meta.json": meta}
+                problems = check_sample("imagenet/a/b", members, "imagenet", "train")
+                assert len(problems) == 1 and "incomplete JPEG" in problems[0]
+
+
 def test_pil_pixel_limit_follows_max_pixels(monkeypatch):
     monkeypatch.setattr(image_check, "MAX_PIXELS", 4000)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # PIL's own limit below ours (its default: 89.5 MP)
