@@ -19,6 +19,7 @@ import torch
 
 from model.net import DEFAULT_NORMALIZATION, VARIANTS, GoturnNet
 from model.preprocess import MODES
+from shards.format import fsync_dir
 
 FORMAT = "goturn-checkpoint-v1"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / torch.compile wrappers
@@ -66,20 +67,6 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any] | Got
         raise
     fsync_dir(path.parent)
     return path
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a power cut after ``os.replace`` could otherwise lose the entry)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _validate(ckpt: Mapping[str, Any], where: str) -> None:

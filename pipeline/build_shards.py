@@ -46,6 +46,7 @@ from shards.format import (
     FORMAT_NAME,
     MANIFEST_NAME,
     SCHEMA_VERSION,
+    fsync_dir,
     index_name,
     parse_shard_name,
     read_manifest,
@@ -205,6 +206,7 @@ def write_shard(out: Path, shard: ShardPlan, outcomes: Any, bar: tqdm, times: di
     # its sha256 does not match), never a shard file without a record (which `_check_out` would call foreign).
     _atomic_write(_record_path(out, shard.name), json.dumps(rec, sort_keys=True).encode())
     if summary.samples:
+        fsync_dir(out / BUILD_STATE_DIR)  # the record's rename survives a power cut before the shard's does
         os.replace(tmp, tar)
         os.replace(idx_tmp, idx)
     times["write"] += time.perf_counter() - t
@@ -254,6 +256,9 @@ def build(cfg: BuildConfig) -> BuildReport:
     out = cfg.out
     created = not out.exists()
     _check_out(cfg)
+    ours = (out / BUILD_STATE_DIR).is_dir()
+    if not ours:  # checked before .build/ exists: a refused folder is left as it was
+        _check_ownership(cfg)
     (out / BUILD_STATE_DIR).mkdir(parents=True, exist_ok=True)
     lock = open(out / BUILD_STATE_DIR / "lock", "w")  # noqa: SIM115 - held for the whole build
     try:
@@ -262,6 +267,8 @@ def build(cfg: BuildConfig) -> BuildReport:
         lock.close()
         raise BuildLocked(f"another build is writing to {out}") from None
     try:
+        if ours:  # under the lock: a build running now cannot be mistaken for someone else's files
+            _check_ownership(cfg)
         _check_foreign_shards(cfg)
         for p in list(out.glob("*" + PARTIAL)) + list((out / BUILD_STATE_DIR).glob("*" + PARTIAL)):
             p.unlink()
@@ -275,13 +282,17 @@ def build(cfg: BuildConfig) -> BuildReport:
 
 
 def _check_out(cfg: BuildConfig) -> None:
+    """``--out`` must be a folder (or not exist yet)."""
+    if cfg.out.exists() and not cfg.out.is_dir():
+        raise OutputInUse(f"--out {cfg.out} is a file, not a folder: pass a folder (it is created if missing)")
+
+
+def _check_ownership(cfg: BuildConfig) -> None:
     """Shard files in ``--out`` that no build of this tool wrote are someone else's, e.g. hand-made tars: a build
-    would replace or delete them, so refuse unless ``overwrite``. Ours are those with a resume record in
-    ``.build/`` (written before a shard's rename, so a killed build leaves none unrecorded) or listed in
-    ``manifest.json``."""
+    would replace or delete them, so refuse unless ``overwrite``. Ours are those with a record in ``.build/``
+    (written before a shard's rename, so a killed build leaves none unrecorded; `_adopt_listed` gives the shards
+    of a manifest one before the manifest goes) or listed in ``manifest.json``."""
     out = cfg.out
-    if out.exists() and not out.is_dir():
-        raise OutputInUse(f"--out {out} is a file, not a folder: pass a folder (it is created if missing)")
     if not out.is_dir() or cfg.overwrite:
         return
     ours = {p.stem + ".tar" for p in (out / BUILD_STATE_DIR).glob("*.json")}
@@ -296,6 +307,20 @@ def _check_out(cfg: BuildConfig) -> None:
             f"{', ...' if len(theirs) > 3 else ''}: no record in {BUILD_STATE_DIR}/, not in {MANIFEST_NAME}): a build "
             "would replace or delete them. Use another --out, or pass --overwrite to replace them."
         )
+
+
+def _adopt_listed(out: Path) -> None:
+    """Before the manifest is removed, give each shard it lists and ``.build/`` has no record of (a folder copied
+    without ``.build/``) a stub record: not reusable (the shard is rebuilt, as without one), but it keeps the
+    file the builder's own if this build is killed before rewriting it."""
+    try:
+        listed = [e["file"] for e in read_manifest(out / MANIFEST_NAME)["shards"]]
+    except (OSError, ValueError):
+        return
+    for name in listed:
+        if parse_shard_name(name) and not _record_path(out, name).exists():
+            _atomic_write(_record_path(out, name), json.dumps({"name": name, "adopted": True}).encode())
+    fsync_dir(out / BUILD_STATE_DIR)
 
 
 def _check_foreign_shards(cfg: BuildConfig) -> None:
@@ -326,6 +351,7 @@ def _build_locked(cfg: BuildConfig, t_start: float) -> BuildReport:
         shards = assign_shards([s for p in plans for s in p.samples], cfg.seed, cfg.shard_size)
         times["parse"] = time.perf_counter() - t
         # no manifest until this build is complete (removed only now: a plan that fails leaves a build intact)
+        _adopt_listed(out)
         (out / MANIFEST_NAME).unlink(missing_ok=True)
 
         t = time.perf_counter()

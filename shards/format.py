@@ -50,6 +50,20 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename in ``folder`` durable (a power cut after ``os.replace`` could otherwise lose the entry)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def shard_name(source: str, split: str, index: int) -> str:
     """``{source}-{split}-{NNNNNN}.tar``, the only shard name the builder writes and the readers accept."""
     if source not in SOURCES or split not in SPLITS or not 0 <= index < 1_000_000:

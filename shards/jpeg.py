@@ -123,37 +123,40 @@ def uncoded_scans(data: bytes) -> str | None:
     coefficient of every component reaches full precision, Al = 0 (progressive).
 
     A file cut exactly at a scan boundary and closed with EOI decodes without any warning: a progressive one
-    blurred or colourless, a sequential one with a scan per component without its chroma. Encoders (libjpeg's
-    scan scripts, mozjpeg, Photoshop) always code everything. Lossless and unparsable files: None (not judged).
+    blurred or colourless, a sequential one with a scan per component without its chroma. The standard allows a
+    progression that stops short (libjpeg accepts such a scan script), but common encoders always code
+    everything: such files are refused like cut ones. Lossless files and malformed headers: None (not judged
+    here; the decoder judges). Linear in the file: segment lengths are checked before their fields are read.
     """
-    try:
-        sof, ids, remaining = None, [], set()
-        for marker, start, end in segments(data):
-            if marker in ALL_SOF and sof is None:
-                sof = marker
-                ids = [data[start + 10 + 3 * i] for i in range(data[start + 9])]
-                if sof in LOSSLESS_SOF:
-                    return None
-                remaining = {(c, k) for c in ids for k in range(64)} if sof in PROGRESSIVE_SOF else set(ids)
-            elif marker == 0xDA and sof is not None:
-                scan = {data[start + 5 + 2 * i] for i in range(data[start + 4])}
-                ss, se, al = data[end - 3], data[end - 2], data[end - 1] & 0x0F
-                if sof not in PROGRESSIVE_SOF:
-                    remaining -= scan
-                elif al == 0:
-                    remaining -= {(c, k) for c in scan for k in range(ss, min(se, 63) + 1)}
-                if not remaining:
-                    return None
-    except IndexError:
+    sof, comps, need = None, [], {}
+    for marker, start, end in segments(data):
+        if marker in ALL_SOF and sof is None:
+            n = data[start + 9] if start + 9 < end else 0
+            if not 1 <= n <= 4 or end - start != 10 + 3 * n or marker in LOSSLESS_SOF:
+                return None
+            sof, comps = marker, [data[start + 10 + 3 * i] for i in range(n)]
+            full = (1 << 64) - 1 if sof in PROGRESSIVE_SOF else 1  # coefficients still to code, as a bit mask
+            need = dict.fromkeys(comps, full)
+        elif marker == 0xDA and sof is not None:
+            n = data[start + 4] if start + 4 < end else 0
+            if not 1 <= n <= 4 or end - start != 8 + 2 * n:
+                return None
+            ss, se, al = data[end - 3], min(data[end - 2], 63), data[end - 1] & 0x0F
+            coded = 1 if sof not in PROGRESSIVE_SOF else ((1 << (se + 1)) - (1 << ss) if al == 0 and ss <= se else 0)
+            for c in (data[start + 5 + 2 * i] for i in range(n)):
+                if c in need:
+                    need[c] &= ~coded
+            if not any(need.values()):
+                return None
+    if sof is None:
         return None
-    if sof is None or not ids:
-        return None
+    short = [c for c in comps if need[c]]
     if sof not in PROGRESSIVE_SOF:
-        return f"no scan codes component(s) {sorted(remaining)} of {ids} (a file cut at a scan boundary?)"
-    short = sorted({c for c, _ in remaining})
+        return f"no scan codes component(s) {short} of {comps} (a file cut at a scan boundary?)"
+    missing = sum(bin(need[c]).count("1") for c in short)
     return (
-        f"its scans leave {len(remaining)} coefficient(s) of component(s) {short} short of full precision "
-        "(a progressive file cut at a scan boundary?)"
+        f"its scans leave {missing} coefficient(s) of component(s) {short} short of full precision (a progressive "
+        "file cut at a scan boundary, or a partial progression)"
     )
 
 

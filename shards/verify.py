@@ -68,15 +68,15 @@ def _image(data: bytes) -> tuple[int, int]:
             if orientation != 1:
                 what = "an unreadable Exif segment" if orientation is None else f"EXIF orientation {orientation}"
                 raise ValueError(f"{what} (v1 images are stored upright, with no orientation)")
-        if uncoded := uncoded_scans(data):
-            raise ValueError(f"incomplete JPEG: {uncoded}")
         try:
             warning = libjpeg_warning(data)  # the full decode (libjpeg-turbo, strict); ValueError if fatal
         except LibjpegCannotCheck:
             im.load()  # a valid kind the TurboJPEG API cannot decode: PIL's full decode is the check
-            return im.size
+            warning = None
         if warning is not None:
             raise ValueError(f"libjpeg-turbo warns: {warning}")
+        if uncoded := uncoded_scans(data):
+            raise ValueError(f"incomplete JPEG: {uncoded}")
         return im.size
 
 

@@ -702,6 +702,31 @@ def test_a_hand_made_tar_in_a_build_folder_is_refused_too(tmp_path, capsys):
     assert main([*cli_args(cfg), "--overwrite"]) == 0 and not theirs.exists()
 
 
+def test_a_folder_without_its_build_records_resumes_after_a_kill(tmp_path, monkeypatch):
+    """A built folder copied without .build/ has only its manifest to say the shards are the builder's; the manifest
+    goes when a rebuild starts, so the listed shards get stub records first, and a rebuild killed part way
+    resumes instead of calling them someone else's."""
+    from pipeline import build_shards
+
+    cfg = replace(tiny_config(tmp_path), shard_size=1)  # one sample per shard: several shards
+    first = build(cfg).manifest
+    shutil.rmtree(cfg.out / ".build")
+    real, calls = build_shards.write_shard, []
+
+    def killed_after_one(*args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(build_shards, "write_shard", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        build(cfg)
+    assert not (cfg.out / "manifest.json").exists() and len(first["shards"]) > 2
+    monkeypatch.setattr(build_shards, "write_shard", real)
+    assert build(cfg).manifest["shards"] == first["shards"]
+
+
 def test_annotations_at_other_depths_are_reported(tmp_path):
     cfg = tiny_config(tmp_path)
     nested = cfg.imagenet_annotations / "ILSVRC2013_train" / "n02"  # ILSVRC2015 layout: two levels down

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.checkpoint import fsync_dir, load_checkpoint, save_checkpoint
+from model.checkpoint import load_checkpoint, save_checkpoint
+from shards.format import fsync_dir
 
 LATEST = "checkpoint-latest.pt"
 INITIAL_NAME = "initial.pt"  # the untrained weights, written before step 1
