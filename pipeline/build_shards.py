@@ -14,7 +14,7 @@ Stages, so one example can be followed from annotation to tar member:
 Re-running with the same inputs and arguments reuses every shard whose record, plan hash and sha256 still
 match and rewrites the rest, so a killed build ends byte-identical to an uninterrupted one. ``--out`` is owned
 by the builder: stale ``{source}-{split}-NNNNNN.tar/.idx`` files that the current plan does not produce are
-removed.
+removed, and shard-named files it has no record of (someone else's) stop the build unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def write_shard(out: Path, shard: ShardPlan, outcomes: Any, bar: tqdm, times: di
             os.fsync(f.fileno())
         rec["index_sha256"] = hashlib.sha256(index).hexdigest()
     # The record first: a build killed between the two leaves a recorded name (ours, rebuilt on resume since
-    # its sha256 does not match), never a shard file without a record (which `_check_out` would call foreign).
+    # its sha256 does not match), never a shard file without a record (`_check_ownership` would call it foreign).
     _atomic_write(_record_path(out, shard.name), json.dumps(rec, sort_keys=True).encode())
     if summary.samples:
         fsync_dir(out / BUILD_STATE_DIR)  # the record's rename survives a power cut before the shard's does
