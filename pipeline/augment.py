@@ -241,8 +241,11 @@ class GoturnLoader:
                 raise
             self.batch += 1
             self._pipe_pos, self._after_error = (self.epoch, self.batch), False
-            bad = box_problems(outs[3 : 3 + len(self.shard_sets)])
-            if bad:  # the batch is dropped, the pipeline stays where it is: iterating again continues
+            # DALI's own reader hands boxes.npy straight to the graph (the authors' sampler's feed checks each
+            # sample it draws before DALI sees it): a batch with bad boxes is dropped, the pipeline stays where
+            # it is, and iterating again continues
+            bad = [] if self._samplers else box_problems(outs[3 : 3 + len(self.shard_sets)])
+            if bad:
                 raise refuse(bad)
             yield self._assemble(outs, pipe.audit_names, self.batch - 1)
         self._close()

@@ -34,7 +34,7 @@ from shards.jpeg import (
     HEADER_REPAIRABLE,
     TRAILING_JUNK,
     LibjpegCannotCheck,
-    exif_rotates,
+    exif_orientation,
     jpeg_header,
     libjpeg_warning,
     repair_header,
@@ -195,7 +195,7 @@ def _check_jpeg(data: bytes) -> CheckedImage:
     elif warning is not None:  # every block decoded; re-encoded so that no reader has to recover from junk
         reason = "jpeg_trailing_junk"
     else:
-        if exif_rotates(data):  # every Exif segment goes (the repair moved no segment)
+        if any(exif_orientation(data[a:b]) != 1 for a, b in exif):  # every one goes (the repair moved none)
             data = _without(data, exif)
             changes.append("exif_orientation")
         return CheckedImage(data, im.width, im.height, ",".join(changes) or None)

@@ -183,11 +183,6 @@ def exif_orientation(segment: bytes) -> int | None:
         return None
 
 
-def exif_rotates(data: bytes) -> bool:
-    """Whether any Exif segment has an orientation other than 1 or none that parses (DALI obeys the last)."""
-    return any(exif_orientation(data[a:b]) != 1 for a, b in jpeg_header(data)[1])
-
-
 def libjpeg_warning(data: bytes) -> str | None:
     """libjpeg-turbo's first warning while decoding all of ``data``, or None when it decodes cleanly.
 
