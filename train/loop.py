@@ -329,11 +329,7 @@ class Trainer:
         with torch.no_grad():
             sums = torch.stack([p.detach().float().sum() for p in self.model.parameters()]).cpu()
         if not torch.isfinite(sums).all():  # the losses so far were finite, this step's update was not
-            kept = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written"
-            raise TrainingError(
-                f"non-finite weights after step {self.step}: stopping without saving this state; {kept}. Lower --lr, "
-                "check --init, or inspect the data (python -m shards.verify names broken samples)."
-            )
+            raise self._non_finite(f"non-finite weights after step {self.step}")
         mine = {
             "rng": checkpointing.rng_state(self.device),
             "data": position_to_cpu(self.last_position) if self.last_position is not None else None,
@@ -498,14 +494,16 @@ class Trainer:
         interrupted, timed_out, skipped = buf[-3].item() > 0, buf[-2].item() > 0, int(buf[-1].item())
         for (step, _), v in zip(pending, vals, strict=True):
             if not math.isfinite(v):
-                kept = (
-                    f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written"
-                )
-                raise TrainingError(
-                    f"non-finite loss ({v}) at step {step}: stopping without saving this state; {kept}. Lower --lr, "
-                    "check --init, or inspect the data (python -m shards.verify names broken samples)."
-                )
+                raise self._non_finite(f"non-finite loss ({v}) at step {step}")
         return vals, interrupted, timed_out, skipped
+
+    def _non_finite(self, what: str) -> TrainingError:
+        """The stop for a state that must not be saved, saying which checkpoint is the last good one."""
+        kept = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written"
+        return TrainingError(
+            f"{what}: stopping without saving this state; {kept}. Lower --lr, check --init, or inspect the data "
+            "(python -m shards.verify names broken samples)."
+        )
 
     def _on_signal(self, signum: int, frame: object) -> None:
         if self._interrupted:  # second signal: give up at once
