@@ -416,8 +416,8 @@ def test_resume_after_sigkill_ends_identical(sample_build, tmp_path):
     cmd = [sys.executable, "-m", "pipeline.build_shards", *sample_args(cfg), "--workers", "1"]
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
-    records = cfg.out / ".build"  # a shard is finished once its resume record exists
-    while not list(records.glob("*.json")) and proc.poll() is None and time.monotonic() < deadline:
+    # A shard is finished once its index is renamed into place: the last step after its record and its tar.
+    while not list(cfg.out.glob("*.idx")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)  # the builder and any worker it started
     proc.wait()
