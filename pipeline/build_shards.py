@@ -14,7 +14,8 @@ Stages, so one example can be followed from annotation to tar member:
 Re-running with the same inputs and arguments reuses every shard whose record, plan hash and sha256 still
 match and rewrites the rest, so a killed build ends byte-identical to an uninterrupted one. ``--out`` is owned
 by the builder: stale ``{source}-{split}-NNNNNN.tar/.idx`` files that the current plan does not produce are
-removed, and shard-named files it has no record of (someone else's) stop the build unless ``--overwrite``.
+removed, and shard-named files it has no record of and its manifest does not list (someone else's) stop the
+build unless ``--overwrite``.
 """
 
 from __future__ import annotations

@@ -3,17 +3,18 @@
 The full decode of a JPEG is libjpeg-turbo's in strict mode (`shards.jpeg.libjpeg_warning`: the decoder under
 PIL and DALI's CPU backend, with warnings as errors); PIL decodes PNGs and what is re-encoded.
 
-A shard JPEG must decode to the same RGB pixels in every reader (PIL, DALI's CPU decoder, nvJPEG). So an input
-is copied byte for byte only when it is a JPEG (baseline, extended-sequential or progressive, 8-bit) that
-decodes completely to 3-channel RGB. PNG-named-JPEG, CMYK, grayscale and other modes are converted to RGB and
-re-encoded (baseline JPEG, quality 95); 16-bit samples keep their high byte, as ``cv2.imread`` (the authors'
-reader) does. A JPEG with an EXIF orientation tag other than 1 in any of its EXIF segments has all of them
-removed (pixels untouched), because DALI applies EXIF orientation (of the last segment) by default while the
-boxes refer to the stored pixels. Anything that does not decode completely is rejected with a reason, and so is
-a JPEG on which libjpeg-turbo warns (decoders fill its missing blocks with grey without an error), except junk
-before the end-of-image marker (all blocks decoded: re-encoded) and two header fields libjpeg ignores (repaired
-in place, then checked again), and a JPEG whose scans stop short (cut at a scan boundary, which no decoder
-notices). Nothing here raises for bad data except `ImageRejected`.
+A shard JPEG must decode to the same RGB pixels in every reader (PIL, DALI's CPU decoder, nvJPEG). So an input is
+copied (byte for byte, but for the lossless repairs below) only when it is a JPEG (baseline, extended-sequential or
+progressive, 8-bit) that decodes completely to 3-channel RGB. PNG-named-JPEG, CMYK, grayscale and other modes are
+converted to RGB and re-encoded (baseline JPEG, quality 95); 16-bit samples keep their high byte, as ``cv2.imread``
+(the authors' reader) does. A JPEG with an EXIF orientation tag other than 1 in any of its EXIF segments has all of
+them removed (pixels untouched), because DALI applies EXIF orientation (of the last segment) by default while the
+boxes refer to the stored pixels. Anything that does not decode completely is rejected with a reason, and so are a
+JPEG whose scans stop short (cut at a scan boundary, which no decoder notices) and a JPEG on which libjpeg-turbo
+warns (decoders fill its missing blocks with grey without an error). Two kinds of warning lose no pixel: junk
+before the end-of-image marker (all blocks decoded: re-encoded), and what `shards.jpeg.repair` rewrites as libjpeg
+reads it (a missing end marker, header fields it ignores, stray bytes between header segments: repaired, then
+checked again). Nothing here raises for bad data except `ImageRejected`.
 """
 
 from __future__ import annotations
@@ -31,13 +32,12 @@ from model.image_modes import SIXTEEN_BIT_MODES, to_rgb8
 from pipeline.input_files import FileTooLarge, NotRegularFile, read_regular
 from shards.format import MAX_PIXELS
 from shards.jpeg import (
-    HEADER_REPAIRABLE,
     TRAILING_JUNK,
     LibjpegCannotCheck,
     exif_orientation,
     jpeg_header,
     libjpeg_warning,
-    repair_header,
+    repair,
     uncoded_scans,
 )
 
@@ -173,9 +173,10 @@ def _check_jpeg(data: bytes) -> CheckedImage:
     changes: list[str] = []
     try:
         warning = libjpeg_warning(data)
-        if warning is not None and HEADER_REPAIRABLE.fullmatch(warning):  # checked again: it may hide another
-            data = repair_header(data)
-            changes.append("jpeg_header_repaired")
+        # A repaired file is checked again (libjpeg's first warning may hide another); each repair is made once.
+        while warning is not None and (fix := repair(data, warning)) is not None and fix[1] not in changes:
+            data = fix[0]
+            changes.append(fix[1])
             warning = libjpeg_warning(data)
     except LibjpegCannotCheck:
         warning = None
@@ -195,7 +196,9 @@ def _check_jpeg(data: bytes) -> CheckedImage:
     elif warning is not None:  # every block decoded; re-encoded so that no reader has to recover from junk
         reason = "jpeg_trailing_junk"
     else:
-        if any(exif_orientation(data[a:b]) != 1 for a, b in exif):  # every one goes (the repair moved none)
+        if changes:  # a header repair may have moved the Exif segments
+            exif = jpeg_header(data)[1]
+        if any(exif_orientation(data[a:b]) != 1 for a, b in exif):  # every one goes
             data = _without(data, exif)
             changes.append("exif_orientation")
         return CheckedImage(data, im.width, im.height, ",".join(changes) or None)

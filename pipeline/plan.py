@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import PIL
+import simplejpeg
 
 from pipeline import alov, imagenet_det
 from pipeline.input_files import NotRegularFile, not_regular, read_regular
 from shards.format import SCHEMA_VERSION, make_key, shard_name
 
-BUILDER_VERSION = "1"  # bump when the bytes a plan produces change (invalidates shards kept for resuming)
+BUILDER_VERSION = "2"  # bump when the bytes a plan produces change (invalidates shards kept for resuming)
 META_ESTIMATE = 3 * 512 + 1024  # tar headers and small members of a sample, for the shard size plan
 
 MapFn = Callable[[Callable[[Any], Any], Iterable[Any]], Iterator[Any]]
@@ -437,9 +438,11 @@ def estimated_bytes(sample: PlannedSample) -> int:
 
 
 def plan_hash(name: str, samples: list[PlannedSample]) -> str:
-    """Fingerprint of everything that determines a shard's bytes."""
+    """Fingerprint of everything that determines a shard's bytes (the decoders' versions too: they decide what is
+    rejected or re-encoded)."""
     h = hashlib.sha256()
-    h.update(json.dumps([SCHEMA_VERSION, BUILDER_VERSION, PIL.__version__, name]).encode())
+    versions = [SCHEMA_VERSION, BUILDER_VERSION, PIL.__version__, simplejpeg.__version__]
+    h.update(json.dumps([*versions, name]).encode())
     for s in samples:
         imgs = [(i.rel, i.size, i.mtime_ns) for i in s.images]
         h.update(json.dumps([s.key, imgs, s.boxes, s.display_size, s.meta], sort_keys=True).encode())

@@ -13,9 +13,10 @@ A file cut exactly at a scan boundary (a progressive JPEG without its last refin
 without its chroma scans) decodes without a warning anywhere, blurred or colourless: `uncoded_scans` finds it
 from the scan headers.
 
-Limits: only libjpeg's first warning is known (so two header warnings it decodes around, `HEADER_REPAIRABLE`,
-are repaired before the check, not tolerated); the TurboJPEG API cannot decode some valid files (sampling
-factors it has no name for, 12-bit, lossless: `LibjpegCannotCheck`), which PIL's decode then judges alone.
+Limits: only libjpeg's first warning is known (so the warnings it decodes around without losing a pixel, a
+missing end marker and `HEADER_REPAIRABLE`, are repaired by `repair` and the file checked again, not
+tolerated); the TurboJPEG API cannot decode some valid files (sampling factors it has no name for, 12-bit,
+lossless: `LibjpegCannotCheck`), which PIL's decode then judges alone.
 """
 
 from __future__ import annotations
@@ -37,10 +38,16 @@ EXIF_ORIENTATION = 0x0112
 # (so no grey fill), though it cannot tell whether they are the original data.
 TRAILING_JUNK = re.compile(r"Corrupt JPEG data: \d+ extraneous bytes before marker 0xd9")
 # Header fields libjpeg warns about and then ignores (a sequential scan's Ss/Se/Ah/Al, which some phone cameras
-# write wrongly; a JFIF major version other than 1): `repair_header` sets them to what libjpeg assumes.
+# write wrongly; a JFIF major version other than 1) and stray bytes it skips between header segments (after a
+# segment whose length field undercounts): `repair_header` writes the header as libjpeg reads it.
 HEADER_REPAIRABLE = re.compile(
     r"Invalid SOS parameters for sequential JPEG|Warning: unknown JFIF revision number \d+\.\d+"
+    r"|Corrupt JPEG data: \d+ extraneous bytes before marker 0x(?!d9)[0-9a-f]{2}"
 )
+# The data ends without an end-of-image marker. libjpeg gives the same warning first for a file cut inside a scan,
+# so `repair` appends the marker and the check runs again: a cut file then warns of its missing data.
+MISSING_EOI = "Premature end of JPEG file"
+EOI = b"\xff\xd9"
 # The texts of libjpeg's warnings (jerror.h JWRN_*), as opposed to its fatal errors.
 _WARNING_TEXT = re.compile(
     r"Corrupt JPEG data|Warning: |Premature end of JPEG file|Invalid SOS parameters|Inconsistent progression"
@@ -64,7 +71,8 @@ def segments(data: bytes) -> Iterator[tuple[int, int, int]]:
 
     Scans' entropy-coded data is skipped to the next marker that is neither a stuffed ``FF 00`` nor a restart
     marker; stray bytes between segments are skipped as libjpeg skips them (with a warning). A segment whose
-    length field is broken ends the walk (the decoder will judge the file).
+    length field is broken or runs past the data ends the walk (the decoder will judge the file), so every
+    yielded segment lies inside ``data``.
     """
     i, n = 2, len(data)
     while i + 4 <= n:
@@ -81,7 +89,7 @@ def segments(data: bytes) -> Iterator[tuple[int, int, int]]:
         if marker == 0xD9:
             return
         length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if length < 2:
+        if length < 2 or i + 2 + length > n:
             return
         yield marker, i, i + 2 + length
         i += 2 + length
@@ -160,17 +168,34 @@ def uncoded_scans(data: bytes) -> str | None:
     )
 
 
+def repair(data: bytes, warning: str) -> tuple[bytes, str] | None:
+    """``data`` as libjpeg reads it despite ``warning`` (the same pixels), and the name of the change; None when
+    the warning is not one whose repair loses nothing. The caller checks the result again."""
+    if HEADER_REPAIRABLE.fullmatch(warning):
+        return repair_header(data), "jpeg_header_repaired"
+    if warning == MISSING_EOI and not data.endswith(EOI):
+        return data + EOI, "jpeg_eoi_added"
+    return None
+
+
 def repair_header(data: bytes) -> bytes:
-    """``data`` with the `HEADER_REPAIRABLE` fields set to what libjpeg assumes when it warns about them (pixels
-    unchanged): every scan header of a sequential JPEG to Ss=0, Se=63, Ah=Al=0, and a JFIF major version to 1."""
-    out = bytearray(data)
+    """``data`` with its header as libjpeg reads it when it warns `HEADER_REPAIRABLE` (pixels unchanged): every
+    scan header of a sequential JPEG set to Ss=0, Se=63, Ah=Al=0, a JFIF major version set to 1, and the bytes
+    between the segments before the first scan dropped. From the first scan on, the bytes between segments are
+    entropy-coded data and stay."""
     sof = jpeg_header(data)[0]
+    out, rest, scanned = bytearray(data[:2]), 2, False
     for marker, start, end in segments(data):
-        if marker == 0xE0 and data[start + 4 : start + 9] == b"JFIF\0" and end >= start + 11:
-            out[start + 9] = 1
-        elif marker == 0xDA and sof in SEQUENTIAL_SOF and end - 3 > start + 4:
-            out[end - 3 : end] = b"\x00\x3f\x00"
-    return bytes(out)
+        segment = bytearray(data[start:end])
+        if marker == 0xE0 and segment[4:9] == b"JFIF\0" and len(segment) >= 11:
+            segment[9] = 1
+        elif marker == 0xDA and sof in SEQUENTIAL_SOF and len(segment) > 7:
+            segment[-3:] = b"\x00\x3f\x00"
+        if scanned:
+            out += data[rest:start]
+        out += segment
+        rest, scanned = end, scanned or marker == 0xDA
+    return bytes(out + data[rest:])
 
 
 def exif_orientation(segment: bytes) -> int | None:
@@ -197,12 +222,15 @@ def libjpeg_warning(data: bytes) -> str | None:
         raise
     except MemoryError:
         raise
-    except Exception as e:  # simplejpeg's lenient header read raises e.g. KeyError(-1) on a broken header
-        raise ValueError(f"unreadable header ({type(e).__name__}: {e})") from e
+    except Exception as e:  # anything else simplejpeg raises on a broken file
+        raise ValueError(f"{type(e).__name__}: {e}") from e
 
 
 def _first_warning(data: bytes) -> str | None:
-    height, width, source_colorspace, _ = simplejpeg.decode_jpeg_header(data, strict=False)
+    try:
+        height, width, source_colorspace, _ = simplejpeg.decode_jpeg_header(data, strict=False)
+    except KeyError as e:  # simplejpeg names no subsampling TurboJPEG could not determine when libjpeg also warns
+        raise LibjpegCannotCheck(f"no subsampling level for this JPEG's sampling factors ({e!r})") from e
     if height * width > MAX_PIXELS:
         raise ValueError(f"{width}x{height}: more than {MAX_PIXELS} pixels")
     colorspace = _CHECK_COLORSPACE.get(source_colorspace, "GRAY")

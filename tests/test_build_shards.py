@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -30,6 +31,7 @@ from shards_testdata import (
     cached_build,
     cut_short,
     edge_tree,
+    exif_segment,
     flat_jpeg,
     jpeg,
     read_shards,
@@ -824,6 +826,19 @@ def test_a_file_as_out_and_an_edited_resume_record(tmp_path, capsys):
     assert again.manifest["shards"] == first["shards"] and again.shards_reused == len(first["shards"]) - 1
 
 
+def test_shards_are_rebuilt_after_the_decoders_change(tmp_path, monkeypatch):
+    """What is rejected, repaired or re-encoded depends on PIL's and libjpeg-turbo's versions: after either changes,
+    a rerun rebuilds its shards instead of keeping ones the new checks might refuse."""
+    import simplejpeg
+
+    cfg = tiny_config(tmp_path)
+    n = len(build(cfg).manifest["shards"])
+    assert build(cfg).shards_reused == n
+    monkeypatch.setattr(simplejpeg, "__version__", "0.0.0")
+    assert build(cfg).shards_reused == 0
+    assert build(cfg).shards_reused == n
+
+
 def test_a_dead_worker_stops_the_build_with_a_resumable_error(tmp_path):
     cfg = tiny_config(tmp_path)
     script = (
@@ -879,8 +894,65 @@ def test_jpeg_cut_short_and_closed_with_an_end_marker_is_rejected(kind):
     dqt = next(start for marker, start, _ in segments(good) if marker == 0xDB)
     stray = good[:dqt] + b"\0" + good[dqt:]  # a header warning first (simplejpeg raises it even when lenient) ...
     assert libjpeg_warning(stray) == "Corrupt JPEG data: 1 extraneous bytes before marker 0xdb"
-    with pytest.raises(ImageRejected, match="extraneous bytes before marker 0xdb"):
-        check_image(cut_short(stray))  # ... is no licence to re-encode what follows unchecked
+    with pytest.raises(ImageRejected, match="premature end of data segment"):
+        check_image(cut_short(stray))  # ... is repaired and the file checked again: the truncation is found
+
+
+@pytest.mark.parametrize(
+    "kind", [{}, {"progressive": True}, {"mode": "L", "progressive": True}, {"mode": "CMYK", "progressive": True}]
+)
+def test_a_jpeg_cut_anywhere_is_rejected_never_a_crash(kind):
+    """Cut at every byte, with and without an end marker after the cut: each is an `ImageRejected` (a grey
+    progressive file cut inside a scan header used to raise IndexError from the scan walk and end the build)."""
+    good = jpeg(64, 48, **kind)
+    for n in range(3, len(good) - 2):
+        for data in (good[:n], good[:n] + b"\xff\xd9"):
+            with pytest.raises(ImageRejected):
+                check_image(data)
+            assert all(end <= len(data) for _, _, end in segments(data))
+
+
+def test_mutated_jpegs_are_rejected_or_accepted_never_a_crash():
+    """Seeded fuzzing of the header region (where the builder's own parsing runs): bytes changed, cut out or put
+    in, sometimes then cut short. Whatever libjpeg, PIL or the scan walk make of it, `check_image` raises nothing
+    but `ImageRejected`, and what it accepts decodes to RGB."""
+    rnd = random.Random(7)
+    seeds = [jpeg(48, 40, mode=m, progressive=p) for m in ("RGB", "L", "CMYK") for p in (False, True)]
+    for _ in range(600):
+        d = bytearray(rnd.choice(seeds))
+        header_end = d.find(b"\xff\xda") + 30
+        for _ in range(rnd.randint(1, 4)):
+            at, op = rnd.randrange(2, min(len(d), header_end + 200)), rnd.random()
+            if op < 0.5:
+                d[at] = rnd.randrange(256)
+            elif op < 0.75:
+                del d[at : at + rnd.randint(1, 8)]
+            else:
+                d[at:at] = rnd.randbytes(rnd.randint(1, 4))
+        if rnd.random() < 0.3:
+            d = d[: rnd.randrange(4, len(d))] + (b"\xff\xd9" if rnd.random() < 0.5 else b"")
+        try:
+            c = check_image(bytes(d))
+        except ImageRejected:
+            continue
+        with Image.open(io.BytesIO(c.data)) as im:
+            im.load()
+            assert im.mode == "RGB" and im.size == (c.width, c.height)
+
+
+def test_a_jpeg_missing_only_its_end_marker_gets_one():
+    """libjpeg's first warning is the same for a file that lacks only its end marker (every pixel there) and one cut
+    inside a scan: the marker is added and the file checked again, which tells the two apart."""
+    for good in (jpeg(64, 48), jpeg(64, 48, progressive=True)):
+        assert good.endswith(b"\xff\xd9") and libjpeg_warning(good[:-2]) == "Premature end of JPEG file"
+        c = check_image(good[:-2])
+        assert (c.converted, c.data) == ("jpeg_eoi_added", good)
+        last_scan = [end for marker, _, end in segments(good) if marker == 0xDA][-1]
+        cut = good[: (last_scan + len(good)) // 2]  # inside the last scan's data
+        assert libjpeg_warning(cut) == "Premature end of JPEG file"
+        with pytest.raises(ImageRejected) as e:
+            check_image(cut)
+        assert e.value.code == "corrupt_image"
 
 
 def test_junk_before_the_end_marker_is_reencoded_with_every_pixel():
@@ -903,13 +975,22 @@ def test_header_fields_libjpeg_ignores_are_repaired_then_checked_again():
     app0 = next(start for marker, start, _ in segments(good) if marker == 0xE0)
     assert good[app0 + 4 : app0 + 11] == b"JFIF\0\x01\x01"
     jfif2 = good[: app0 + 9] + b"\x02" + good[app0 + 10 :]
+    dqt = next(start for marker, start, _ in segments(good) if marker == 0xDB)
+    stray = good[:dqt] + b"\0\0" + good[dqt:]  # as after a segment whose length field undercounts
     pixels = np.asarray(Image.open(io.BytesIO(good)))
-    for data, warning in ((bad_sos, "Invalid SOS parameters"), (jfif2, "unknown JFIF revision number 2.01")):
+    for data, warning in (
+        (bad_sos, "Invalid SOS parameters"),
+        (jfif2, "unknown JFIF revision number 2.01"),
+        (stray, "2 extraneous bytes before marker 0xdb"),
+    ):
         assert warning in libjpeg_warning(data)
         assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)  # decoders ignore the fields
         c = check_image(data)
-        assert c.converted == "jpeg_header_repaired" and c.data == good  # exactly the fields PIL wrote
+        assert c.converted == "jpeg_header_repaired" and c.data == good  # exactly the header PIL wrote
     assert check_image(with_exif(bad_sos, 6)).converted == "jpeg_header_repaired,exif_orientation"
+    stray_between_exif = good[:2] + exif_segment(1) + b"\0\0" + exif_segment(6) + good[2:]
+    c = check_image(stray_between_exif)  # the repair moves the second Exif segment, which then goes
+    assert c.converted == "jpeg_header_repaired,exif_orientation" and c.data == good
     with pytest.raises(ImageRejected, match="premature end of data segment"):
         check_image(cut_short(bad_sos))  # the repair does not let a truncation through
 
@@ -918,10 +999,12 @@ def test_sampling_factors_turbojpeg_cannot_name_are_checked_by_pil():
     """TurboJPEG (simplejpeg) refuses sampling factors it has no name for (3x1 luma here), which libjpeg's own API
     (PIL's, DALI's) decodes: such a file is validated by PIL's full decode and copied, as before the strict check."""
     odd = flat_jpeg(64, 48, [(3, 1), (1, 1), (1, 1)])
-    with pytest.raises(LibjpegCannotCheck, match="subsampling"):
-        libjpeg_warning(odd)
-    c = check_image(odd)
-    assert (c.width, c.height, c.converted) == (64, 48, None) and c.data == odd
+    app0 = b"\xff\xe0\x00\x10JFIF\x00\x00\x01\x00\x00\x01\x00\x01\x00\x00"  # JFIF 0.01: libjpeg warns
+    for data in (odd, odd[:2] + app0 + odd[2:]):  # with a warning, simplejpeg's lenient header read: KeyError(-1)
+        with pytest.raises(LibjpegCannotCheck, match="subsampling"):
+            libjpeg_warning(data)
+        c = check_image(data)
+        assert (c.width, c.height, c.converted) == (64, 48, None) and c.data == data
     from pipeline.sample_build import meta_bytes, npy_bytes
     from shards.verify import check_sample
 
