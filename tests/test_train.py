@@ -484,6 +484,9 @@ def test_sigterm_checkpoints_within_steps_and_exits_nonzero(shards: Path, tmp_pa
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "train"]
     cmd += _argv(shards, run, 500, 11, "1e-5", "--no-val", "--log-every", "400", "--ckpt-every", "0")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # torchrun SIGKILLs its workers 30 s after forwarding the signal: ample for a GPU run, not for two ranks on a
+    # loaded 2-core machine finishing their step and saving 0.9 GB of weights and momentum
+    env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] = "300"
     res = _interrupt_after_start(cmd, run, env)
     assert res.returncode != 0 and (ranks > 1 or res.returncode == 143), (res.returncode, res.stderr[-3000:])
     ckpt = _load(run / LATEST)
@@ -620,7 +623,8 @@ def test_skipped_training_batches_are_logged(tmp_path: Path, capsys):
     assert train_main(_argv(data, run, 4, 11, "1e-6", "--no-val", "--log-every", "4", "--keep-last", "1")) == 0
     warned = capsys.readouterr().err.count("skipped a loader batch")
     (row,) = _rows(run)
-    assert warned >= 1 and row["skipped_batches"] == warned
+    # The row counts the skips before the step's batch; the prefetch thread may have warned of later ones.
+    assert 1 <= row["skipped_batches"] <= warned
 
 
 def test_training_on_a_truncated_shard_stops_with_one_clear_line(tmp_path: Path, capsys):

@@ -17,7 +17,7 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -42,6 +42,9 @@ class Batch:
     bbox: torch.Tensor  # float32 (B, 4)
     position: dict
     runs: tuple[torch.Tensor, torch.Tensor] | None = None  # `model.net.pair_runs` of the batch, where known
+    # Loader batches this process skipped (undecodable) before this batch was cut: the count a log row after it
+    # reports, whatever the prefetch thread has pulled (and skipped) ahead of it meanwhile.
+    skipped: int = 0
 
 
 def _loader_state(loader: Any) -> Any:
@@ -214,7 +217,8 @@ class ExampleBatcher:
                 start += B
                 rest = {k: parts[k][start:] for k in KEYS} if start < n else None
                 self.carry = rest
-                yield Batch(chunk["target"], chunk["search"], chunk["bbox"], self._position_view(rest, start), runs)
+                position = self._position_view(rest, start)
+                yield Batch(chunk["target"], chunk["search"], chunk["bbox"], position, runs, self.skipped_items)
             self.carry = {k: parts[k][start:] for k in KEYS} if start < n else None
             self._origins, self._offset = _advance(self._origins, self._offset, start)
 
@@ -296,7 +300,8 @@ class Prefetcher:
                     event = None
                     if self._cuda:
                         runs = tuple(self._to_device(t) for t in b.runs) if b.runs is not None else None
-                        b = Batch(*(self._to_device(t) for t in (b.target, b.search, b.bbox)), b.position, runs)
+                        target, search, bbox = (self._to_device(t) for t in (b.target, b.search, b.bbox))
+                        b = replace(b, target=target, search=search, bbox=bbox, runs=runs)
                         event = torch.cuda.Event()
                         event.record(self._stream)
                     if not self._put((b, event)):

@@ -233,6 +233,7 @@ class Trainer:
                 ) from None
         self.batcher = ExampleBatcher(self.loader, cfg.batch_examples, position, device=self.device)
         self.last_position = position
+        self.skipped_batches = 0  # as of the last batch trained on (`Batch.skipped`)
         self.autocast = (
             torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.amp == "bf16" else contextlib.nullcontext()
         )
@@ -486,7 +487,7 @@ class Trainer:
         """The one read-back of a logging step: the pending steps' losses (mean over ranks) and the stop flags
         (any rank interrupted / out of time; loader batches skipped, all ranks) in a single all-reduce. A
         non-finite loss stops the run here, before any checkpoint of that state is written."""
-        flags = [float(self._interrupted), float(out_of_time), float(self.batcher.skipped_items)]
+        flags = [float(self._interrupted), float(out_of_time), float(self.skipped_batches)]
         losses = torch.stack([v for _, v in pending]).float()
         buf = torch.cat([losses, torch.tensor(flags, device=losses.device)])
         distributed.all_reduce_sum(buf, self.ctx)
@@ -522,6 +523,8 @@ class Trainer:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # ValueError: not the main thread (e.g. a test's thread)
                 old_handlers[sig] = signal.signal(sig, self._on_signal)
+        vote = distributed.StopVote(ctx)
+        distributed.barrier(ctx)  # every rank has its handlers before initial.pt (below) says training starts
         bar = None
         if ctx.is_main and cfg.progress:
             from tqdm import tqdm
@@ -533,7 +536,6 @@ class Trainer:
             cpu_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}  # a plain torch.load works
             save_checkpoint(self.run_dir / INITIAL, make_checkpoint(self.model, model=cpu_state))
         prefetch = Prefetcher(lambda: iter(self.batcher), self.device, cfg.prefetch)
-        vote = distributed.StopVote(ctx)
         pending: list[tuple[int, torch.Tensor]] = []
         first_loss = last_loss = None
         stop_reason = "steps"
@@ -552,6 +554,7 @@ class Trainer:
                 self.step += 1
                 window_steps += 1
                 self.last_position = b.position
+                self.skipped_batches = b.skipped
                 pending.append((self.step, loss))
                 if bar is not None:
                     bar.update(1)
