@@ -13,6 +13,43 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# Modules sharing expensive per-process fixtures (cached builds, written nets) run on one xdist worker; every other
+# module is a unit of its own. `make test` asks for `--dist loadgroup`, but pytest-xdist 3.8 tags grouped tests by
+# rewriting ``Item._nodeid``, which pytest 9.2 no longer reads: each test became a unit, so both workers built the
+# same fixtures and heavy tests ran side by side. The grouping is therefore made here, from one table.
+XDIST_GROUPS = {
+    "test_build_shards.py": "shards",
+    "test_shards.py": "shards",
+    "test_cli_errors.py": "net",
+    "test_net_parity.py": "net",
+    "test_net_shared_targets.py": "net",
+    "test_tracker.py": "net",
+    "test_tracker_opencv.py": "net",
+    "test_evaluate_otb.py": "evaluate",
+    "test_metrics.py": "evaluate",
+    "test_otb_data.py": "evaluate",
+}
+
+
+def xdist_unit(nodeid: str) -> str:
+    """The scheduling unit of a test: its module's group, else its module."""
+    module = nodeid.split("::", 1)[0]
+    return XDIST_GROUPS.get(module.rsplit("/", 1)[-1], module)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleGroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_unit(nodeid)
+
+    return ModuleGroupScheduling(config, log)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path to ../shared/data (real OTB Man, a real ALOV .ann, real ImageNet XML + JPEGs), or skip."""

@@ -22,9 +22,6 @@ from shardkit import Sample, jpeg_bytes, synthetic_samples, textured_image, writ
 from model import geometry as G
 from pipeline.augment import GoturnLoader, SampleDecodeError, find_shards
 
-pytestmark = pytest.mark.xdist_group("augment")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------------

@@ -49,7 +49,6 @@ from pipeline.image_check import ImageRejected, check_image, read_image_file
 from shards.format import make_key
 from shards.jpeg import TRAILING_JUNK, LibjpegCannotCheck, jpeg_header, libjpeg_warning, segments
 
-pytestmark = pytest.mark.xdist_group("shards")
 REPO = Path(__file__).resolve().parents[1]
 
 

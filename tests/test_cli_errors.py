@@ -20,8 +20,6 @@ from model.import_caffe import main as import_main
 from model.net import CONV_SPECS, GoturnNet
 from model.tracker import GoturnTracker
 
-pytestmark = pytest.mark.xdist_group("net")
-
 
 @pytest.fixture(scope="module")
 def backbone_files(module_scratch: Path) -> tuple[Path, Path]:

@@ -10,8 +10,6 @@ from PIL import Image
 
 from pipeline import demo
 
-pytestmark = pytest.mark.xdist_group("demo")
-
 
 @pytest.fixture(scope="module")
 def demo_run(module_scratch: Path) -> Path:

@@ -18,8 +18,6 @@ from evaluate.results import read_result, write_result
 from evaluate.steppers import GoturnStepper
 from model.geometry import corners_to_xywh, xywh_to_corners
 
-pytestmark = pytest.mark.xdist_group("evaluate")
-
 OVERALL_KEYS = {"success_auc", "precision_20", "success_rate_50", "norm_precision", "frames", "fps", "fps_end_to_end"}
 OVERALL_KEYS |= {"fps_batch_sequences", "device"}
 REPORT_KEYS = {"protocol", "rules", "norm_precision_definition", "iou_thresholds", "error_thresholds_px"}

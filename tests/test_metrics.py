@@ -12,8 +12,6 @@ import pytest
 from evaluate import metrics as M
 from evaluate.results import read_result, write_result
 
-pytestmark = pytest.mark.xdist_group("evaluate")
-
 
 def _gt(n: int, rng: np.random.Generator) -> np.ndarray:
     xy = rng.uniform(1, 300, (n, 2)).round()

@@ -28,8 +28,6 @@ from model.import_caffe import main as import_main
 from model.net import CONV_SPECS, GoturnNet, count_parameters
 from model.preprocess import normalize
 
-pytestmark = pytest.mark.xdist_group("net")
-
 
 @pytest.fixture(scope="module")
 def authors_files(module_scratch: Path) -> tuple[dict, Path, Path]:

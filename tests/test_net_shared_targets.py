@@ -3,12 +3,9 @@ batch (what the trainer relies on to nearly halve its conv work)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from model.net import GoturnNet, pair_runs, unique_consecutive_crops
-
-pytestmark = pytest.mark.xdist_group("net")
 
 
 def test_unique_consecutive_crops_finds_runs() -> None:

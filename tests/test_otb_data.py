@@ -12,8 +12,6 @@ from PIL import Image
 
 from evaluate import otb_data as D
 
-pytestmark = pytest.mark.xdist_group("evaluate")
-
 
 def _jpeg(mode: str = "RGB") -> bytes:
     buf = io.BytesIO()

@@ -18,8 +18,6 @@ from PIL import Image
 from model.geometry import alov_points_to_corners, xywh_to_corners
 from pipeline import make_sample_data as msd
 
-pytestmark = pytest.mark.xdist_group("sample_data")
-
 DET = "imagenet/ILSVRC2014_DET_train"
 BBOX = "imagenet/ILSVRC2014_DET_bbox_train"
 IMGS = "alov/imagedata++"

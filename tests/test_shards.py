@@ -20,7 +20,6 @@ from shards.dataset import shard_paths
 from shards.tarwriter import TarShardWriter
 from shards.verify import verify
 
-pytestmark = pytest.mark.xdist_group("shards")
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -25,8 +25,6 @@ from model.tracker import (
     track_step,
 )
 
-pytestmark = pytest.mark.xdist_group("net")
-
 
 def constant_net(output: list[float], variant: str = "authors") -> GoturnNet:
     """A net whose output is ``output`` whatever the input (every weight zero, fc8's bias = output)."""

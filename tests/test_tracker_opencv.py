@@ -34,8 +34,6 @@ from model.checkpoint import load_model
 from model.net import CONV_SPECS, GoturnNet
 from model.tracker import GoturnTracker
 
-pytestmark = pytest.mark.xdist_group("net")
-
 SEED = 0  # chosen for its cvRound margin (see the module docstring); asserted below
 NO_MOTION = np.array([56.75, 56.75, 170.25, 170.25])  # 'scale' output that decodes to the previous box
 

@@ -20,8 +20,6 @@ from train.cli import resolve
 from train.data import DataError, ExampleBatcher
 from train.loop import INITIAL, RunLog, Trainer, TrainingError
 
-pytestmark = pytest.mark.xdist_group("train")
-
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--loader-threads", "1", "--no-progress", "--loader-pairs", "2", "--k", "10"]
 
