@@ -217,7 +217,8 @@ def score_tracker(
         stems.append(path.stem)
         gt = seq.gt[:max_frames] if max_frames else seq.gt
         try:
-            per[seq.name] = M.sequence_curves(read_result(path), gt, protocol)
+            boxes = read_result(path)
+            per[seq.name] = M.sequence_curves(boxes[:max_frames] if max_frames else boxes, gt, protocol)
         except ValueError as e:
             omit = INIT_OMIT.get(seq.folder.name.lower(), 0) if protocol in INIT_OMIT_PROTOCOLS else 0
             if omit and str(e).startswith(f"{len(gt) + omit} result rows"):

@@ -185,6 +185,10 @@ def read_annotation_text(path: Path) -> str:
         raise ValueError(f"{path}: {e}") from None
     except FileTooLarge as e:
         raise ValueError(f"{path}: {e}: larger than any annotation file") from None
+    except FileNotFoundError:
+        raise
+    except OSError as e:  # unreadable (permissions, I/O error): a bad input, reported as one like the rest
+        raise ValueError(f"{path}: cannot read: {e.strerror or e}") from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -337,6 +341,7 @@ def find_sequences(
         folders, mode = list(present), "all folders"
     targets: list[tuple[str, Path, str]] = []  # (canonical id, folder, annotation file name)
     missing: list[str] = []
+    seen: dict[str, str] = {}  # target id -> the folder it is taken from (sorted: a raw folder before its copies)
     for f in folders:
         found = _version_folders(f, present)
         if not found:
@@ -344,7 +349,21 @@ def find_sequences(
             missing.extend([f] if n == 1 else [f"{f}-{i}" for i in range(1, n + 1)])
             continue
         for folder in found:
-            targets.extend((tname, folder, gt.name) for tname, gt in target_names(folder))
+            folder_targets = target_names(folder)
+            if not folder_targets and not names:  # every groundtruth_rect*.txt empty: reported, not dropped silently
+                missing.append(f"{folder.name} (no non-empty groundtruth_rect*.txt)")
+            for tname, gt in folder_targets:
+                if tname in seen:  # a raw two-target folder beside pysot's copies (Jogging/ and Jogging-1/)
+                    log.warning(
+                        "target %s is in %s/ and %s/: evaluated once, from %s/",
+                        tname,
+                        seen[tname],
+                        folder.name,
+                        seen[tname],
+                    )
+                    continue
+                seen[tname] = folder.name
+                targets.append((tname, folder, gt.name))
     if names:
         targets, not_found = _select(targets, names)
         missing.extend(not_found)

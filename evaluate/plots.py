@@ -18,6 +18,12 @@ from evaluate.metrics import CE_THRESHOLDS, IOU_THRESHOLDS, Curves  # noqa: E402
 _STYLES = ["-", "--", "-.", ":"]
 
 
+def _legend_text(name: str) -> str:
+    """A tracker (folder) name as literal legend text: bytes that are not UTF-8 (held as surrogates, which the text
+    renderer refuses) become U+FFFD, and ``$`` is escaped so that matplotlib does not parse it as math."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("$", r"\$")
+
+
 def _plot(
     curves: Mapping[str, Curves],
     path: Path,
@@ -42,7 +48,7 @@ def _plot(
             _STYLES[(i // 10) % len(_STYLES)],
             color=cmap(i % 10),
             linewidth=2.0 if i == 0 else 1.5,
-            label=f"{name} [{score(curves[name]):.3f}]",
+            label=f"{_legend_text(name)} [{score(curves[name]):.3f}]",
         )
     ax.set(xlabel=xlabel, ylabel="Success rate" if kind == "success" else "Precision", xlim=xlim, ylim=(0, 1))
     ax.set_title(f"{title} ({tag} in brackets)")

@@ -211,6 +211,12 @@ def test_results_mode_several_trackers(tmp_path: Path) -> None:
     assert "| Perfect |" in ranked and "| FirstBox |" in ranked and "| Shifted |" not in ranked
     assert "| Shifted |" in unranked.split("## Per sequence")[0] and "Shifted: no result for Walker" in md
     assert (out / "success_plot.png").is_file() and (out / "precision_plot.png").is_file()
+    # A smoke test over full-length results scores their first frames (every file used to fail the length check).
+    short = tmp_path / "short"
+    assert O.main(["--results", str(res), "--otb-root", str(root), "--out", str(short), "--quiet",
+                   "--max-frames", "3"]) == 0  # fmt: skip
+    rep3 = json.loads((short / "report.json").read_text())["trackers"]
+    assert rep3["Perfect"]["complete"] is True and rep3["Perfect"]["overall"]["frames"] == 9  # 3 targets x 3
     # Only trackers with every sequence are compared: none at all is an error that says how to narrow the set.
     for t in ("Perfect", "FirstBox"):
         (res / t / "Walker.txt").unlink()

@@ -270,3 +270,15 @@ def test_section_2_6_under_the_otb_rules() -> None:
     o, g = M.sequence_curves(pred, gt, "otb"), M.sequence_curves(pred, gt, "got10k")
     assert o.success_auc == pytest.approx(g.success_auc, abs=1e-12)
     assert (g.precision_20, o.precision_20) == (pytest.approx(0.89), pytest.approx(0.99))
+
+
+def test_plots_take_any_tracker_name(tmp_path: Path) -> None:
+    """A results folder's name is the legend: bytes that are not UTF-8 and ``$`` (matplotlib's math) used to crash
+    the plots after the reports were written."""
+    from evaluate.plots import precision_plot, success_plot
+
+    gt = np.array([[1, 1, 10, 10]] * 5, dtype=float)
+    c = M.sequence_curves(gt, gt)
+    for plot in (success_plot, precision_plot):
+        path = plot({"Bad\udcff": c, r"a$\frac$b": c, "Man $5": c}, tmp_path / f"{plot.__name__}.png")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

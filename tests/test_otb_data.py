@@ -187,6 +187,36 @@ def test_missing_reported_and_none_found_is_error(otb_tree: Path, tmp_path: Path
         D.find_sequences(tmp_path / "empty")
 
 
+def test_a_folder_with_only_empty_annotations_is_reported(tmp_path: Path) -> None:
+    make_seq(tmp_path, "Man", 4, {"groundtruth_rect.txt": _rows(4, 0)})
+    make_seq(tmp_path, "Biker", 4, {"groundtruth_rect.txt": _rows(4, 1)})
+    (tmp_path / "Biker" / "groundtruth_rect.txt").write_text("")
+    for d in (D.find_sequences(tmp_path), D.find_sequences(tmp_path, version="2015")):
+        assert "Biker (no non-empty groundtruth_rect*.txt)" in d.missing and "Man" in [s.name for s in d.sequences]
+    assert D.find_sequences(tmp_path, names=["Man"]).missing == []  # not asked for: not reported
+
+
+def test_an_unreadable_annotation_file_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_seq(tmp_path, "Man", 4, {"groundtruth_rect.txt": _rows(4, 0)})
+
+    def denied(path: object, limit: int) -> bytes:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(D, "read_regular", denied)
+    with pytest.raises(ValueError, match="groundtruth_rect.txt: cannot read: Permission denied"):
+        D.read_annotation_text(tmp_path / "Man" / "groundtruth_rect.txt")
+
+
+def test_a_raw_two_target_folder_beside_pysots_copies_is_evaluated_once(tmp_path: Path) -> None:
+    gts = {"groundtruth_rect.1.txt": _rows(5, 1), "groundtruth_rect.2.txt": _rows(5, 2)}
+    for name in ("Jogging", "Jogging-1", "Jogging-2"):  # pysot's copies hold both files, each its own target
+        make_seq(tmp_path, name, 5, gts)
+    for d in (D.find_sequences(tmp_path), D.find_sequences(tmp_path, names=["Jogging-1"])):
+        names = [s.name for s in d.sequences]
+        assert len(names) == len(set(names)) and all(s.folder.name == "Jogging" for s in d.sequences)
+    assert [s.name for s in D.find_sequences(tmp_path).sequences] == ["Jogging-1", "Jogging-2"]
+
+
 def test_version_lists_match_got10k() -> None:
     from got10k.datasets import OTB
 
