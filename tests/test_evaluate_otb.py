@@ -324,6 +324,25 @@ def test_track_cli_draws_frames_and_gif(shared_data: Path, random_checkpoint: Pa
     assert read_result(out / "Man.txt").shape == (3, 4)
 
 
+def test_at_batch_1_the_first_sequence_is_the_warm_up(tmp_path: Path) -> None:
+    """The rules' FPS (formats_and_eval.md 2.10): batch 1, the first sequence left out as the warm-up, in the run's
+    figures and when its files are scored again; a batched run's throughput covers every sequence."""
+    from evaluate.metrics import tracking_fps
+
+    for name, seed in (("Alpha", 0), ("Beta", 1)):
+        _otb_folder(tmp_path / "otb", name, _frames(5, 40, 60, seed), np.array([[11, 21, 15, 9]] * 5))
+    seqs = find_sequences(tmp_path / "otb").sequences
+    tdir = tmp_path / "res" / "Still"
+    facts = O.run_tracker(_ShiftStepper(), seqs, tdir, "got10k", 1, "cpu:test", show_progress=False)
+    beta = np.loadtxt(tdir / "times" / "Beta_time.txt")
+    assert facts["warm_up"] == "Alpha" and facts["fps"] == pytest.approx(tracking_fps([beta]), rel=1e-4)
+    assert O.score_tracker(tdir, seqs).fps == pytest.approx(facts["fps"], rel=1e-4)
+    assert O.score_tracker(tdir, seqs[:1]).fps > 0  # the warm-up alone: its own times rather than none
+    facts = O.run_tracker(_ShiftStepper(), seqs, tdir, "got10k", 2, "cpu:test", show_progress=False)
+    both = [np.loadtxt(tdir / "times" / f"{n}_time.txt") for n in ("Alpha", "Beta")]
+    assert facts["warm_up"] is None and facts["fps"] == pytest.approx(tracking_fps(both), rel=1e-4)
+
+
 def test_otb_protocol_report_and_rescoring_errors(tmp_path: Path) -> None:
     """Under the OTB Matlab rules: Tiger1-style invalid rows are listed, normalized precision is not claimed,
     batched FPS names its batch; --results needs --out and refuses a tracker folder given for its parent."""
