@@ -47,6 +47,7 @@ from evaluate.otb_data import (
 )
 from evaluate.results import (
     META_FILE,
+    displayable,
     find_result,
     read_meta,
     read_result,
@@ -583,10 +584,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
     md = write_outputs(out, scores, args.protocol, disc, notes)
     if not args.quiet:
-        print(md.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))  # a terminal cannot show raw bytes
+        print(displayable(md))  # a terminal cannot show raw bytes
         print(
-            f"report: {out / 'report.json'}, {out / 'report.md'}, plots: {out / 'success_plot.png'}, "
-            f"{out / 'precision_plot.png'}"
+            displayable(
+                f"report: {out / 'report.json'}, {out / 'report.md'}, plots: {out / 'success_plot.png'}, "
+                f"{out / 'precision_plot.png'}"
+            )
         )
     return 0
 

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from evaluate.metrics import CE_THRESHOLDS, IOU_THRESHOLDS, Curves  # noqa: E402
+from evaluate.results import displayable  # noqa: E402
 
 _STYLES = ["-", "--", "-.", ":"]
 
@@ -21,7 +22,7 @@ _STYLES = ["-", "--", "-.", ":"]
 def _legend_text(name: str) -> str:
     """A tracker (folder) name as literal legend text: bytes that are not UTF-8 (held as surrogates, which the text
     renderer refuses) become U+FFFD, and ``$`` is escaped so that matplotlib does not parse it as math."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace").replace("$", r"\$")
+    return displayable(name).replace("$", r"\$")
 
 
 def _plot(

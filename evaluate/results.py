@@ -21,6 +21,12 @@ META_FILE = "meta.json"
 log = logging.getLogger(__name__)
 
 
+def displayable(text: str) -> str:
+    """``text`` with file-name bytes that are not UTF-8 (which Python holds as lone surrogates, and which a terminal,
+    matplotlib or a strict encoder refuses) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def result_name(seq: OTBSequence, protocol: str) -> str:
     """File stem the protocol's toolkit expects: got10k ``Jogging.1`` / ``Human4``, pysot ``Jogging-1`` /
     ``Human4-2``. ``otb`` takes pysot's (the spelling of the OTB toolkit's Python port; the Matlab toolkit keeps

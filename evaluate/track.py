@@ -30,7 +30,7 @@ from evaluate.otb_data import (
     read_frame,
     target_names,
 )
-from evaluate.results import write_result
+from evaluate.results import displayable, write_result
 from model.geometry import corners_to_xywh, xywh_to_corners
 from model.tracker import check_init_box, initial_corners
 
@@ -93,7 +93,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         frames, gt, name = list(seq.frames), seq.gt, seq.name
         if len(targets) > 1 and not args.target:
             others = ", ".join(t for t, _ in targets if t != name)
-            print(f"{seq_dir} has {len(targets)} targets: tracking {name} (also: {others}; pick with --target)")
+            print(
+                displayable(
+                    f"{seq_dir} has {len(targets)} targets: tracking {name} (also: {others}; pick with --target)"
+                )
+            )
     else:
         if args.target:
             raise SystemExit(f"error: --target {args.target}: {seq_dir} has no groundtruth_rect*.txt")
@@ -123,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         init = gt[0]
     else:
         raise SystemExit("error: no ground truth in the folder: pass --init x,y,w,h (1-based)")
+    if args.out.exists() and not args.out.is_dir():  # found now, not after the tracking
+        raise SystemExit(f"error: --out {args.out} is a file, not a folder")
     from evaluate.steppers import load_stepper
     from model.caffe_proto import CaffeModelError
     from model.checkpoint import CheckpointError
@@ -163,9 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.gif:
             drawn.append(gif_frame(im))
     legend = "red: tracker" + (", green: ground truth" if gt is not None else "")
-    print(f"{len(frames)} frames drawn in {fdir} ({legend})")
+    print(displayable(f"{len(frames)} frames drawn in {fdir} ({legend})"))
     if args.gif:
-        print(f"GIF: {save_gif(drawn, args.out / f'{name}.gif')}")
+        print(displayable(f"GIF: {save_gif(drawn, args.out / f'{name}.gif')}"))
     return 0
 
 

@@ -28,6 +28,7 @@ on corner arrays ``(x1, y1, x2, y2)``.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Union
 
@@ -62,11 +63,19 @@ def _to_uint8(t: torch.Tensor) -> torch.Tensor:
     if t.dtype == torch.uint16:
         return (t.to(torch.int32) >> 8).to(torch.uint8)  # torch has no shift for uint16
     if t.is_floating_point():
+        # torchvision's ToTensor and most float pipelines give 0..1, which reads as black here. Checked on the
+        # CPU only (on a GPU the check would cost a synchronisation per frame).
+        if t.device.type == "cpu" and t.numel() and float(t.max()) <= 1.0:
+            warnings.warn(
+                "a float frame with no value above 1: frames hold 0..255 values, so a 0..1 image tracks as black "
+                "(multiply it by 255)",
+                stacklevel=3,
+            )
         return t.round().clamp(0, 255).to(torch.uint8)
     raise TypeError(f"unsupported frame dtype {t.dtype}; frames must be {_ACCEPTED_DTYPES}")
 
 
-def frame_to_tensor(frame: FrameLike, device: torch.device | str = "cpu") -> torch.Tensor:
+def frame_to_tensor(frame: FrameLike, device: torch.device | str = "cpu", *, private: bool = False) -> torch.Tensor:
     """Any supported frame -> ``(3, H, W)`` uint8 RGB tensor on ``device``.
 
     numpy ``HxWx3`` RGB / ``HxW`` or ``HxWx1`` gray / ``HxWx4`` (alpha dropped); torch ``(3|1|4, H, W)`` or
@@ -74,7 +83,8 @@ def frame_to_tensor(frame: FrameLike, device: torch.device | str = "cpu") -> tor
     `model.image_modes.to_rgb8`, as the shard builder and the OTB reader read them). numpy and torch dtypes:
     uint8; uint16, scaled to 8 bit by ``>> 8`` as OpenCV reads 16-bit images; float holding 0..255 values (not
     0..1), rounded then clipped. Any other dtype is a TypeError, a frame with no rows or columns a ValueError. A
-    uint8 RGB tensor already on ``device`` stays there (no copy).
+    uint8 frame already on ``device`` is used in place (no copy) unless ``private``: the trackers keep a frame
+    for the next step, while a caller may refill its buffer (a camera's ring buffer, ``cap.read(buf)``).
     """
     if isinstance(frame, torch.Tensor):
         t = frame
@@ -114,11 +124,22 @@ def frame_to_tensor(frame: FrameLike, device: torch.device | str = "cpu") -> tor
         t = _to_uint8(torch.from_numpy(np.ascontiguousarray(a))).permute(2, 0, 1).to(device)
     if t.shape[1] == 0 or t.shape[2] == 0:
         raise ValueError(f"empty frame: {t.shape[1]}x{t.shape[2]} pixels")
+    if private and _shares_memory(t, frame):
+        t = t.clone()
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
     elif t.shape[0] == 4:
         t = t[:3]
     return t
+
+
+def _shares_memory(t: torch.Tensor, frame: object) -> bool:
+    """Whether ``t`` may be a view of the caller's ``frame`` (a numpy array or a tensor)."""
+    if isinstance(frame, torch.Tensor):
+        return t.device == frame.device and t.untyped_storage().data_ptr() == frame.untyped_storage().data_ptr()
+    if isinstance(frame, np.ndarray) and t.device.type == "cpu":
+        return bool(np.may_share_memory(t.numpy(), frame))
+    return False
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -308,6 +329,9 @@ def prepare_net(
     return net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+MAX_BOX_COORDINATE = 2.0**31  # OpenCV's int; larger values also overflow the crop geometry's int64 arithmetic
+
+
 def check_init_box(box_xywh: Sequence[float] | np.ndarray, width: int, height: int) -> np.ndarray:
     """The 0-based ``(x, y, w, h)`` as float64, or a ValueError unless it is 4 finite numbers with ``w, h > 0``
     overlapping the ``width`` x ``height`` frame: there is nothing to track otherwise. Both variants and the
@@ -319,6 +343,8 @@ def check_init_box(box_xywh: Sequence[float] | np.ndarray, width: int, height: i
         b = np.zeros(0)
     if b.shape != (4,) or not np.isfinite(b).all() or b[2] <= 0 or b[3] <= 0:
         raise ValueError("expected 4 finite numbers x, y, w, h with w, h > 0")
+    if np.abs(b).max() >= MAX_BOX_COORDINATE:
+        raise ValueError(f"a value beyond {MAX_BOX_COORDINATE:.0e} pixels, more than any frame")
     x, y, w, h = b
     if x >= width or y >= height or x + w <= 0 or y + h <= 0:
         raise ValueError(f"does not overlap the {width}x{height} frame")
@@ -353,7 +379,7 @@ def _box_text(box_xywh) -> str:
 
 def _initial_state(frame: FrameLike, box_xywh, variant: str, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
     """(frame tensor, corner box) to start tracking from (`initial_corners`)."""
-    prev = frame_to_tensor(frame, device)
+    prev = frame_to_tensor(frame, device, private=True)
     H, W = prev.shape[1:]
     return prev, initial_corners(box_xywh, W, H, variant)
 
@@ -370,7 +396,8 @@ def _frame_hw(frame: FrameLike) -> tuple[int, int]:
 class GoturnTracker:
     """Track one object: ``init(frame, box_xywh)`` then ``update(frame) -> xywh`` per frame.
 
-    ``weights``: a checkpoint / ``.caffemodel`` path or a `GoturnNet` (moved to ``device`` in place); a
+    ``weights``: a checkpoint / ``.caffemodel`` path or a `GoturnNet` (moved to ``device``, ``dtype`` and the
+    memory format in place: two trackers sharing a net share those too, so pass each its own copy); a
     backbone-only file (CaffeNet convs, untrained head) is refused by `model.checkpoint.load_model`. On CUDA
     the frames are moved to the GPU once and every crop is a GPU op; ``cuda_graph=True`` (``authors`` variant
     on CUDA only) captures the whole step -- crop geometry, crops, normalisation, network, decode -- in one
@@ -395,6 +422,8 @@ class GoturnTracker:
         self.net = prepare_net(weights, self.device, dtype, channels_last)
         self.variant = self.net.variant
         self.min_size = float(min_size)
+        if not self.min_size > 0 or not np.isfinite(self.min_size):
+            raise ValueError(f"min_size must be a positive number of pixels, got {min_size!r}")
         self.use_graph = bool(cuda_graph) and self.device.type == "cuda" and self.variant == "authors"
         self._graph: _GraphStep | None = None
         self._prev: torch.Tensor | None = None
@@ -442,7 +471,7 @@ class GoturnTracker:
             self._prev = graph.prev  # the graph's buffer: holds this frame until its next step
         else:
             self._graph = None
-            curr = frame_to_tensor(frame, self.device)
+            curr = frame_to_tensor(frame, self.device, private=True)  # kept as the next step's previous frame
             raw: list[np.ndarray] = []
             self._box = track_step(
                 self.net, [self._prev], self._box[None], [curr], min_size=self.min_size, raw_outputs=raw
@@ -458,7 +487,10 @@ class GoturnTracker:
         of another size falls back to `update`.
         """
         it = iter(frames)
-        self.init(next(it), box_xywh)
+        first = next(it, None)
+        if first is None:
+            raise ValueError("track_sequence: no frames")
+        self.init(first, box_xywh)
         out = [self.box]
         pending: list[torch.Tensor] = []
 
@@ -603,6 +635,8 @@ class MultiTracker:
         self.net = prepare_net(weights, self.device, dtype, channels_last)
         self.variant = self.net.variant
         self.max_batch = int(max_batch)
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch!r}")
         self._state: dict[Hashable, tuple[torch.Tensor, np.ndarray]] = {}
 
     def start(self, key: Hashable, frame: FrameLike, box_xywh: Sequence[float] | np.ndarray) -> None:
@@ -631,7 +665,7 @@ class MultiTracker:
         result: dict[Hashable, np.ndarray] = {}
         for s in range(0, len(keys), self.max_batch):
             chunk = keys[s : s + self.max_batch]
-            curr = [frame_to_tensor(frames[k], self.device) for k in chunk]
+            curr = [frame_to_tensor(frames[k], self.device, private=True) for k in chunk]
             prev = [self._state[k][0] for k in chunk]
             boxes = np.stack([self._state[k][1] for k in chunk])
             new = track_step(self.net, prev, boxes, curr)

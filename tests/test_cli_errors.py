@@ -183,6 +183,13 @@ def test_evaluate_cli_errors(case: str, tiny_otb: Path, tmp_path: Path, capsys, 
     assert expected in _cli_error(main, argv, capsys)
 
 
+def test_track_out_that_is_a_file_fails_before_loading_or_tracking(tiny_otb: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "t"
+    out.write_text("a file")
+    argv = ["--weights", "nope.pt", "--sequence", str(tiny_otb / "Seq"), "--out", str(out)]
+    assert "is a file, not a folder" in _cli_error(T.main, argv, capsys)  # before the missing weights
+
+
 DATA_CLI_CASES = {
     "stats-no-dir": ("stats", ["{tmp}/nope"], "no such directory"),
     "stats-plot-dir": ("stats", ["{shards}", "--plot", "{tmp}/missing/x.png"], "does not exist"),

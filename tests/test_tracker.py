@@ -267,6 +267,40 @@ def test_infinite_output_keeps_previous_box_in_both_step_paths() -> None:
         np.testing.assert_array_equal(t.update(frames(1)[0]), [50, 40, 20, 10])
 
 
+def test_a_refilled_frame_buffer_tracks_as_fresh_frames(random_net) -> None:
+    """A camera ring buffer or ``cap.read(buf)`` refills one array per frame: the trackers keep their own copy of
+    the previous frame (it was a view of the caller's buffer, so the target crop came from the new frame)."""
+    fs = frames(4)
+    fresh = GoturnTracker(random_net).track_sequence(fs, (40.0, 30.0, 20.0, 16.0))
+    for wrap in (lambda a: a, lambda a: torch.from_numpy(a).permute(2, 0, 1), lambda a: a[:, :, :1]):
+        buf = fs[0].copy()
+        t, m = GoturnTracker(random_net), MultiTracker(random_net)
+        t.init(wrap(buf), (40.0, 30.0, 20.0, 16.0))
+        m.start("k", wrap(buf), (40.0, 30.0, 20.0, 16.0))
+        for i in range(1, 4):
+            np.copyto(buf, fs[i])
+            box, multi = t.update(wrap(buf)), m.step({"k": wrap(buf)})["k"]
+            if wrap(buf).shape[-1] != 1:  # the grey view tracks other pixels: only its own two paths agree
+                np.testing.assert_array_equal(box, fresh[i])
+            np.testing.assert_allclose(multi, box, rtol=0, atol=1e-3)
+
+
+def test_tracker_arguments_are_checked() -> None:
+    net = constant_net([2.5, 2.5, 7.5, 7.5])
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="min_size must be a positive"):
+            GoturnTracker(net, min_size=bad)
+    with pytest.raises(ValueError, match="max_batch must be at least 1"):
+        MultiTracker(net, max_batch=0)
+    with pytest.raises(ValueError, match="no frames"):
+        GoturnTracker(net).track_sequence([], (1.0, 1.0, 5.0, 5.0))
+    for box in ((0.0, 0.0, 1e19, 5.0), (-3e9, 0.0, 4e9, 5.0)):  # overflowed the crop geometry's int64
+        with pytest.raises(ValueError, match="more than any frame"):
+            GoturnTracker(net).init(frames(1)[0], box)
+    with pytest.warns(UserWarning, match="0..255 values"):  # torchvision's 0..1 floats would track as black
+        frame_to_tensor(np.random.default_rng(0).random((6, 8, 3)))
+
+
 def test_frame_dtypes_convert_alike_for_numpy_torch_and_pil() -> None:
     rng = np.random.default_rng(0)
     a16 = rng.integers(0, 65536, (6, 8), dtype=np.uint16)
