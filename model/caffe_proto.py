@@ -31,6 +31,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError, Message
 
 MAX_FILE_BYTES = 2 * 1024**3  # protobuf cannot hold a message of 2 GiB or more anyway
+MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -138,6 +139,8 @@ def _blob_array(blob, where: str) -> np.ndarray:
     shape = _blob_shape(blob)
     if any(d < 0 for d in shape):
         raise CaffeModelError(f"{where}: blob declares a negative dimension in shape {shape} (corrupt file?)")
+    if len(shape) > MAX_BLOB_AXES:
+        raise CaffeModelError(f"{where}: blob declares {len(shape)} axes, Caffe allows {MAX_BLOB_AXES} (corrupt file?)")
     count = math.prod(shape) if shape else None  # Python ints: no int64 overflow
     arr = None
     data, double_data = _packed(blob.data), _packed(blob.double_data)

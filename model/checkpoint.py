@@ -19,6 +19,7 @@ import torch
 
 from model.net import DEFAULT_NORMALIZATION, VARIANTS, GoturnNet
 from model.preprocess import MODES
+from pipeline.input_files import not_regular
 from shards.format import fsync_dir
 
 FORMAT = "goturn-checkpoint-v1"
@@ -51,6 +52,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any] | Got
     ckpt = make_checkpoint(checkpoint, **extra) if isinstance(checkpoint, GoturnNet) else {**checkpoint, **extra}
     _validate(ckpt, str(path))
     path = Path(path)
+    if path.exists() and (kind := not_regular(path.stat().st_mode)):  # the rename would replace e.g. /dev/null
+        raise CheckpointError(f"{path} is {kind}, not a file to write a checkpoint to")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     umask = os.umask(0)
@@ -79,6 +82,11 @@ def _validate(ckpt: Mapping[str, Any], where: str) -> None:
         raise CheckpointError(f"{where}: unknown normalization {ckpt.get('normalization')!r}; expected {MODES}")
     if not isinstance(ckpt.get("model"), Mapping):
         raise CheckpointError(f"{where}: no 'model' state dict")
+    if not isinstance(ckpt.get("backbone_only", False), bool):
+        raise CheckpointError(f"{where}: 'backbone_only' is {ckpt['backbone_only']!r}, not true or false")
+    bad = [k for k, v in ckpt["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{where}: the state dict maps {bad[:3]!r} to something other than a named tensor")
 
 
 def _torch_reason(e: Exception) -> str:
@@ -90,12 +98,16 @@ def _torch_reason(e: Exception) -> str:
     return line.split(". ")[0].rstrip(".")
 
 
-MAX_CHECKPOINT_BYTES = 16 << 30  # the largest training checkpoint (net + Adam moments) is ~1.4 GB
+MAX_CHECKPOINT_BYTES = 4 << 30  # the largest training checkpoint (net + Adam moments) is ~1.4 GB
 
 
 def check_zip_records(path: str | os.PathLike) -> None:
-    """``torch.save`` stores its zip records uncompressed: refuse compressed ones (a 256 KB file can inflate to
-    gigabytes before torch's own checks) and implausible totals, before ``torch.load`` reads anything."""
+    """Refuse, before ``torch.load`` reads anything, a file or zip records larger than any checkpoint (torch would
+    read them into memory) and compressed records, which ``torch.save`` never writes (a 256 KB file can inflate
+    to gigabytes before torch's own checks)."""
+    size = os.stat(path).st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{path}: {size} bytes, more than any checkpoint ({MAX_CHECKPOINT_BYTES} bytes)")
     if not zipfile.is_zipfile(path):
         return  # legacy (pre-1.6) format: torch.load(weights_only=True) reads it, uncompressed
     with zipfile.ZipFile(path) as z:
@@ -127,17 +139,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def _strip_wrappers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _strip_wrappers(state: Mapping[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
+    """Keys without DDP / torch.compile prefixes; two keys that become one (``module.fc8.weight`` beside
+    ``fc8.weight``) are an error, not a silent pick."""
     out = {}
-    for k, v in state.items():
-        changed = True
+    for key, v in state.items():
+        k, changed = key, True
         while changed:
             changed = False
             for p in _WRAPPER_PREFIXES:
                 if k.startswith(p):
                     k, changed = k[len(p) :], True
+        if k in out:
+            raise CheckpointError(f"{where}: two tensors for {k!r} once wrapper prefixes are removed ({key!r})")
         out[k] = v
     return out
+
+
+def _check_values(state: Mapping[str, torch.Tensor], where: str) -> None:
+    """Weights are finite floating-point numbers: a NaN head tracks by never moving (the lost-target guard keeps
+    the box), an integer or complex tensor would be cast without a word."""
+    for k, v in state.items():
+        if not v.is_floating_point():
+            raise CheckpointError(f"{where}: {k} holds {v.dtype} values, not floating-point weights")
+        if not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{where}: {k} holds NaN or infinite values (a diverged or damaged run?)")
 
 
 # torch.save's legacy (non-zip) format starts with its pickled magic number (torch.serialization.MAGIC_NUMBER).
@@ -175,13 +201,15 @@ def read_weights(path: str | os.PathLike) -> Weights:
     not a torch file goes to `model.import_caffe`; its errors name the file.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such file")
+    if kind := not_regular(path.stat().st_mode):
+        raise CheckpointError(f"{path} is {kind}, not a weights file")
     if _is_torch_file(path):
         ckpt = load_checkpoint(path, map_location="cpu")
-        return Weights(
-            ckpt["variant"], ckpt["normalization"], _strip_wrappers(ckpt["model"]), bool(ckpt.get("backbone_only"))
-        )
+        state = _strip_wrappers(ckpt["model"], str(path))
+        _check_values(state, str(path))
+        return Weights(ckpt["variant"], ckpt["normalization"], state, ckpt.get("backbone_only", False))
     from model.caffe_proto import CaffeModelError
     from model.import_caffe import load_caffemodel
 

@@ -33,6 +33,7 @@ import torch
 
 from model.caffe_proto import CaffeLayer, CaffeModelError, read_caffemodel
 from model.net import CONV_SPECS, DEFAULT_NORMALIZATION, HEAD_SPECS, GoturnNet
+from pipeline.input_files import FileTooLarge, NotRegularFile, read_regular
 
 # Caffe layer name -> our module name, per variant.
 LAYER_MAPS: dict[str, dict[str, str]] = {
@@ -122,8 +123,13 @@ def convert_layers(layers: list[CaffeLayer], seed: int = 0, source: str = "caffe
     if kind_or_variant == "backbone":
         variant, kind = "authors", "backbone"
         mapping = {f"conv{i}": f"target.conv{i}" for i in range(1, 6)}
-        if all(f"conv{i}_p" in by_name for i in range(1, 6)):  # tracker_init: both towers stored
+        search = [c for c in (f"conv{i}_p" for i in range(1, 6)) if c in by_name]
+        if len(search) == 5:  # tracker_init: both towers stored
             mapping.update({f"conv{i}_p": f"search.conv{i}" for i in range(1, 6)})
+        elif search:  # not CaffeNet (no search tower), not tracker_init (all of it): a file cut short?
+            raise CaffeModelError(
+                f"{source}: search-tower layers {search} without the rest of conv1_p..conv5_p (truncated file?)"
+            )
     else:
         variant, kind = kind_or_variant, "full"
         mapping = LAYER_MAPS[variant]
@@ -168,11 +174,40 @@ def load_caffemodel(path: str | Path, seed: int = 0) -> ImportResult:
     return convert_layers(read_caffemodel(path), seed=seed, source=str(path))
 
 
-def check_prototxt(text: str, result: ImportResult) -> list[str]:
+MAX_PROTOTXT_BYTES = 16 << 20  # a deploy prototxt is a few KB
+_LAYER_OPEN = re.compile(r"\blayers?\s*\{")
+_NAME = re.compile(r"""\bname:\s*(["'])(.*?)\1""")
+_TYPE = re.compile(r"""\btype:\s*["']?(\w+)""")
+_WEIGHTED_TYPES = {"Convolution", "InnerProduct", "CONVOLUTION", "INNER_PRODUCT", "conv", "innerproduct"}
+
+
+def check_prototxt(text: str, result: ImportResult, source: str = "prototxt") -> list[str]:
     """Layer names a deploy prototxt declares with weights that the caffemodel lacks (empty list =
-    consistent)."""
-    declared = re.findall(r'name:\s*"([^"]+)"\s*\n\s*type:\s*"(Convolution|InnerProduct)"', text)
-    return [n for n, _ in declared if n not in result.layers_used and n not in result.layers_ignored]
+    consistent); CaffeModelError when the text declares no layer at all.
+
+    Each ``layer {`` / ``layers {`` block is read for its first ``name:`` and any weighted ``type:`` (new names,
+    V1 enums, V0 strings), whatever their order; nested parameter blocks name no layer type. Linear in the text.
+    """
+    declared: list[str] = []
+    named = 0
+    for block in _LAYER_OPEN.split(text)[1:]:
+        name = _NAME.search(block)
+        named += name is not None
+        if name and any(t in _WEIGHTED_TYPES for t in _TYPE.findall(block)):
+            declared.append(name.group(2))
+    if not named:
+        raise CaffeModelError(f"{source}: declares no named layer (not a deploy .prototxt?)")
+    return [n for n in declared if n not in result.layers_used and n not in result.layers_ignored]
+
+
+def read_prototxt(path: Path) -> str:
+    """A prototxt's text, read only from a regular file of at most `MAX_PROTOTXT_BYTES` (a FIFO would block)."""
+    try:
+        return read_regular(path, MAX_PROTOTXT_BYTES).decode("utf-8")
+    except (NotRegularFile, FileTooLarge) as e:
+        raise CaffeModelError(f"{path}: {e}") from None
+    except UnicodeDecodeError:
+        raise CaffeModelError(f"{path}: not a text .prototxt (binary file?)") from None
 
 
 def checkpoint_from_import(result: ImportResult, source: str) -> dict:
@@ -206,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    from model.checkpoint import save_checkpoint
+    from model.checkpoint import CheckpointError, save_checkpoint
 
     try:
         result = load_caffemodel(args.caffemodel, seed=args.seed)
@@ -215,16 +250,12 @@ def main(argv: list[str] | None = None) -> int:
             kinds = {"authors": "the authors' model", "opencv": "OpenCV's model", "backbone": "a CaffeNet backbone"}
             raise CaffeModelError(f"{args.caffemodel}: expected {kinds[args.expect]}, found {kinds[got]}")
         if args.prototxt is not None:
-            try:
-                text = args.prototxt.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                raise CaffeModelError(f"{args.prototxt}: not a text .prototxt (binary file?)") from None
-            missing = check_prototxt(text, result)
+            missing = check_prototxt(read_prototxt(args.prototxt), result, str(args.prototxt))
             if missing:
                 raise CaffeModelError(f"{args.prototxt} declares layers {missing} that {args.caffemodel} lacks")
         _as_model(result.state_dict, result.variant)  # strict load: proves the state dict is complete
         save_checkpoint(args.out, checkpoint_from_import(result, source=args.caffemodel.name))
-    except (CaffeModelError, OSError) as e:
+    except (CaffeModelError, CheckpointError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     n = sum(t.numel() for t in result.state_dict.values())

@@ -293,6 +293,73 @@ def test_clear_errors_for_bad_files(authors_files, tmp_path, capsys, monkeypatch
         load_caffemodel(tmp_path / "lenet.caffemodel")
 
 
+def test_checkpoints_that_would_load_wrong_are_refused(imported, tmp_path, monkeypatch) -> None:
+    """Weights that torch would load without a word: NaN (the tracker never moves: the lost-target guard keeps the
+    box), integer tensors (cast), a key twice once DDP's prefix goes, a non-string key, a string flag."""
+    good = make_checkpoint(imported, model={k: v.clone() for k, v in imported.state_dict().items()})
+    nan = {**good["model"], "fc8.weight": torch.full_like(good["model"]["fc8.weight"], float("nan"))}
+    ints = {**good["model"], "fc8.bias": torch.zeros(4, dtype=torch.int64)}
+    twice = {**good["model"], "module.fc8.bias": good["model"]["fc8.bias"]}
+    cases = {
+        "nan.pt": ({**good, "model": nan}, "fc8.weight holds NaN or infinite values"),
+        "ints.pt": ({**good, "model": ints}, "fc8.bias holds torch.int64 values"),
+        "twice.pt": ({**good, "model": twice}, "two tensors for 'fc8.bias'"),
+        "intkey.pt": ({**good, "model": {**good["model"], 0: torch.zeros(1)}}, "something other than a named"),
+        "flag.pt": ({**good, "backbone_only": "no"}, "'backbone_only' is 'no'"),
+    }
+    for name, (ckpt, reason) in cases.items():
+        torch.save(ckpt, tmp_path / name)
+        with pytest.raises(CheckpointError, match=reason):
+            load_model(tmp_path / name)
+    legacy = tmp_path / "legacy.pt"
+    torch.save(good, legacy, _use_new_zipfile_serialization=False)
+    assert torch.equal(load_model(legacy).fc8.bias, imported.fc8.bias)
+    monkeypatch.setattr("model.checkpoint.MAX_CHECKPOINT_BYTES", 1000)  # every format: refused from its size
+    with pytest.raises(CheckpointError, match="more than any checkpoint"):
+        load_model(legacy)
+    monkeypatch.undo()
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="is a FIFO"):
+        load_model(fifo)  # neither a hang nor "no such file"
+    with pytest.raises(CheckpointError, match="is a FIFO"):
+        save_checkpoint(fifo, imported)  # the rename would have replaced it (as root: /dev/null too)
+    with pytest.raises(CheckpointError, match="is a directory"):
+        load_model(tmp_path)
+
+
+def test_caffe_files_that_would_import_wrong_are_refused(authors_files, tmp_path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    layers = [
+        (name, "Convolution", [rng.standard_normal((cout, cin // g, k, k)), np.zeros(cout)])
+        for name, cin, cout, k, _, _, g, _ in CONV_SPECS
+    ]
+    search = [(f"{n}_p", t, b) for n, t, b in layers[:4]]  # conv1_p..conv4_p: cut before conv5_p
+    write_caffemodel(tmp_path / "cut.caffemodel", layers + search)
+    with pytest.raises(CaffeModelError, match=r"search-tower layers .* without the rest"):
+        load_caffemodel(tmp_path / "cut.caffemodel")  # used to import as CaffeNet, its search tower dropped
+    M = CP.MESSAGES
+    net = M["NetParameter"]()
+    blob = net.layer.add(name="conv1", type="Convolution").blobs.add()
+    blob.shape.dim.extend([1] * 70 + [2])
+    blob.data.append(np.zeros(2, np.float32).tobytes())
+    (tmp_path / "axes.caffemodel").write_bytes(net.SerializeToString())
+    with pytest.raises(CaffeModelError, match="71 axes, Caffe allows 32"):
+        read_caffemodel(tmp_path / "axes.caffemodel")
+    model, out = authors_files[2], tmp_path / "x.pt"
+    garbage, fifo = tmp_path / "garbage.prototxt", tmp_path / "fifo.prototxt"
+    garbage.write_text("this is not a prototxt\n")
+    os.mkfifo(fifo)
+    for proto, reason in ((garbage, "declares no named layer"), (fifo, "FIFO")):
+        assert import_main(["--caffemodel", str(model), "--prototxt", str(proto), "--out", str(out)]) == 2
+        assert reason in capsys.readouterr().err
+    v1 = tmp_path / "v1.prototxt"  # V1 syntax, type before name: still read
+    v1.write_text('name: "x"\nlayers {\n  type: INNER_PRODUCT\n  name: "fc9"\n}\n')
+    assert import_main(["--caffemodel", str(model), "--prototxt", str(v1), "--out", str(out)]) == 2
+    assert "declares layers ['fc9']" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
