@@ -311,6 +311,14 @@ def test_checkpoints_that_would_load_wrong_are_refused(imported, tmp_path, monke
         torch.save(ckpt, tmp_path / name)
         with pytest.raises(CheckpointError, match=reason):
             load_model(tmp_path / name)
+    rotted = bytearray(save_checkpoint(tmp_path / "rotted.pt", good).read_bytes())
+    with zipfile.ZipFile(tmp_path / "rotted.pt") as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)  # the largest tensor's record
+    name_len, extra_len = struct.unpack_from("<HH", rotted, info.header_offset + 26)
+    rotted[info.header_offset + 30 + name_len + extra_len + 1000] ^= 0x10  # one bit of one weight
+    (tmp_path / "rotted.pt").write_bytes(rotted)
+    with pytest.raises(CheckpointError, match="fails its CRC check"):
+        load_model(tmp_path / "rotted.pt")  # torch.load alone reads it, one weight changed
     legacy = tmp_path / "legacy.pt"
     torch.save(good, legacy, _use_new_zipfile_serialization=False)
     assert torch.equal(load_model(legacy).fc8.bias, imported.fc8.bias)
