@@ -337,6 +337,8 @@ def check_init_box(box_xywh: Sequence[float] | np.ndarray, width: int, height: i
     overlapping the ``width`` x ``height`` frame: there is nothing to track otherwise. Both variants and the
     CLIs apply this one rule; the message says what is wrong, callers prefix it with the box as the user wrote
     it."""
+    if isinstance(box_xywh, torch.Tensor):
+        box_xywh = box_xywh.detach().cpu()  # a box computed with autograd, or on a GPU
     try:
         b = np.asarray(box_xywh, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):

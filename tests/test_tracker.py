@@ -297,6 +297,8 @@ def test_tracker_arguments_are_checked() -> None:
     for box in ((0.0, 0.0, 1e19, 5.0), (-3e9, 0.0, 4e9, 5.0)):  # overflowed the crop geometry's int64
         with pytest.raises(ValueError, match="more than any frame"):
             GoturnTracker(net).init(frames(1)[0], box)
+    box = torch.tensor([1.0, 1.0, 5.0, 5.0], requires_grad=True)  # e.g. from a detector run with autograd
+    GoturnTracker(net).init(frames(1)[0], box * 2)
     with pytest.warns(UserWarning, match="0..255 values"):  # torchvision's 0..1 floats would track as black
         frame_to_tensor(np.random.default_rng(0).random((6, 8, 3)))
 
