@@ -42,6 +42,7 @@ from pipeline.bad_samples import (
     split_source_info,
 )
 from pipeline.group_sampler import GroupSampler, drawn_problems, stream_seed
+from pipeline.output_files import output_file_problem
 from pipeline.shard_sets import ShardSet, find_shards
 
 SAMPLINGS = ("epoch", "authors")  # every sample once per epoch | uniform image / video, then object / pair
@@ -142,8 +143,8 @@ class GoturnLoader:
         if short and sampling == "epoch":  # DALI's reader follows the index past the end of the file: a crash
             raise ValueError(
                 f"{short[0]} is shorter than its index says (a truncated copy?); DALI's reader would read past its "
-                "end. Re-copy it (python -m shards.verify checks a build), or use sampling='authors', which skips "
-                "the samples it lost"
+                "end. Re-copy it (python -m shards.verify checks a build), or use sampling='authors', whose batches "
+                "that draw a lost sample fail with its name (the trainer reports and skips them)"
             )
         need = num_shards if sampling == "epoch" else 1  # the epoch reader shards every source by sample
         for s in self.shard_sets:  # every source feeds every batch: each must have data for every rank
@@ -472,10 +473,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--num-threads", type=int, default=None, help="DALI CPU threads")
     ap.add_argument("--dump", required=True, help="output .npz")
     a = ap.parse_args(argv)
-    if a.batches < 1 or a.pairs_per_batch < 1 or a.k < 0:
-        ap.error("--batches and --pairs-per-batch must be >= 1, --k >= 0")
-    if not Path(a.dump).parent.is_dir():
-        ap.error(f"--dump {a.dump}: folder {Path(a.dump).parent} does not exist")
+    if a.batches < 1 or a.pairs_per_batch < 1 or a.k < 0 or a.seed < 0:
+        ap.error("--batches and --pairs-per-batch must be >= 1, --k and --seed >= 0")
+    if a.num_threads is not None and a.num_threads < 1:
+        ap.error("--num-threads must be >= 1")
+    if problem := output_file_problem(a.dump, (".npz",)):
+        ap.error(f"--dump {a.dump}: {problem}")
     try:
         loader = GoturnLoader(
             a.shards,

@@ -53,11 +53,14 @@ def index_entries(tar: str | Path, idx: str | Path | None) -> list[tuple[str, di
     if unsafe:
         raise ValueError(f"{tar}: {unsafe}")
     by_key: dict[str, dict[str, tuple[int, int]]] = {}
-    with tarfile.open(tar) as tf:
-        for m in tf:
-            key, ext = split_member_name(m.name)
-            if m.isfile() and ext:
-                by_key.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    try:
+        with tarfile.open(tar, "r:") as tf:  # plain tar, as v1 shards are
+            for m in tf:
+                key, ext = split_member_name(m.name)
+                if m.isfile() and ext:
+                    by_key.setdefault(key, {})[ext] = (m.offset_data, m.size)
+    except (tarfile.TarError, EOFError) as e:  # a truncated or empty copy, without the index that would say so
+        raise ValueError(f"{tar}: not a readable tar ({e}): a partial copy? Copy it again or leave it out") from None
     return list(by_key.items())
 
 
@@ -86,6 +89,11 @@ def _read_index(idx: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
                 "DALI's wds2idx)"
             )
         out.append((split_member_name(f[3])[0], members))
+    if len(head) > 1 and head[1].isdigit() and int(head[1]) != len(out):  # DALI asserts on the mismatch
+        raise ValueError(
+            f"{idx}: its header counts {head[1]} samples, its lines {len(out)} (a cut or edited index: delete it and "
+            "rebuild it with python -m pipeline.build_shards, or DALI's wds2idx)"
+        )
     return out
 
 

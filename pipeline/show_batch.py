@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from model.geometry import INPUT_SIZE, SCALE_FACTOR
 from pipeline.augment import SAMPLINGS, GoturnLoader, SampleDecodeError, find_shards
+from pipeline.output_files import output_file_problem
 
 LABEL_H = 14
 
@@ -74,10 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sampling", choices=SAMPLINGS, default="authors", help="how pairs are drawn (default: as the trainer)"
     )
     a = ap.parse_args(argv)
-    if a.pairs < 1 or a.k < 0:
-        ap.error("--pairs must be >= 1 and --k >= 0")
-    if not Path(a.out).parent.is_dir():
-        ap.error(f"--out {a.out}: folder {Path(a.out).parent} does not exist")
+    if a.pairs < 1 or a.k < 0 or a.seed < 0:
+        ap.error("--pairs must be >= 1, --k and --seed >= 0")
+    if problem := output_file_problem(a.out, (".png", ".jpg", ".jpeg")):
+        ap.error(f"--out {a.out}: {problem}")
     try:
         n_src = len(find_shards(a.shards, a.split))
         ppb = max(n_src, -(-a.pairs // n_src) * n_src)

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
@@ -328,7 +329,10 @@ def read_manifest_json(path: str | os.PathLike) -> Any:
     """The JSON of a ``manifest.json``, read within `MAX_MANIFEST_BYTES`; ValueError naming the file otherwise
     (`shards.verify` then checks every field; other readers use `read_manifest`)."""
     path = Path(path)
-    size = path.stat().st_size
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read, /dev/zero never end it
+        raise ValueError(f"{path}: not a regular file")
+    size = st.st_size
     if size > MAX_MANIFEST_BYTES:
         raise ValueError(f"{path}: {size} bytes, more than any build's manifest ({MAX_MANIFEST_BYTES})")
     try:

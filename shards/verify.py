@@ -113,8 +113,12 @@ def check_sample(key: str, members: dict[str, bytes], source: str, split: str) -
     for field, want_value in (("key", key), ("source", source), ("split", split)):
         if meta.get(field) != want_value:
             problems.append(f"{key}: meta {field}={meta.get(field)!r}, expected {want_value!r}")
+    size = "{}x{}".format
     if CURR in sizes and (meta.get("width"), meta.get("height")) != sizes[CURR]:
-        problems.append(f"{key}: meta size {meta.get('width')}x{meta.get('height')} != image {sizes[CURR]}")
+        got = f"{meta.get('width')!r} x {meta.get('height')!r}"
+        problems.append(f"{key}: meta width x height {got}, but curr.jpg is {size(*sizes[CURR])}")
+    if PREV in sizes and CURR in sizes and sizes[PREV] != sizes[CURR]:  # the graph crops prev at curr's size
+        problems.append(f"{key}: a pair's frames differ: prev.jpg {size(*sizes[PREV])}, curr.jpg {size(*sizes[CURR])}")
     for field in ("clipped", "converted"):  # one entry per box / frame
         if isinstance(meta.get(field), list) and len(meta[field]) != len(boxes):
             problems.append(f"{key}: meta {field} has {len(meta[field])} entries for {len(boxes)} box(es)")

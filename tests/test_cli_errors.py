@@ -206,6 +206,12 @@ DATA_CLI_CASES = {
         "no full batch",
     ),
     "augment-gpu-no-cuda": ("augment", ["--shards", "{shards}", "--device", "gpu", "--dump", "{tmp}/d.npz"], "CUDA"),
+    # numpy added .npz and PIL chose the format by suffix, after all the work: found before it now
+    "augment-dump-suffix": ("augment", ["--shards", "{shards}", "--dump", "{tmp}/d"], "must end in .npz"),
+    "augment-dump-folder": ("augment", ["--shards", "{shards}", "--dump", "{tmp}/shards"], "must end in .npz"),
+    "augment-negative-seed": ("augment", ["--shards", "{shards}", "--seed", "-1", "--dump", "{tmp}/d.npz"], ">= 0"),
+    "show-out-suffix": ("show", ["--shards", "{shards}", "--out", "{tmp}/g"], "must end in .png or .jpg"),
+    "show-out-folder": ("show", ["--shards", "{shards}", "--out", "{tmp}"], "must end in .png"),
 }
 
 
@@ -228,6 +234,41 @@ def test_data_cli_errors(case: str, tmp_path: Path, capsys, monkeypatch) -> None
     main = {"stats": stats.main, "verify": verify.main, "augment": augment.main, "show": show_batch.main}[cli]
     argv = [a.format(tmp=tmp_path, shards=shards) for a in argv]
     assert expected in _cli_error(main, argv, capsys)
+
+
+def test_damaged_shard_folders_are_one_error_line(tmp_path: Path, capsys) -> None:
+    """A partial copy (a tar cut short and no index; an index cut at a line) and a FIFO as manifest.json: one line
+    naming the file, not a traceback, a DALI assertion or a hang."""
+    import os
+    import sys
+
+    from pipeline import augment
+    from shards import verify
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from shardkit import synthetic_samples, write_shards
+
+    def folder(name: str) -> Path:
+        d = tmp_path / name
+        write_shards(d, "imagenet", synthetic_samples(4, "imagenet", seed=1, w=64, h=48), per_tar=4)
+        write_shards(d, "alov", synthetic_samples(4, "alov", seed=2, w=64, h=48), per_tar=4)
+        return d
+
+    cut = folder("cut")
+    (cut / "alov-train-000000.idx").unlink()
+    for size in (0, 100):  # empty; cut inside the first header
+        os.truncate(cut / "alov-train-000000.tar", size)
+        argv = ["--shards", str(cut), "--dump", str(tmp_path / "d.npz")]
+        assert "alov-train-000000.tar: not a readable tar" in _cli_error(augment.main, argv, capsys)
+    short = folder("short")
+    idx = short / "alov-train-000000.idx"
+    idx.write_text("\n".join(idx.read_text().splitlines()[:-1]) + "\n")  # header still counts 4
+    argv = ["--shards", str(short), "--sampling", "epoch", "--dump", str(tmp_path / "d.npz")]
+    assert "its header counts 4 samples, its lines 3" in _cli_error(augment.main, argv, capsys)
+    os.mkfifo(short / "manifest.json")
+    assert verify.main([str(short)]) == 1
+    out = capsys.readouterr().out
+    assert "manifest.json: cannot read" in out and "not a regular file" in out
 
 
 def test_wrong_sequence_or_root_folder_is_named(tiny_otb: Path, tmp_path: Path, capsys, monkeypatch) -> None:

@@ -554,3 +554,19 @@ def test_hostile_tars_are_refused_before_tarfile_reads_them(sample_build, tmp_pa
     with pytest.raises(ValueError, match="more than 64 values"):
         read_boxes(forged.getvalue() + b"\0" * 32)
     assert stats.main([str(copy)]) == 0  # the NaN sample is left out with a warning, the rest is summarised
+
+
+def test_verify_names_a_pair_whose_frames_differ_in_size() -> None:
+    """The graph crops the previous frame at the current frame's size: a pair's frames must match (SCHEMA)."""
+    from pipeline.sample_build import meta_bytes, npy_bytes
+    from shards.verify import check_sample
+
+    key = "alov/01-Light_video00001/00000001_00000002"
+    meta = {"key": key, "source": "alov", "split": "train", "width": 160, "height": 120}
+    boxes = npy_bytes(np.array([[1, 2, 30, 20], [3, 4, 40, 30]], np.float32))
+    pair = {"boxes.npy": boxes, "curr.jpg": jpeg(160, 120), "meta.json": meta_bytes(meta), "prev.jpg": jpeg(160, 120)}
+    assert check_sample(key, pair, "alov", "train") == []
+    problems = check_sample(key, {**pair, "prev.jpg": jpeg(80, 60)}, "alov", "train")
+    assert problems == [f"{key}: a pair's frames differ: prev.jpg 80x60, curr.jpg 160x120"]
+    problems = check_sample(key, {**pair, "meta.json": meta_bytes({**meta, "width": "160"})}, "alov", "train")
+    assert problems == [f"{key}: meta width x height '160' x 120, but curr.jpg is 160x120"]
