@@ -22,7 +22,7 @@ from PIL import Image
 
 from evaluate.metrics import PROTOCOLS
 from model.image_modes import to_rgb8
-from pipeline.input_files import FileTooLarge, NotRegularFile, read_regular
+from shards.input_files import FileTooLarge, NotRegularFile, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ MAX_TEXT_BYTES = 16 << 20  # an OTB annotation or result file is a few hundred K
 
 def read_annotation_text(path: Path) -> str:
     """An annotation (or result) file's text; ``utf-8-sig`` drops the byte-order mark some Windows editors
-    write. Read through `pipeline.input_files.read_regular` (the builder's reader): only a regular file of at most
+    write. Read through `shards.input_files.read_regular` (the builder's reader): only a regular file of at most
     `MAX_TEXT_BYTES`, opened without blocking (a FIFO hung, ``/dev/zero`` ate memory)."""
     try:
         data = read_regular(path, MAX_TEXT_BYTES)

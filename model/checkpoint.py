@@ -19,8 +19,8 @@ import torch
 
 from model.net import DEFAULT_NORMALIZATION, VARIANTS, GoturnNet
 from model.preprocess import MODES
-from pipeline.input_files import not_regular
 from shards.format import fsync_dir
+from shards.input_files import not_regular
 
 FORMAT = "goturn-checkpoint-v1"
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel / torch.compile wrappers

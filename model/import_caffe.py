@@ -33,7 +33,7 @@ import torch
 
 from model.caffe_proto import CaffeLayer, CaffeModelError, read_caffemodel
 from model.net import CONV_SPECS, DEFAULT_NORMALIZATION, HEAD_SPECS, GoturnNet
-from pipeline.input_files import FileTooLarge, NotRegularFile, read_regular
+from shards.input_files import FileTooLarge, NotRegularFile, read_regular
 
 # Caffe layer name -> our module name, per variant.
 LAYER_MAPS: dict[str, dict[str, str]] = {

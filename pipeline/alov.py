@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from model.geometry import alov_points_to_corners
-from pipeline.input_files import is_file_entry
+from shards.input_files import is_file_entry
 
 MAX_ANN_BYTES = 16 << 20  # a real .ann file is a few KB
 LAYOUT = "<annotations>/<category>/<video>.ann"  # the one level the C++ reads

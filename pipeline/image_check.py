@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from model.image_modes import SIXTEEN_BIT_MODES, to_rgb8
-from pipeline.input_files import FileTooLarge, NotRegularFile, read_regular
 from shards.format import MAX_PIXELS
+from shards.input_files import FileTooLarge, NotRegularFile, read_regular
 from shards.jpeg import (
     TRAILING_JUNK,
     LibjpegCannotCheck,

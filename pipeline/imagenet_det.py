@@ -21,7 +21,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from pipeline.input_files import FileTooLarge, read_regular
+from shards.input_files import FileTooLarge, read_regular
 
 MAX_RATIO = 0.66  # kMaxRatio
 MAX_XML_BYTES = 4 << 20  # a real DET XML is < 10 KB

@@ -21,8 +21,8 @@ import PIL
 import simplejpeg
 
 from pipeline import alov, imagenet_det
-from pipeline.input_files import NotRegularFile, not_regular, read_regular
 from shards.format import SCHEMA_VERSION, make_key, shard_name
+from shards.input_files import NotRegularFile, not_regular, read_regular
 
 BUILDER_VERSION = "2"  # bump when the bytes a plan produces change (invalidates shards kept for resuming)
 META_ESTIMATE = 3 * 512 + 1024  # tar headers and small members of a sample, for the shard size plan

@@ -11,13 +11,14 @@ import io
 import json
 import os
 import re
-import stat
 import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from shards.input_files import FileTooLarge, NotRegularFile, read_regular
 
 SCHEMA_VERSION = 1
 FORMAT_NAME = "goturn-shards-v1"
@@ -329,14 +330,14 @@ def read_manifest_json(path: str | os.PathLike) -> Any:
     """The JSON of a ``manifest.json``, read within `MAX_MANIFEST_BYTES`; ValueError naming the file otherwise
     (`shards.verify` then checks every field; other readers use `read_manifest`)."""
     path = Path(path)
-    st = path.stat()
-    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the read, /dev/zero never end it
-        raise ValueError(f"{path}: not a regular file")
-    size = st.st_size
-    if size > MAX_MANIFEST_BYTES:
-        raise ValueError(f"{path}: {size} bytes, more than any build's manifest ({MAX_MANIFEST_BYTES})")
+    try:  # a FIFO would block a plain read, /dev/zero never end it
+        data = read_regular(path, MAX_MANIFEST_BYTES)
+    except NotRegularFile as e:
+        raise ValueError(f"{path}: {e}") from None
+    except FileTooLarge as e:
+        raise ValueError(f"{path}: {e}, more than any build's manifest") from None
     try:
-        return json.loads(path.read_bytes())
+        return json.loads(data)
     except (ValueError, RecursionError) as e:
         raise ValueError(f"{path}: not a readable manifest ({type(e).__name__}: {str(e)[:120]})") from None
 

@@ -1,8 +1,10 @@
-"""Reading the builder's input files (XML, ``.ann``, images) so that a strange entry is a reason, not a hang.
+"""Reading files a user hands over (the builder's XML, ``.ann`` and images; manifests; annotations; weights) so
+that a strange entry is a reason, not a hang.
 
 Why: input trees come from unpacked archives and hand-made copies. A FIFO named ``x.xml`` blocks ``open`` forever,
 a symlink loop raises ELOOP where a listing expects a bool, a directory named ``x.ann`` reads as an error deep in
-a parser. Every input read goes through `read_regular`, which never blocks, is bounded, and names what it found.
+a parser. Every such read goes through `read_regular`, which never blocks, is bounded, and names what it found.
+It lives here, in the torch-free bottom layer, so that shards, the builder, the model and evaluation share it.
 """
 
 from __future__ import annotations
