@@ -101,10 +101,12 @@ def _torch_reason(e: Exception) -> str:
 MAX_CHECKPOINT_BYTES = 4 << 30  # the largest training checkpoint (net + Adam moments) is ~1.4 GB
 
 
-def check_zip_records(path: str | os.PathLike) -> None:
+def check_zip_records(path: str | os.PathLike, crcs: bool = False) -> None:
     """Refuse, before ``torch.load`` reads anything, a file or zip records larger than any checkpoint (torch would
     read them into memory) and compressed records, which ``torch.save`` never writes (a 256 KB file can inflate
-    to gigabytes before torch's own checks)."""
+    to gigabytes before torch's own checks). ``crcs``: also every record against its CRC-32 (torch.load checks
+    none, so a damaged copy loaded with some weights silently changed; ~0.13 s for the 455 MB net; legacy-format
+    files carry no checksum)."""
     size = os.stat(path).st_size
     if size > MAX_CHECKPOINT_BYTES:
         raise CheckpointError(f"{path}: {size} bytes, more than any checkpoint ({MAX_CHECKPOINT_BYTES} bytes)")
@@ -112,33 +114,25 @@ def check_zip_records(path: str | os.PathLike) -> None:
         return  # legacy (pre-1.6) format: torch.load(weights_only=True) reads it, uncompressed
     with zipfile.ZipFile(path) as z:
         infos = z.infolist()
-    if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
-        raise CheckpointError(f"{path}: a zip with compressed records, which torch.save never writes")
-    if sum(i.file_size for i in infos) > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path}: records of more than {MAX_CHECKPOINT_BYTES} bytes")
-
-
-def check_zip_crcs(path: str | os.PathLike) -> None:
-    """Every record of a zip checkpoint against its CRC-32 (torch.load checks none, so a damaged copy loaded with
-    some weights silently changed); ~0.13 s for the 455 MB net. Legacy-format files carry no checksum."""
-    if not zipfile.is_zipfile(path):
-        return
-    try:
-        with zipfile.ZipFile(path) as z:
+        if any(i.compress_type != zipfile.ZIP_STORED for i in infos):
+            raise CheckpointError(f"{path}: a zip with compressed records, which torch.save never writes")
+        if sum(i.file_size for i in infos) > MAX_CHECKPOINT_BYTES:
+            raise CheckpointError(f"{path}: records of more than {MAX_CHECKPOINT_BYTES} bytes")
+        if not crcs:
+            return
+        try:
             bad = z.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise CheckpointError(f"{path}: a damaged zip ({e})") from None
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise CheckpointError(f"{path}: a damaged zip ({e})") from None
     if bad is not None:
         raise CheckpointError(f"{path}: record {bad!r} fails its CRC check (a damaged copy?)")
 
 
 def torch_load(path: str | os.PathLike, *, verify: bool = False, **kwargs: Any) -> Any:
-    """``torch.load(weights_only=True)`` (no arbitrary pickles) after `check_zip_records` (and `check_zip_crcs`
-    when ``verify``: a full load; a peek at a few keys through ``mmap`` skips it): every checkpoint this project
+    """``torch.load(weights_only=True)`` (no arbitrary pickles) after `check_zip_records` (with the checksums when
+    ``verify``: a full load; a peek at a few keys through ``mmap`` skips them): every checkpoint this project
     reads, the tracker's and the trainer's, comes through here."""
-    check_zip_records(path)
-    if verify:
-        check_zip_crcs(path)
+    check_zip_records(path, crcs=verify)
     return torch.load(path, weights_only=True, **kwargs)
 
 
