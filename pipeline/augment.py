@@ -42,7 +42,7 @@ from pipeline.bad_samples import (
     split_source_info,
 )
 from pipeline.group_sampler import GroupSampler, drawn_problems, stream_seed
-from pipeline.output_files import output_file_problem
+from pipeline.output_files import NpzStream, output_file_problem
 from pipeline.shard_sets import ShardSet, find_shards
 
 SAMPLINGS = ("epoch", "authors")  # every sample once per epoch | uniform image / video, then object / pair
@@ -425,36 +425,35 @@ class GoturnLoader:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def dump_batches(loader: GoturnLoader, n_batches: int, path: str | Path) -> dict[str, np.ndarray]:
-    """The first ``n_batches`` batches as numpy arrays in one .npz (crops uint8, windows in source pixels),
-    going on into the next epochs when one epoch holds fewer (``epoch`` records each batch's)."""
-    acc: dict[str, list] = {}
-    epochs: list[int] = []
-    while len(epochs) < n_batches:
-        before = len(epochs)
-        for b in loader:
-            epochs.append(loader.epoch)
-            for name, v in b.items():
-                acc.setdefault(name, []).append(v.cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v))
-            if len(epochs) >= n_batches:
-                break
-        if len(epochs) == before:  # an epoch without batches: nothing more will come
-            break
-    arrays = {n: np.concatenate(v, axis=0) for n, v in acc.items()}
-    arrays["batch_index"] = np.repeat(np.arange(len(acc["bbox"])), loader.examples_per_batch)
-    arrays["epoch"] = np.repeat(np.asarray(epochs, dtype=np.int64), loader.examples_per_batch)
-    meta = {
-        "format": "goturn-augment-dump-v1",
-        "config": loader._config(),
-        "normalization": loader.normalization,
-        "output": loader.output,
-        "windows": "x1,y1,x2,y2 in source-image pixels (integers) that each 227x227 crop covers",
-        "bbox": "current box in the search crop, x10 of the crop (model.geometry.recenter_scale)",
-    }
-    arrays["meta_json"] = np.array(json.dumps(meta))
+def dump_batches(loader: GoturnLoader, n_batches: int, path: str | Path) -> int:
+    """Write the first ``n_batches`` batches as numpy arrays in one .npz (crops uint8, windows in source pixels),
+    going on into the next epochs when one epoch holds fewer (``epoch`` records each batch's); returns the batches
+    written. Streamed batch by batch (``NpzStream``), so memory holds one batch whatever ``n_batches`` is."""
+    written = 0
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **arrays)
-    return arrays
+    with NpzStream(path) as out:
+        while written < n_batches:
+            before = written
+            for b in loader:
+                for name, v in b.items():
+                    out.append(name, v.cpu().numpy() if isinstance(v, torch.Tensor) else v)
+                out.append("batch_index", np.full(loader.examples_per_batch, written, dtype=np.int64))
+                out.append("epoch", np.full(loader.examples_per_batch, loader.epoch, dtype=np.int64))
+                written += 1
+                if written >= n_batches:
+                    break
+            if written == before:  # an epoch without batches: nothing more will come
+                break
+        meta = {
+            "format": "goturn-augment-dump-v1",
+            "config": loader._config(),
+            "normalization": loader.normalization,
+            "output": loader.output,
+            "windows": "x1,y1,x2,y2 in source-image pixels (integers) that each 227x227 crop covers",
+            "bbox": "current box in the search crop, x10 of the crop (model.geometry.recenter_scale)",
+        }
+        out.put("meta_json", np.array(json.dumps(meta)))
+    return written
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -494,13 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:  # no such folder / split, bad batch size for the sources
         ap.error(str(e))
     try:
-        arrays = dump_batches(loader, a.batches, a.dump)
+        n = dump_batches(loader, a.batches, a.dump)
     except SampleDecodeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    n = len(arrays["bbox"])
     print(
-        f"wrote {a.dump}: {n} examples ({arrays['batch_index'].max() + 1} batches of {loader.examples_per_batch}) "
+        f"wrote {a.dump}: {n * loader.examples_per_batch} examples ({n} batches of {loader.examples_per_batch}) "
         f"from {', '.join(loader.sources)}; keys, target/search windows, bbox, uint8 crops"
     )
     return 0

@@ -600,6 +600,42 @@ def test_dump_and_show_batch_clis(synth, tmp_path):
     assert Image.open(png).size[0] >= 227 * 12
 
 
+def test_npz_stream_equals_savez_and_holds_one_batch(tmp_path, monkeypatch):
+    """The dump is written batch by batch: the file equals np.savez_compressed of the whole arrays, memory holds
+    about one batch (numpy reports its buffers to tracemalloc), and a failure leaves neither file nor spool."""
+    import tracemalloc
+
+    from pipeline import output_files
+    from pipeline.output_files import NpzStream
+
+    monkeypatch.setattr(output_files, "COPY_CHUNK", 1 << 16)  # the copy buffer, else larger than this small test
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (4, 3, 128, 128), dtype=np.uint8) for _ in range(40)]  # 192 KiB each
+    keys = [[f"k{i}-{j}" * (1 + i % 3) for j in range(4)] for i in range(40)]  # widths differ between batches
+    out = tmp_path / "s.npz"
+    tracemalloc.start()
+    with NpzStream(out) as w:
+        for b, k in zip(batches, keys, strict=True):
+            w.append("crops", b.copy())  # fresh memory each batch, as the loader's are
+            w.append("boxes", b[:, 0, 0, :4].astype(np.float32))
+            w.append("keys", k)
+        w.put("meta_json", np.array('{"a": 1}'))
+    grown = tracemalloc.get_traced_memory()[1]  # the peak, writing the zip included
+    tracemalloc.stop()
+    assert grown < 5 * batches[0].nbytes  # all 40 batches held would be 8x that
+    z = np.load(out, allow_pickle=False)
+    assert np.array_equal(z["crops"], np.concatenate(batches)) and z["crops"].dtype == np.uint8
+    assert np.array_equal(z["boxes"], np.concatenate(batches)[:, 0, 0, :4].astype(np.float32))
+    assert z["keys"].tolist() == [k for ks in keys for k in ks] and str(z["meta_json"]) == '{"a": 1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+
+    with pytest.raises(ValueError, match=r"crops: rows of uint8 \(3, 8, 8\) after rows of uint8 \(3, 128, 128\)"):
+        with NpzStream(tmp_path / "t.npz") as w:
+            w.append("crops", batches[0])
+            w.append("crops", batches[0][:, :, :8, :8])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+
+
 def test_data_clis_report_a_corrupt_first_batch_in_one_line(tmp_path, capsys):
     from pipeline import augment, show_batch
 
@@ -611,6 +647,7 @@ def test_data_clis_report_a_corrupt_first_batch_in_one_line(tmp_path, capsys):
     assert augment.main([*argv, "--pairs-per-batch", "1", "--dump", str(tmp_path / "d.npz")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "alov-train-000000.tar" in err and "Traceback" not in err
+    assert not [p for p in tmp_path.iterdir() if "npz" in p.name]  # neither a partial dump nor its spool
     assert show_batch.main([*argv, "--pairs", "1", "--out", str(tmp_path / "g.png")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "alov-train-000000.tar" in err and not (tmp_path / "g.png").exists()
