@@ -42,8 +42,8 @@ from pipeline.bad_samples import (
     split_source_info,
 )
 from pipeline.group_sampler import GroupSampler, drawn_problems, stream_seed
-from pipeline.output_files import NpzStream, output_file_problem
 from pipeline.shard_sets import ShardSet, find_shards
+from shards.output_files import NpzStream, output_file_problem
 
 SAMPLINGS = ("epoch", "authors")  # every sample once per epoch | uniform image / video, then object / pair
 

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from model.geometry import INPUT_SIZE, SCALE_FACTOR
 from pipeline.augment import SAMPLINGS, GoturnLoader, SampleDecodeError, find_shards
-from pipeline.output_files import output_file_problem
+from shards.output_files import output_file_problem
 
 LABEL_H = 14
 

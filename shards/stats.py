@@ -31,6 +31,7 @@ from shards.format import (
     split_member_name,
     tar_header_problem,
 )
+from shards.output_files import output_file_problem
 
 HISTOGRAMS = {
     "box size (sqrt area ratio)": np.linspace(0.0, 1.0, 11),
@@ -178,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not a.directory.is_dir():
         p.error(f"{a.directory}: no such directory")
-    if a.plot and not a.plot.parent.is_dir():
-        p.error(f"--plot {a.plot}: folder {a.plot.parent} does not exist")
+    if a.plot and (problem := output_file_problem(str(a.plot), (".png",))):
+        p.error(f"--plot {a.plot}: {problem}")
     try:
         paths = shard_paths(a.directory, None, a.split)
     except (FileNotFoundError, ValueError) as e:  # a missing shard, an unfinished build, a compressed tar

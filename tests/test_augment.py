@@ -605,8 +605,8 @@ def test_npz_stream_equals_savez_and_holds_one_batch(tmp_path, monkeypatch):
     about one batch (numpy reports its buffers to tracemalloc), and a failure leaves neither file nor spool."""
     import tracemalloc
 
-    from pipeline import output_files
-    from pipeline.output_files import NpzStream
+    from shards import output_files
+    from shards.output_files import NpzStream
 
     monkeypatch.setattr(output_files, "COPY_CHUNK", 1 << 16)  # the copy buffer, else larger than this small test
     rng = np.random.default_rng(0)
@@ -629,10 +629,10 @@ def test_npz_stream_equals_savez_and_holds_one_batch(tmp_path, monkeypatch):
     assert z["keys"].tolist() == [k for ks in keys for k in ks] and str(z["meta_json"]) == '{"a": 1}'
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
 
-    with pytest.raises(ValueError, match=r"crops: rows of uint8 \(3, 8, 8\) after rows of uint8 \(3, 128, 128\)"):
-        with NpzStream(tmp_path / "t.npz") as w:
-            w.append("crops", batches[0])
-            w.append("crops", batches[0][:, :, :8, :8])
+    mismatch = r"crops: rows of uint8 \(3, 8, 8\) after rows of uint8 \(3, 128, 128\)"
+    with pytest.raises(ValueError, match=mismatch), NpzStream(tmp_path / "t.npz") as w:
+        w.append("crops", batches[0])
+        w.append("crops", batches[0][:, :, :8, :8])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
 
 

@@ -193,6 +193,7 @@ def test_track_out_that_is_a_file_fails_before_loading_or_tracking(tiny_otb: Pat
 DATA_CLI_CASES = {
     "stats-no-dir": ("stats", ["{tmp}/nope"], "no such directory"),
     "stats-plot-dir": ("stats", ["{shards}", "--plot", "{tmp}/missing/x.png"], "does not exist"),
+    "stats-plot-suffix": ("stats", ["{shards}", "--plot", "{tmp}/x.txt"], "must end in .png"),
     "stats-bogus-split": ("stats", ["{shards}", "--split", "bogus"], "no shards of split 'bogus'"),
     "verify-no-dir": ("verify", ["{tmp}/nope"], "no such directory"),
     "augment-no-dir": ("augment", ["--shards", "{tmp}/nope", "--dump", "{tmp}/d.npz"], "does not exist"),
