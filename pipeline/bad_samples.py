@@ -105,12 +105,30 @@ def find_bad_samples(
         tls = outs[3 * s : 3 * s + 3]
         for i in range(batch_size):
             members = {ext: np.asarray(tl[i]).tobytes() for ext, tl in zip(READER_EXTS, tls, strict=True)}
-            info = next((tl[i].source_info() for tl in tls if tl[i].source_info()), "?:0:?")
             problems = member_problems(members)
-            if problems:
-                tar, key = split_source_info(info)
-                bad.append((tar, key, problems))
+            if not problems:
+                continue
+            info = next((tl[i].source_info() for tl in tls if tl[i].source_info()), None)
+            if info:
+                bad.append((*split_source_info(info), problems))
+            else:  # none of the members the reader reads: DALI has no name for it
+                bad.extend(
+                    (tar, key, problems) for tar, key in _memberless(shard_sets[s]) if (tar, key, problems) not in bad
+                )
     return bad
+
+
+def _memberless(ss: ShardSet) -> list[tuple[str, str]]:
+    """(tar, key) of the set's samples without any member the loader reads (a stray ``README`` in a tar, say),
+    from the index or tar headers; DALI's reader gives such a sample no source info. [("?", "?")] if unreadable."""
+    found = []
+    try:
+        for n, tar in enumerate(ss.tars):
+            idx = ss.index_paths[n] if ss.index_paths else None
+            found += [(tar, key) for key, exts in index_entries(tar, idx) if not set(exts) & set(READER_EXTS)]
+    except (OSError, ValueError):
+        pass
+    return found or [("?", "?")]
 
 
 def box_problems(box_outputs: Sequence[Any]) -> list[tuple[str, str, list[str]]]:

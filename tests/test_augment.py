@@ -476,6 +476,18 @@ def test_corrupt_sample_names_shard_and_key(tmp_path):
     assert len(list(ld)) == len(ld) - lost_at  # iteration continues after the lost batch, to the epoch's end
 
 
+def test_a_stray_tar_member_is_named(tmp_path):
+    """A member that belongs to no v1 sample (a README added to a tar) reaches the epoch reader as a sample with
+    none of the members it reads, which DALI cannot name; the diagnosis finds it in the index."""
+    ss = synthetic_samples(3, "alov", seed=3, w=96, h=72)
+    gone = dict.fromkeys(["curr.jpg", "prev.jpg", "boxes.npy", "meta.json"])  # None: member left out
+    ss.insert(1, Sample("README", b"", np.zeros((1, 4)), extra={**gone, "txt": b"notes"}))
+    write_shards(tmp_path, "alov", ss, per_tar=4)
+    with pytest.raises(SampleDecodeError) as ei:
+        list(loader(tmp_path, pairs_per_batch=4, shuffle_buffer=0, num_threads=1))
+    assert "key='README' in shard " in str(ei.value) and "alov-train-000000.tar" in str(ei.value)
+
+
 @pytest.mark.parametrize("sampling", ["authors", "epoch"])
 def test_state_taken_right_after_a_lost_batch_resumes_exactly(tmp_path, sampling):
     """DALI's checkpoint after a failed run does not count the failed batch: restored, it would shift the epoch
