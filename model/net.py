@@ -53,6 +53,9 @@ HEAD_SPECS = {
     ),
 }
 OUTPUT_SCALE = {"authors": 1.0, "opencv": 10.0}  # OpenCV's `scale` Power layer
+# One search-crop width (or height) in the units of the net's output: the authors regress x10 crop fractions
+# (spec 2.3); OpenCV's decode reads its outputs as 227-pixel patch units (spec 5.2), so its labels were those.
+CROP_UNITS = {"authors": 10.0, "opencv": 227.0}
 # Caffe's per-parameter learning-rate / weight-decay multipliers (prototxt `param {}` blocks).
 CAFFE_MULTIPLIERS = {
     # group: (lr_mult, decay_mult)
@@ -133,6 +136,7 @@ class GoturnNet(nn.Module):
         self.variant = variant
         self.normalization = normalization or DEFAULT_NORMALIZATION[variant]
         self.output_scale = OUTPUT_SCALE[variant]
+        self.crop_units = CROP_UNITS[variant]
         build_on = "meta" if init == "none" else device
         self.target = CaffeNetTower(device=build_on)
         self.search = CaffeNetTower(device=build_on)

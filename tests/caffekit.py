@@ -128,6 +128,17 @@ def random_weights(variant: str, seed: int) -> dict[str, tuple[np.ndarray, np.nd
     return w
 
 
+def write_backbone(path: Path, seed: int = 0) -> Path:
+    """A CaffeNet-like conv-only ``.caffemodel`` (what ``bvlc_reference_caffenet`` gives ``train --init``)."""
+    rng = np.random.default_rng(seed)
+    layers = [
+        (name, "Convolution", [rng.normal(0, 0.01, (cout, cin // g, k, k)), rng.normal(0, 0.1, cout)])
+        for name, cin, cout, k, _, _, g, _ in CONV_SPECS
+    ]
+    write_caffemodel(path, layers)
+    return Path(path)
+
+
 def write_model(folder: Path, variant: str, weights: dict, stem: str) -> tuple[Path, Path]:
     """Write ``{stem}.prototxt`` + ``{stem}.caffemodel`` of ``weights`` into ``folder``; absolute paths
     back."""

@@ -294,10 +294,10 @@ def test_sample_boxes_equal_rule_derived_boxes(sample_build):
 
 def test_accounting_adds_up(sample_build, edge_build):
     for _, report in (sample_build, edge_build):
-        for acc in report.manifest["accounting"].values():
-            for q in acc.values():
-                if isinstance(q, dict) and "total" in q:
-                    assert q["total"] == q["written"] + sum(q["skipped"].values())
+        totals = [q for acc in report.manifest["accounting"].values() for q in acc.values() if "total" in q]
+        assert len(totals) >= 2  # at least each source's own count
+        for q in totals:
+            assert q["total"] == q["written"] + sum(q["skipped"].values())
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -917,6 +917,7 @@ def test_mutated_jpegs_are_rejected_or_accepted_never_a_crash():
     but `ImageRejected`, and what it accepts decodes to RGB."""
     rnd = random.Random(7)
     seeds = [jpeg(48, 40, mode=m, progressive=p) for m in ("RGB", "L", "CMYK") for p in (False, True)]
+    accepted = 0
     for _ in range(600):
         d = bytearray(rnd.choice(seeds))
         header_end = d.find(b"\xff\xda") + 30
@@ -934,9 +935,11 @@ def test_mutated_jpegs_are_rejected_or_accepted_never_a_crash():
             c = check_image(bytes(d))
         except ImageRejected:
             continue
+        accepted += 1
         with Image.open(io.BytesIO(c.data)) as im:
             im.load()
             assert im.mode == "RGB" and im.size == (c.width, c.height)
+    assert 20 < accepted < 580  # both outcomes seen: the fuzzing neither broke nor spared every file
 
 
 def test_a_jpeg_missing_only_its_end_marker_gets_one():

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from caffekit import write_backbone
 from PIL import Image
 
 from evaluate import otb as O
@@ -17,7 +18,7 @@ from model.caffe_proto import CaffeModelError, NetParameter, write_caffemodel
 from model.checkpoint import CheckpointError, load_model, make_checkpoint, read_weights, save_checkpoint
 from model.import_caffe import checkpoint_from_import, load_caffemodel
 from model.import_caffe import main as import_main
-from model.net import CONV_SPECS, GoturnNet
+from model.net import GoturnNet
 from model.tracker import GoturnTracker
 
 
@@ -26,13 +27,7 @@ def backbone_files(module_scratch: Path) -> tuple[Path, Path]:
     """A CaffeNet-like conv-only ``.caffemodel`` and the backbone checkpoint `model.import_caffe` makes of it."""
     d = module_scratch / "backbone"
     d.mkdir()
-    rng = np.random.default_rng(0)
-    layers = [
-        (name, "Convolution", [rng.normal(0, 0.01, (cout, cin // g, k, k)), np.zeros(cout)])
-        for name, cin, cout, k, _, _, g, _ in CONV_SPECS
-    ]
-    caffemodel = d / "bvlc_reference_caffenet.caffemodel"
-    write_caffemodel(caffemodel, layers)
+    caffemodel = write_backbone(d / "bvlc_reference_caffenet.caffemodel")
     ckpt = save_checkpoint(d / "backbone.pt", checkpoint_from_import(load_caffemodel(caffemodel), "caffenet"))
     return caffemodel, ckpt
 
@@ -98,7 +93,7 @@ def test_corrupt_caffemodel_is_a_caffe_model_error(tmp_path: Path, capsys: pytes
         load_caffemodel(tmp_path / "name.caffemodel")
 
     for name in ("odd", "name"):
-        assert import_main(["--caffemodel", str(tmp_path / f"{name}.caffemodel"), "--out", str(tmp_path / "x.pt")])
+        assert import_main(["--caffemodel", str(tmp_path / f"{name}.caffemodel"), "--out", str(tmp_path / "x.pt")]) == 2
         assert capsys.readouterr().err.startswith("error: ")
     # layers of neither net: the message names the file, as every other one does
     assert import_main(["--caffemodel", str(tmp_path / "ok.caffemodel"), "--out", str(tmp_path / "x.pt")]) == 2
@@ -197,8 +192,16 @@ DATA_CLI_CASES = {
     "stats-bogus-split": ("stats", ["{shards}", "--split", "bogus"], "no shards of split 'bogus'"),
     "verify-no-dir": ("verify", ["{tmp}/nope"], "no such directory"),
     "augment-no-dir": ("augment", ["--shards", "{tmp}/nope", "--dump", "{tmp}/d.npz"], "does not exist"),
-    "augment-bogus-split": ("augment", ["--shards", "{shards}", "--split", "bogus", "--dump", "{tmp}/d.npz"], "bogus"),
-    "augment-odd-pairs": ("augment", ["--shards", "{shards}", "--pairs-per-batch", "3", "--dump", "{tmp}/d.npz"], "3"),
+    "augment-bogus-split": (
+        "augment",
+        ["--shards", "{shards}", "--split", "bogus", "--dump", "{tmp}/d.npz"],
+        "no '{source}-bogus-NNNNNN.tar' shards",
+    ),
+    "augment-odd-pairs": (
+        "augment",
+        ["--shards", "{shards}", "--pairs-per-batch", "3", "--dump", "{tmp}/d.npz"],
+        "pairs_per_batch=3 must be a multiple of the 2 sources",
+    ),
     "show-no-dir": ("show", ["--shards", "{tmp}/nope", "--out", "{tmp}/g.png"], "does not exist"),
     "show-out-dir": ("show", ["--shards", "{shards}", "--out", "{tmp}/missing/g.png"], "does not exist"),
     "show-too-many-pairs": (

@@ -154,7 +154,7 @@ def test_normalize_modes() -> None:
     im = normalize(x, "imagenet")[0, :, 0, 0]
     torch.testing.assert_close(im[0], torch.tensor((10 / 255 - 0.485) / 0.229))
     assert normalize(x, "caffe").dtype == torch.float32
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="normalization mode must be one of"):
         normalize(x, "rgb")
 
 

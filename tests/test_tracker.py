@@ -8,6 +8,8 @@ results.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -106,9 +108,9 @@ def test_never_crashes_when_lost(variant) -> None:
     lost = GoturnTracker(constant_net([float("nan")] * 4, variant))
     lost.init(f, (50.0, 40.0, 20.0, 10.0))
     np.testing.assert_array_equal(lost.update(f), [50, 40, 20, 10])  # non-finite output keeps the box
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="w, h > 0"):
         lost.init(f, (1.0, 2.0, 0.0, 3.0))
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=r"call init\(\) before update\(\)"):
         GoturnTracker(constant_net(away, variant)).update(f)
 
 
@@ -171,7 +173,7 @@ def test_device_geometry_mirror_equals_numpy() -> None:
 def test_captured_step_run_eagerly_equals_track_step(random_net, channels_last) -> None:
     """What the CUDA graph captures (`device_step`: geometry, crops, decode and guard all in torch) equals the eager
     `track_step` bit for bit; checked here on the CPU, so only the capture itself is left to the CUDA test."""
-    net = random_net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    net = copy.deepcopy(random_net).to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     fs = frames(8, 193, 241, 3)
     box = np.array([[100.0, 60.0, 131.5, 101.25]])
     dev_box = torch.from_numpy(box.copy())
@@ -190,6 +192,7 @@ def test_captured_step_run_eagerly_equals_track_step(random_net, channels_last) 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_path_equals_eager(random_net) -> None:
+    random_net = copy.deepcopy(random_net)  # the module's net stays on the CPU whatever happens here
     fs = frames(12, 193, 241, 5)
     eager = GoturnTracker(random_net, "cuda").track_sequence(fs, (100.0, 60.0, 30.0, 40.0))
     graph = GoturnTracker(random_net, "cuda", cuda_graph=True)
@@ -202,7 +205,6 @@ def test_cuda_graph_path_equals_eager(random_net) -> None:
     mixed = fs[:4] + small
     eager_mixed = GoturnTracker(random_net, "cuda").track_sequence(mixed, (100.0, 60.0, 30.0, 40.0))
     np.testing.assert_array_equal(graph.track_sequence(mixed, (100.0, 60.0, 30.0, 40.0)), eager_mixed)
-    random_net.to("cpu")
 
 
 def test_track_step_crops_grouped_by_frame_size_equal_per_sequence_crops() -> None:
@@ -298,7 +300,9 @@ def test_tracker_arguments_are_checked() -> None:
         with pytest.raises(ValueError, match="more than any frame"):
             GoturnTracker(net).init(frames(1)[0], box)
     box = torch.tensor([1.0, 1.0, 5.0, 5.0], requires_grad=True)  # e.g. from a detector run with autograd
-    GoturnTracker(net).init(frames(1)[0], box * 2)
+    t = GoturnTracker(net)
+    t.init(frames(1)[0], box * 2)
+    assert t.box.tolist() == [2.0, 2.0, 10.0, 10.0]
     with pytest.warns(UserWarning, match="0..255 values"):  # torchvision's 0..1 floats would track as black
         frame_to_tensor(np.random.default_rng(0).random((6, 8, 3)))
 

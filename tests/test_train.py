@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -330,6 +331,7 @@ def test_resume_continues_the_same_loss_curve_bit_for_bit(shards: Path, tmp_path
     assert ca["step"] == cb["step"] == 4
     for k in ca["model"]:
         assert torch.equal(ca["model"][k], cb["model"][k]), k
+    assert len(ca["optimizer"]["state"]) == len(cb["optimizer"]["state"]) == 8  # fc6-fc8 weights and biases
     for i, s in ca["optimizer"]["state"].items():
         assert torch.equal(s["momentum_buffer"], cb["optimizer"]["state"][i]["momentum_buffer"])
     assert ca["format"] == "goturn-checkpoint-v1" and ca["variant"] == "authors"
@@ -412,6 +414,49 @@ def test_validation_equals_the_expanded_batch_computation(shards: Path, tmp_path
     assert got["val_loss"] == pytest.approx(loss / n * cfg.batch_examples, rel=1e-5)
     assert got["val_mean_iou"] == pytest.approx(iou / n_true, rel=1e-5, abs=1e-7)
     assert got["val_pairs"] == n_true == 4
+
+
+def test_init_from_a_caffenet_caffemodel_trains_the_head_on_its_convs(shards: Path, tmp_path: Path, capsys):
+    """``--init bvlc_reference_caffenet.caffemodel`` (the authors' start): the run's convs are the file's and stay
+    frozen, the head trains; a later ``--resume`` with another ``--init`` says the file is ignored."""
+    from caffekit import write_backbone
+
+    from model.checkpoint import read_weights
+
+    caffemodel = write_backbone(tmp_path / "bvlc_reference_caffenet.caffemodel", seed=4)
+    convs = {k: v for k, v in read_weights(caffemodel).state.items() if k.startswith(("target.", "search."))}
+    assert len(convs) == 20  # 5 convs x weight, bias x 2 towers
+    run = tmp_path / "run"
+    assert train_main(_argv(shards, run, 2, 11, "1e-5", "--no-val", "--init", str(caffemodel))) == 0
+    assert f"initialised conv towers (head from Caffe fillers) from {caffemodel}" in capsys.readouterr().err
+    start, end = _load(run / INITIAL)["model"], _load(run / LATEST)["model"]
+    for name, w in convs.items():  # target.conv1.weight ... search.conv5.bias
+        assert torch.equal(start[name], w) and torch.equal(end[name], w), name
+    assert not torch.equal(start["fc8.weight"], end["fc8.weight"])
+    other = write_backbone(tmp_path / "other.caffemodel", seed=5)
+    assert train_main(["--out", str(run), "--resume", "--steps", "3", "--init", str(other)]) == 0
+    assert f"--init {other} ignored: resuming from" in capsys.readouterr().err
+    assert torch.equal(_load(run / LATEST)["model"]["search.conv1.weight"], convs["search.conv1.weight"])
+
+
+def test_the_opencv_variant_trains_on_its_227_pixel_units(shards: Path, tmp_path: Path):
+    """OpenCV's net answers in 227ths of its patch (spec 5.2); the pipeline's targets are x10 crop fractions (its
+    L1 loss against them used to teach the net to shrink boxes towards the top-left). Converted, the true
+    example's target of a box is what OpenCV decodes back to that box, and a net answering it has no loss."""
+    from model.opencv_geometry import opencv_decode_raw, opencv_patch
+
+    trainer = _trainer(_argv(shards, tmp_path / "run", 1, 11, "1e-6", "--no-val", "--variant", "opencv"))
+    assert trainer.target_scale == pytest.approx(22.7)
+    true_target = torch.tensor([2.5, 2.5, 7.5, 7.5])  # no motion: the box in its 2x search crop
+    box = np.array([100.0, 50.0, 40.0, 40.0])  # x, y, w, h inside a 400x300 frame
+    decoded = opencv_decode_raw((true_target * trainer.target_scale).numpy(), opencv_patch(box, 400, 300))
+    np.testing.assert_allclose(decoded, box, atol=1e-4)
+    with torch.no_grad():
+        trainer.model.fc8.weight.zero_()
+        trainer.model.fc8.bias.copy_(true_target * trainer.target_scale / trainer.model.output_scale)
+    crops = torch.zeros(3, 3, 227, 227, dtype=torch.uint8)
+    loss = trainer.train_step(crops, crops, true_target.repeat(3, 1))
+    assert loss.item() == pytest.approx(0.0, abs=1e-3)
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(shards: Path, tmp_path: Path, capsys):
@@ -695,13 +740,27 @@ def test_non_finite_weights_are_never_saved(shards: Path, tmp_path: Path):
     assert not list((tmp_path / "run").glob("checkpoint-*.pt"))
 
 
-def test_the_time_limit_is_checked_every_step(shards: Path, tmp_path: Path):
-    """It was read only at log steps: with --log-every 1000 a 3-second limit let a run go on for minutes."""
+def test_the_time_limit_is_checked_every_step(shards: Path, tmp_path: Path, monkeypatch):
+    """It was read only at log steps: with --log-every 1000 a 3-second limit let a run go on for minutes. On a
+    fake clock where each step takes a minute, a 1.5-minute limit ends the run right after step 2."""
+    from types import SimpleNamespace
+
+    from train import loop
+
+    clock = [0.0]
+    monkeypatch.setattr(loop, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    real_step = Trainer.train_step
+
+    def minute_step(self, *args):
+        clock[0] += 60.0
+        return real_step(self, *args)
+
+    monkeypatch.setattr(Trainer, "train_step", minute_step)
     run = tmp_path / "run"
     argv = _argv(shards, run, 200, 11, "1e-6", "--no-val", "--log-every", "1000", "--ckpt-every", "0")
-    assert train_main([*argv, "--time-limit", "0.0001"]) == 0  # 6 ms: over after the first step
+    assert train_main([*argv, "--time-limit", "1.5"]) == 0
     (row,) = _rows(run)
-    assert row["step"] <= 3  # stopped within a step or two of the limit (all ranks agree through the vote)
+    assert row["step"] == 2 and row["elapsed_s"] == 120.0
 
 
 def test_resuming_a_complete_run_changes_nothing(run_1step: Path, capsys):

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--variant",
         choices=["authors", "opencv"],
         help="network variant (default authors; opencv to fine-tune its model: its FC head, convs frozen unless "
-        "--train-backbone)",
+        "--train-backbone; targets in its 227-pixel patch units, on the authors' crops, which are black outside "
+        "the image where OpenCV repeats the edge pixels)",
     )
     a(
         "--resume",

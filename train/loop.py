@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pipeline.augment import GoturnLoader
 
 from model.checkpoint import make_checkpoint, save_checkpoint
+from model.geometry import SCALE_FACTOR
 from model.net import pair_runs, unique_consecutive_crops
 from train import checkpointing, distributed, solver
 from train.config import TrainConfig
@@ -218,6 +219,8 @@ class Trainer:
             )
         self.forward = torch.compile(self.module) if cfg.compile else self.module
         self.norm_mode = self.model.normalization
+        # the pipeline's targets are x10 crop fractions (the authors' units); OpenCV's net answers in 227ths
+        self.target_scale = self.model.crop_units / SCALE_FACTOR
         try:
             self.loader = build_loader(cfg.shards, "train", cfg, ctx, seed=cfg.seed)
         except (ValueError, FileNotFoundError) as e:  # too few samples for the ranks / batch, missing split
@@ -379,7 +382,7 @@ class Trainer:
         """One solver iteration on a uint8 batch already on the device; returns the (device) loss. ``runs``:
         the batch's `model.net.pair_runs` (on the device), else the distinct targets are found from the pixels."""
         pred = self.predict(self.forward, target, search, runs)
-        loss = sum_l1(pred, bbox)
+        loss = sum_l1(pred, bbox * self.target_scale if self.target_scale != 1.0 else bbox)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -458,7 +461,7 @@ class Trainer:
                 continue
             t = item["target"].to(self.device, non_blocking=True)
             s = item["search"].to(self.device, non_blocking=True)
-            bb = item["bbox"].to(self.device, non_blocking=True).float()
+            bb = item["bbox"].to(self.device, non_blocking=True).float() * self.target_scale
             pred = self.predict(self.model, t, s, runs).float()
             acc[0] += (pred - bb).abs().sum().double()
             acc[1] += bb.shape[0]
