@@ -183,6 +183,27 @@ def test_man_end_to_end(shared_data: Path, random_checkpoint: Path, tmp_path: Pa
     assert rep2["overall"] == t["overall"] and rep2["sequences"] == t["sequences"]
 
 
+def test_a_named_half_precision_run(random_checkpoint: Path, tmp_path: Path) -> None:
+    """``--name`` names the result folder and the report's tracker; ``--dtype bfloat16`` runs the net in bfloat16
+    and says so in the report; both runs start from the ground truth's first box."""
+    root = tmp_path / "otb"
+    gt = np.array([[11, 13, 14, 16]] * 5)
+    _otb_folder(root, "Square", _frames(5, 48, 64, 2), gt)
+    reports, boxes = {}, {}
+    for name, dtype in (("Full", "float32"), ("Half", "bfloat16")):
+        out = tmp_path / name
+        argv = ["--weights", str(random_checkpoint), "--otb-root", str(root), "--out", str(out), "--device", "cpu"]
+        assert O.main([*argv, "--name", name, "--dtype", dtype, "--quiet"]) == 0
+        res = read_result(out / name / "Square.txt")
+        assert res.shape == (5, 4) and np.isfinite(res).all() and (res[0] == gt[0]).all()
+        boxes[name] = res
+        reports[name] = json.loads((out / "report.json").read_text())
+        assert set(reports[name]["trackers"]) == {name} and "| " + name + " |" in (out / "report.md").read_text()
+    assert "network in bfloat16" in reports["Half"]["notes"]
+    assert not any("network in" in n for n in reports["Full"]["notes"])
+    assert 0 < np.abs(boxes["Half"] - boxes["Full"]).max() < 1  # bfloat16 really ran: near, not equal
+
+
 def test_results_mode_several_trackers(tmp_path: Path) -> None:
     root = tmp_path / "otb"
     rng = np.random.default_rng(3)
