@@ -38,6 +38,9 @@ class OrderedPool:
             methods = mp.get_all_start_methods()
             ctx = mp.get_context("fork" if "fork" in methods else None)  # fork: no re-import of torch per worker
             self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx)
+            # Fork every worker now, before progress bars start tqdm's monitor thread: a fork while another
+            # thread holds a lock (tqdm's, logging's, stdout's) leaves the child waiting on it forever.
+            self._pool.submit(int).result()
 
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any], chunk: int = 8) -> Iterator[Any]:
         """Results of ``fn`` over ``items``, in order; ``fn`` must be module-level (it is pickled)."""

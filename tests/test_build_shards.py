@@ -15,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
+import threading
 import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterator
@@ -412,24 +412,32 @@ def test_edge_alov(edge_build):
 
 
 def test_resume_after_sigkill_ends_identical(sample_build, tmp_path):
+    """kill -9 right after the first shard is finished (record, tar and index renamed into place): a rerun reuses
+    that shard and ends with the very manifest of an uninterrupted build."""
     root, report = sample_build
     cfg = sample_config(root / "data", tmp_path / "out", workers=1)
-    cmd = [sys.executable, "-m", "pipeline.build_shards", *sample_args(cfg), "--workers", "1"]
-    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    # A shard is finished once its index is renamed into place: the last step after its record and its tar.
-    while not list(cfg.out.glob("*.idx")) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)  # the builder and any worker it started
-    proc.wait()
-    assert not (cfg.out / "manifest.json").exists(), "build finished before it could be killed"
-    n_done = len(list(cfg.out.glob("*.tar")))
-    assert 1 <= n_done < len(report.manifest["shards"])
-    cmd[cmd.index("--workers") + 1] = "2"
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    script = (
+        "import os, signal, sys\n"
+        "import pipeline.build_shards as b\n"
+        "real = b.write_shard\n"
+        "def write_then_die(*args, **kwargs):\n"
+        "    real(*args, **kwargs)\n"
+        "    os.killpg(0, signal.SIGKILL)  # the builder and any worker it started\n"
+        "b.write_shard = write_then_die\n"
+        "sys.exit(b.main(sys.argv[1:]))\n"
+    )
+    args = [*sample_args(cfg), "--workers", "1"]
+    killed = subprocess.run(
+        [sys.executable, "-c", script, *args], cwd=REPO, start_new_session=True, capture_output=True, timeout=120
+    )
+    assert killed.returncode == -signal.SIGKILL and not (cfg.out / "manifest.json").exists()
+    assert len(list(cfg.out.glob("*.tar"))) == len(list(cfg.out.glob("*.idx"))) == 1
+    args[-1] = "2"
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline.build_shards", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
-    reused = int(re.search(r"reused (\d+)", done.stdout).group(1))
-    assert reused >= 1 and reused <= n_done
+    assert int(re.search(r"reused (\d+)", done.stdout).group(1)) == 1
     resumed = json.loads((cfg.out / "manifest.json").read_text())
     assert resumed["shards"] == report.manifest["shards"]
     assert not list(cfg.out.glob("*.partial"))
@@ -853,6 +861,26 @@ def test_a_dead_worker_stops_the_build_with_a_resumable_error(tmp_path):
     assert done.returncode == 1, done.stderr
     assert "worker process died" in done.stderr and "rerun the same command to resume" in done.stderr
     assert not (cfg.out / "manifest.json").exists()
+
+
+_LOCK_HELD_AT_FORK = threading.Lock()
+
+
+def _lock_is_free_in_worker(_: int) -> bool:
+    """In a forked worker: whether the parent's lock came over free (else it would wait forever)."""
+    free = _LOCK_HELD_AT_FORK.acquire(timeout=2)
+    if free:
+        _LOCK_HELD_AT_FORK.release()
+    return free
+
+
+def test_workers_are_forked_before_the_build_holds_any_lock():
+    """The workers fork when the pool is made, not at its first task: by then a progress bar's monitor thread may
+    hold a lock at any moment, and a child forked at that moment would wait on its copy forever."""
+    from pipeline.workers import OrderedPool
+
+    with OrderedPool(2) as pool, _LOCK_HELD_AT_FORK:  # held when the first task is submitted, as a thread's may be
+        assert list(pool.map(_lock_is_free_in_worker, range(4), chunk=1)) == [True] * 4
 
 
 def test_sixteen_bit_png_keeps_its_gray_levels():
