@@ -448,7 +448,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m evaluate.otb", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, help=f"checkpoint to evaluate (default {SAMPLE_WEIGHTS})")
     p.add_argument("--otb-root", type=Path, default=None, help=f"folder of OTB sequences (default {SAMPLE_OTB})")
-    p.add_argument("--version", choices=sorted(VERSIONS), help="OTB list; default: 2015 if complete, else all found")
+    p.add_argument(
+        "--version",
+        type=str.lower,
+        choices=sorted(VERSIONS),
+        help="OTB list; default: 2015 if complete, else all found",
+    )
     p.add_argument("--sequences", help="comma-separated names in any toolkit's spelling (Jogging-1, Jogging.1)")
     p.add_argument("--out", type=Path, default=None, help=f"output folder (default {SAMPLE_OUT})")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")

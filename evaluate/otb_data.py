@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -53,10 +54,13 @@ TB100_FOLDERS: tuple[str, ...] = (
     "Skater2", "Subway", "Suv", "Tiger1", "Toy", "Trans", "Twinnings", "Vase"
 ) + TB50_FOLDERS
 # fmt: on
-VERSIONS: dict[str, tuple[str, ...]] = {
+VERSIONS: dict[str, tuple[str, ...]] = {  # got10k's names, and their otb20xx / otb100 spellings (lower case)
     "2013": OTB2013_FOLDERS,
+    "otb2013": OTB2013_FOLDERS,
     "2015": TB100_FOLDERS,
+    "otb2015": TB100_FOLDERS,
     "tb100": TB100_FOLDERS,
+    "otb100": TB100_FOLDERS,
     "tb50": TB50_FOLDERS,
 }
 # Targets per folder where a folder is not exactly one target (section 1.5): the annotation files to use.
@@ -161,15 +165,18 @@ def _natural_key(path: Path) -> list[str | int]:
 def list_images(folder: Path) -> list[Path]:
     """Image files of ``folder`` in frame order: sorted by name with numbers compared as numbers, so a folder of
     ``1.jpg ... 12.jpg`` plays in order too. Hidden files such as macOS's ``._0001.jpg`` resource forks are
-    skipped, as got10k's glob does."""
-    return sorted(
-        (
-            p
-            for p in folder.iterdir()
-            if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        ),
-        key=_natural_key,
-    )
+    skipped, as got10k's glob does. OTB's frames are ``.jpg``: where there are some, other images (a thumbnail, a
+    saved plot) are left out with a warning instead of being played as frames; a folder of other images plays
+    them all (``evaluate.track`` on any sequence)."""
+    files = [
+        p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    jpgs = [p for p in files if p.suffix.lower() == ".jpg"]
+    if jpgs and len(jpgs) < len(files):
+        others = sorted(p.name for p in files if p.suffix.lower() != ".jpg")
+        log.warning("%s: %d images that are not .jpg left out (%s)", folder, len(others), ", ".join(others[:3]))
+        files = jpgs
+    return sorted(files, key=_natural_key)
 
 
 MAX_TEXT_BYTES = 16 << 20  # an OTB annotation or result file is a few hundred KB
@@ -235,8 +242,15 @@ def annotation_files(folder: Path) -> list[Path]:
     return kept
 
 
+def named_folder(folder: str | Path) -> Path:
+    """``folder`` made absolute without following links, so that ``.`` or ``..`` have the sequence's name (the
+    name picks David's frame window and names the result files); a link keeps its own name."""
+    return Path(os.path.abspath(folder))
+
+
 def target_names(folder: Path) -> list[tuple[str, Path]]:
     """``(canonical id, annotation file)`` for every target of a folder (Jogging -> Jogging-1, Jogging-2)."""
+    folder = named_folder(folder)
     files = annotation_files(folder)
     m = re.fullmatch(r"(.+)-(\d+)", folder.name)
     own = [f for f in files if m and f.name == f"groundtruth_rect.{m.group(2)}.txt"]
@@ -253,7 +267,7 @@ def load_sequence(
     """Load one target of an OTB folder, windows applied; raises when frames and annotation rows disagree."""
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
-    folder = Path(folder)
+    folder = named_folder(folder)
     if gt_file is None:
         targets = target_names(folder)
         if not targets:
@@ -350,6 +364,8 @@ def find_sequences(
             continue
         for folder in found:
             folder_targets = target_names(folder)
+            if folder.name != f and folder.name.lower().startswith(f.lower()):  # david/: named David
+                folder_targets = [(f + tname[len(f) :], gt) for tname, gt in folder_targets]
             if not folder_targets and not names:  # every groundtruth_rect*.txt empty: reported, not dropped silently
                 missing.append(f"{folder.name} (no non-empty groundtruth_rect*.txt)")
             for tname, gt in folder_targets:
@@ -381,11 +397,15 @@ def find_sequences(
 
 def _version_folders(name: str, present: dict[str, Path]) -> list[Path]:
     """The folder(s) of a version list's entry: the raw OTB folder, or pysot's per-target copies of a two-target
-    one (``Jogging-1/``, ``Jogging-2/``, as pysot's testing_dataset README prepares them); [] when absent."""
+    one (``Jogging-1/``, ``Jogging-2/``, as pysot's testing_dataset README prepares them); [] when absent. Names
+    match in any case (``david/``, as some copies spell them), the exact spelling first."""
     if name in present:
         return [present[name]]
-    copies = [f"{name}-{i}" for i in range(1, MULTI_TARGET.get(name, 0) + 1)]
-    return [present[c] for c in copies] if copies and all(c in present for c in copies) else []
+    lower = {k.lower(): v for k, v in present.items()}
+    if name.lower() in lower:
+        return [lower[name.lower()]]
+    copies = [f"{name}-{i}".lower() for i in range(1, MULTI_TARGET.get(name, 0) + 1)]
+    return [lower[c] for c in copies] if copies and all(c in lower for c in copies) else []
 
 
 def _aliases(tname: str, gt_file: str) -> list[str]:

@@ -26,6 +26,7 @@ from evaluate.otb_data import (
     frame_size,
     list_images,
     load_sequence,
+    named_folder,
     parse_gt_text,
     read_frame,
     target_names,
@@ -81,7 +82,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    seq_dir: Path = args.sequence
+    seq_dir = named_folder(args.sequence)  # "." has the sequence's name
     gt = None
     name = seq_dir.name
     try:

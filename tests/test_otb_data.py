@@ -311,3 +311,41 @@ def test_pysot_copies_of_two_target_folders(tmp_path: Path) -> None:
     d = D.find_sequences(tmp_path, version="2013")
     assert [s.name for s in d.sequences if s.name.startswith("Jogging")] == ["Jogging-1", "Jogging-2"]
     assert "Jogging-1" not in d.missing and "Basketball" in d.missing
+
+
+def test_a_sequence_named_by_dot_keeps_its_name(otb_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``evaluate.track --sequence .`` from inside David/: the name picks David's frame window and names the
+    results (it was "", so David failed its frame count and others wrote ``.txt``)."""
+    monkeypatch.chdir(otb_tree / "David")
+    seq = D.load_sequence(Path("."))
+    assert seq.name == "David" and len(seq.frames) == 471 and seq.frames[0].name == "0300.jpg"
+    monkeypatch.chdir(otb_tree / "Jogging" / "img")
+    assert [t for t, _ in D.target_names(Path(".."))] == ["Jogging-1", "Jogging-2"]
+
+
+def test_version_names_and_folder_case(tmp_path: Path) -> None:
+    """got10k's otb2013 / otb2015 spellings and OTB100 are versions too; copies with lower-case folders
+    (``david/``, ``jogging/``) are found by the version lists and named as OTB names them."""
+    from evaluate import otb
+
+    assert otb.parse_args(["--version", "OTB100"]).version == "otb100"
+    assert D.VERSIONS["otb2015"] == D.VERSIONS["2015"] and D.VERSIONS["otb2013"] == D.VERSIONS["2013"]
+    make_seq(tmp_path, "david", 770, {"groundtruth_rect.txt": _rows(471, 3)})
+    two = {"groundtruth_rect.1.txt": _rows(6, 1), "groundtruth_rect.2.txt": _rows(6, 2)}
+    make_seq(tmp_path, "jogging", 6, two)
+    found = D.find_sequences(tmp_path, "OTB2013")
+    assert [s.name for s in found.sequences] == ["David", "Jogging-1", "Jogging-2"]
+    assert len(found.sequences[0].frames) == 471 and "David" not in found.missing and "Jogging-1" not in found.missing
+
+
+def test_only_jpg_frames_play_where_there_are_jpgs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    d = make_seq(tmp_path, "Man", 4, {"groundtruth_rect.txt": _rows(4, 0)})
+    Image.new("RGB", (8, 8)).save(d / "img" / "thumbnail.png")
+    seq = D.load_sequence(d)
+    assert [p.name for p in seq.frames] == ["0001.jpg", "0002.jpg", "0003.jpg", "0004.jpg"]
+    assert "1 images that are not .jpg left out (thumbnail.png)" in caplog.text
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for i in (1, 2, 10):
+        Image.new("RGB", (8, 8)).save(pngs / f"{i}.png")
+    assert [p.name for p in D.list_images(pngs)] == ["1.png", "2.png", "10.png"]  # any other sequence plays
