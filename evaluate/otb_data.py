@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import re
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from PIL import Image
 
 from evaluate.metrics import PROTOCOLS
 from model.image_modes import to_rgb8
+from shards.format import MAX_PIXELS
 from shards.input_files import FileTooLarge, NotRegularFile, read_regular
 
 log = logging.getLogger(__name__)
@@ -142,11 +144,11 @@ def parse_gt_text(text: str, source: str = "<text>") -> np.ndarray:
         if not parts:
             continue
         if len(parts) != 4:
-            raise ValueError(f"{source}:{lineno}: expected 4 numbers (x, y, w, h), got {line!r}")
+            raise ValueError(f"{source}:{lineno}: expected 4 numbers (x, y, w, h), got {line[:80]!r}")
         try:
             rows.append([float(p) for p in parts])
         except ValueError:
-            raise ValueError(f"{source}:{lineno}: not a number in {line!r}") from None
+            raise ValueError(f"{source}:{lineno}: not a number in {line[:80]!r}") from None
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
 
 
@@ -209,9 +211,15 @@ class FrameReadError(ValueError):
 @contextlib.contextmanager
 def _frame_file(path: str | Path) -> Iterator[Image.Image]:
     """The opened image; any failure is a `FrameReadError` naming the file (PIL's decoders raise OSError,
-    ValueError, NotImplementedError, ...)."""
+    ValueError, NotImplementedError, ...). A header claiming more than `MAX_PIXELS` (the shard builder's bound)
+    is refused before decoding: PIL only warns below 179 million pixels, and a few hundred bytes can claim them."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # PIL's bomb warning (over 89M pixels): the bound is ours, just below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ValueError(f"{im.width}x{im.height} pixels, more than {MAX_PIXELS} (a decompression bomb?)")
             yield im
     except Exception as e:  # noqa: BLE001 - see above
         raise FrameReadError(f"{path}: cannot read the frame ({type(e).__name__}: {e})") from e

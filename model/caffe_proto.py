@@ -32,6 +32,7 @@ from google.protobuf.message import DecodeError, Message
 
 MAX_FILE_BYTES = 2 * 1024**3  # protobuf cannot hold a message of 2 GiB or more anyway
 MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
+MAX_BLOB_DIM = 2**31 - 1  # Caffe keeps each dimension in an int
 
 _F = descriptor_pb2.FieldDescriptorProto
 
@@ -139,6 +140,8 @@ def _blob_array(blob, where: str) -> np.ndarray:
     shape = _blob_shape(blob)
     if any(d < 0 for d in shape):
         raise CaffeModelError(f"{where}: blob declares a negative dimension in shape {shape} (corrupt file?)")
+    if any(d > MAX_BLOB_DIM for d in shape):  # with a 0 elsewhere the count check passes; numpy cannot shape it
+        raise CaffeModelError(f"{where}: blob declares a dimension over 2^31 in shape {shape} (corrupt file?)")
     if len(shape) > MAX_BLOB_AXES:
         raise CaffeModelError(f"{where}: blob declares {len(shape)} axes, Caffe allows {MAX_BLOB_AXES} (corrupt file?)")
     count = math.prod(shape) if shape else None  # Python ints: no int64 overflow

@@ -29,7 +29,8 @@ import numpy as np
 from model.geometry import alov_points_to_corners
 from shards.input_files import is_file_entry
 
-MAX_ANN_BYTES = 16 << 20  # a real .ann file is a few KB
+MAX_ANN_BYTES = 2 << 20  # a real .ann file is a few KB: 2 MB is some 25,000 lines
+MAX_ANN_LINES = 20_000  # each line costs a parsed record (and a skip entry when bad): bounded per file
 LAYOUT = "<annotations>/<category>/<video>.ann"  # the one level the C++ reads
 VAL_FRACTION = 0.2  # val_ratio
 
@@ -69,7 +70,7 @@ class AlovVideo:
     split: str | None  # None: excluded (VOT-2014 overlap)
 
 
-_INT = re.compile(r"[0-9]+", re.ASCII)
+_INT = re.compile(r"[0-9]{1,12}", re.ASCII)  # a frame number; int() refuses over 4,300 digits
 _FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 
 
@@ -101,6 +102,8 @@ def parse_ann(data: bytes) -> list[AnnLine]:
     for no, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
+        if len(lines) == MAX_ANN_LINES:
+            raise ValueError(f"more than {MAX_ANN_LINES} annotation lines: not an ALOV annotation file")
         line = parse_line(no, raw)
         if line.error is None and line.frame in seen:
             line = AnnLine(no, line.frame, line.points, line.box, f"duplicate_frame: frame {line.frame} again")

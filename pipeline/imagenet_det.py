@@ -7,9 +7,10 @@ then when ``xmin<0``, ``ymin<0``, ``xmax<=xmin`` or ``ymax<=ymin`` (``invalid_bo
 ``atoi``. When the decoded image size differs from the display size, every coordinate is multiplied by
 ``decoded_height / display_height`` (the height factor only, as in the C++).
 
-Robustness on top of the authors (they crash or read garbage on such files): XML files over `MAX_XML_BYTES`,
-malformed XML, a missing folder/filename/size, or an image path escaping the images root make the XML an
-``xml_error``; an object whose coordinates are missing or not numbers is dropped as ``bad_coordinates``.
+Robustness on top of the authors (they crash or read garbage on such files): XML files over `MAX_XML_BYTES`
+or with over `MAX_OBJECTS` objects, malformed XML, a missing folder/filename/size, or an image path escaping the
+images root make the XML an ``xml_error``; an object whose coordinates are missing or not numbers is dropped as
+``bad_coordinates``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from shards.input_files import FileTooLarge, read_regular
 
 MAX_RATIO = 0.66  # kMaxRatio
 MAX_XML_BYTES = 4 << 20  # a real DET XML is < 10 KB
+MAX_OBJECTS = 1000  # a real DET image has at most a few dozen; each object becomes a record (and a skip entry)
 IMAGE_SUFFIX = ".JPEG"
 LAYOUT = "<annotations>/<synset or ILSVRC2014_train_NNNN>/*.xml"  # the one level the C++ reads
 
@@ -118,8 +120,11 @@ def parse_annotation(data: bytes) -> XmlAnnotation:
     width, height = atoi(_child_text(size, "width")), atoi(_child_text(size, "height"))
     if width is None or height is None or width <= 0 or height <= 0:
         raise XmlError(f"invalid <size>: width {_child_text(size, 'width')!r}, height {_child_text(size, 'height')!r}")
+    found = root.findall("object")
+    if len(found) > MAX_OBJECTS:
+        raise XmlError(f"{len(found)} objects, more than {MAX_OBJECTS}: not a DET annotation")
     objects = []
-    for index, obj in enumerate(root.findall("object")):
+    for index, obj in enumerate(found):
         bnd = obj.find("bndbox")
         vals = [atoi(_child_text(bnd, t)) if bnd is not None else None for t in ("xmin", "ymin", "xmax", "ymax")]
         name = _child_text(obj, "name")

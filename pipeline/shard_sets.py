@@ -64,6 +64,11 @@ def index_entries(tar: str | Path, idx: str | Path | None) -> list[tuple[str, di
     return list(by_key.items())
 
 
+def _count(token: str) -> bool:
+    """An index number: ASCII digits, few enough for int() (it refuses over 4,300) and for any real tar."""
+    return token.isdigit() and len(token) <= 18
+
+
 def _read_index(idx: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     """Parse and check a ``.idx``: DALI trusts it (bad offsets crashed the process), so every member must be
     ``ext offset size name`` with a 512-aligned offset and a plausible size. A ValueError names the file and
@@ -80,7 +85,7 @@ def _read_index(idx: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     out = []
     for lineno, line in enumerate(lines[1:], 2):
         f = line.split()
-        bad = not f or len(f) % 4 or not all(t.isdigit() for i, t in enumerate(f) if i % 4 in (1, 2))
+        bad = not f or len(f) % 4 or not all(_count(t) for i, t in enumerate(f) if i % 4 in (1, 2))
         members = {} if bad else {f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)}
         if bad or any(o % 512 or n > MAX_MEMBER_BYTES for o, n in members.values()):
             raise ValueError(
@@ -89,7 +94,7 @@ def _read_index(idx: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
                 "DALI's wds2idx)"
             )
         out.append((split_member_name(f[3])[0], members))
-    if len(head) > 1 and head[1].isdigit() and int(head[1]) != len(out):  # DALI asserts on the mismatch
+    if len(head) > 1 and _count(head[1]) and int(head[1]) != len(out):  # DALI asserts on the mismatch
         raise ValueError(
             f"{idx}: its header counts {head[1]} samples, its lines {len(out)} (a cut or edited index: delete it and "
             "rebuild it with python -m pipeline.build_shards, or DALI's wds2idx)"

@@ -29,6 +29,7 @@ from shards.format import (
     layout_problems,
     parse_shard_name,
     read_manifest,
+    tar_header_problem,
 )
 
 
@@ -105,6 +106,10 @@ def shard_paths(dir_or_pattern: str | os.PathLike, source: str | None = None, sp
                 f"{f}: a compressed tar (gzip / bzip2 / xz / zstd); shard format v1 is plain tar, which DALI indexes "
                 "and readers can bound (webdataset would inflate every member whole)"
             )
+        # every header walked (seeks only): other compressions tarfile's "r|*" would inflate (lzma's old format
+        # has no magic number), members too large to read whole, sizes that make tarfile loop
+        if unsafe := tar_header_problem(f):
+            raise ValueError(f"{f}: {unsafe}")
         out.append(os.path.abspath(f))
     return out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import struct
@@ -202,7 +203,7 @@ def read_boxes(data: bytes) -> np.ndarray:
         shape, _, _ = np.lib.format.read_array_header_2_0(f)
     else:
         raise ValueError(f"npy format version {version}")
-    if int(np.prod(shape, dtype=np.float64)) > MAX_BOX_VALUES:
+    if any(d < 0 for d in shape) or math.prod(shape) > MAX_BOX_VALUES:  # Python ints: no float overflow
         raise ValueError(f"shape {shape}: more than {MAX_BOX_VALUES} values")
     return np.load(io.BytesIO(data), allow_pickle=False)
 

@@ -580,7 +580,8 @@ def test_a_malformed_index_is_refused_with_its_line(tmp_path):
     write_shards(tmp_path, "alov", synthetic_samples(4, "alov", seed=3, w=96, h=72), per_tar=4)
     idx = tmp_path / "alov-train-000000.idx"
     good = idx.read_text().splitlines()
-    for bad in ("boxes.npy 512", good[1].replace(" 512 ", " 513 ", 1), good[1].replace(" 512 ", " 0x10 ", 1)):
+    too_long = good[1].replace(" 512 ", f" {'5' * 5000} ", 1)  # int() refuses over 4,300 digits: a bare ValueError
+    for bad in ("boxes.npy 512", good[1].replace(" 512 ", " 513 ", 1), good[1].replace(" 512 ", " 0x10 ", 1), too_long):
         idx.write_text("\n".join([good[0], bad, *good[2:]]) + "\n")
         with pytest.raises(ValueError, match=r"alov-train-000000.idx:2: not 'ext offset size name'"):
             loader(tmp_path, pairs_per_batch=1, k=1)

@@ -493,6 +493,9 @@ def test_imagenet_parsing_units():
     bomb = b'<!DOCTYPE a [<!ENTITY x "xxxxxxxxxx"><!ENTITY y "&x;&x;&x;&x;&x;&x;&x;&x;&x;&x;">]>'
     with pytest.raises(imagenet_det.XmlError):
         imagenet_det.parse_annotation(bomb + b"<annotation><folder>&y;</folder></annotation>")
+    many = vid + b"<object/>" * (imagenet_det.MAX_OBJECTS + 1) + b"</annotation>"  # 4 MB held 466,000 of them
+    with pytest.raises(imagenet_det.XmlError, match="objects, more than"):
+        imagenet_det.parse_annotation(many)
 
 
 def test_alov_units(tmp_path):
@@ -504,6 +507,10 @@ def test_alov_units(tmp_path):
         assert alov.parse_line(4, f"{odd} 5 5 30 5 30 30 5 30").error.startswith("malformed_line: not numbers")
     (bom,) = alov.parse_ann(b"\xef\xbb\xbf3 5 5 30 5 30 30 5 30\n")  # a byte-order mark is not part of line 1
     assert bom.frame == 3 and bom.error is None
+    huge_frame = alov.parse_line(5, "9" * 5000 + " 5 5 30 5 30 30 5 30")  # int() refuses it: the video was lost
+    assert huge_frame.error.startswith("malformed_line: not numbers")
+    with pytest.raises(ValueError, match="more than 20000 annotation lines"):  # 16 MB of "1" lines took 6.9 GB
+        alov.parse_ann(b"1\n" * (alov.MAX_ANN_LINES + 1))
     for cat, n in (("01-Light", 25), ("02-SurfaceCover", 15)):
         (tmp_path / cat).mkdir()
         for i in range(1, n + 1):

@@ -85,6 +85,11 @@ def test_corrupt_caffemodel_is_a_caffe_model_error(tmp_path: Path, capsys: pytes
     (tmp_path / "odd.caffemodel").write_bytes(net.SerializeToString())
     with pytest.raises(CaffeModelError, match="not a whole number of 4-byte floats"):
         load_caffemodel(tmp_path / "odd.caffemodel")
+    net = NetParameter()
+    net.layer.add(name="conv1", type="Convolution").blobs.add().shape.dim.extend([2**62, 2**62, 0])  # 0 values
+    (tmp_path / "huge.caffemodel").write_bytes(net.SerializeToString())
+    with pytest.raises(CaffeModelError, match="a dimension over 2\\^31"):  # was numpy's bare reshape ValueError
+        load_caffemodel(tmp_path / "huge.caffemodel")
 
     write_caffemodel(tmp_path / "ok.caffemodel", [(n, "Convolution", [np.zeros((2, 2))]) for n in ("conv1", "ip2")])
     raw = (tmp_path / "ok.caffemodel").read_bytes()
@@ -297,7 +302,10 @@ def test_hostile_files_are_refused_before_they_are_read(tmp_path: Path) -> None:
     """From a security review: a deflated checkpoint (256 KB can inflate to GBs before torch's checks), a
     FIFO or /dev/zero as an OTB annotation (a hang, all memory), a gzip named .tar (webdataset inflates whole
     members) and an image PIL fails on with a non-OSError each get one clear error."""
+    import io
+    import lzma
     import os
+    import tarfile
     import zipfile
 
     from evaluate.otb_data import FrameReadError, read_annotation_text, read_frame
@@ -327,7 +335,19 @@ def test_hostile_files_are_refused_before_they_are_read(tmp_path: Path) -> None:
     (shards / "alov-train-000000.tar").write_bytes(b"\x1f\x8b\x08\x00" + b"\0" * 60)
     with pytest.raises(ValueError, match="a compressed tar"):
         shard_paths(shards)
+    # lzma's old format has no magic number, and tarfile's "r|*" (webdataset's) inflates it: 1 GiB from 151 KB
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w") as tf:
+        member, data = tarfile.TarInfo("k.curr.jpg"), os.urandom(4096)
+        member.size = len(data)
+        tf.addfile(member, io.BytesIO(data))
+    (shards / "alov-train-000000.tar").write_bytes(lzma.compress(inner.getvalue(), format=lzma.FORMAT_ALONE))
+    with pytest.raises(ValueError, match="no tar header checksum"):
+        shard_paths(shards)
 
     (tmp_path / "0001.ppm").write_bytes(b"P6\n2 2\n70000\n" + b"\0" * 24)  # maxval > 65535: PIL's ValueError
     with pytest.raises(FrameReadError, match="0001.ppm: cannot read the frame"):
         read_frame(tmp_path / "0001.ppm")
+    (tmp_path / "0002.ppm").write_bytes(b"P6\n13000 13000\n255\n" + b"\0" * 24)  # PIL would decode 507 MB
+    with pytest.raises(FrameReadError, match="13000x13000 pixels, more than"):
+        read_frame(tmp_path / "0002.ppm")

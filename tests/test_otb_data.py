@@ -349,3 +349,9 @@ def test_only_jpg_frames_play_where_there_are_jpgs(tmp_path: Path, caplog: pytes
     for i in (1, 2, 10):
         Image.new("RGB", (8, 8)).save(pngs / f"{i}.png")
     assert [p.name for p in D.list_images(pngs)] == ["1.png", "2.png", "10.png"]  # any other sequence plays
+
+
+def test_a_bad_annotation_line_is_quoted_short() -> None:
+    with pytest.raises(ValueError, match="gt.txt:2: expected 4 numbers") as e:
+        D.parse_gt_text("1,2,3,4\n" + "5," * 100_000, "gt.txt")  # the whole line was copied into the message
+    assert len(str(e.value)) < 200
