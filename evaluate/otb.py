@@ -216,6 +216,8 @@ def score_tracker(
     times: dict[str, np.ndarray] = {}  # by result file stem
     missing: list[str] = []
     stems: list[str] = []  # the result files scored
+    meta = read_meta(tracker_dir)
+    run_cut = meta.get("max_frames")  # a smoke-test run's --max-frames
     for seq in sequences:
         if exact:
             path = tracker_dir / f"{result_name(seq, protocol)}.txt"
@@ -234,6 +236,8 @@ def score_tracker(
             omit = INIT_OMIT.get(seq.folder.name.lower(), 0) if protocol in INIT_OMIT_PROTOCOLS else 0
             if omit and str(e).startswith(f"{len(gt) + omit} result rows"):
                 e = f"{e}; a run from frame 1 (--protocol got10k), while {protocol} starts at frame {omit + 1}"
+            elif isinstance(run_cut, int) and not max_frames and str(e).startswith(f"{run_cut} result rows"):
+                e = f"{e}; the run tracked the first {run_cut} frames only: score it with --max-frames {run_cut}"
             log.warning("%s: %s: %s (skipped)", tracker_dir.name, path.name, e)
             missing.append(seq.name)
             continue
@@ -244,7 +248,6 @@ def score_tracker(
         log.warning("%s: no usable result for %d sequence(s): %s", tracker_dir.name, len(missing), ", ".join(missing))
     if not per:
         return None
-    meta = read_meta(tracker_dir)
     written = meta.get("results")
     written = {w for w in written if isinstance(w, str)} if isinstance(written, list) else None
     older = sorted(set(stems) - written) if written is not None and not exact else []
@@ -275,7 +278,11 @@ def score_tracker(
 
 
 def build_report(
-    scores: Sequence[TrackerScores], protocol: str = "got10k", sequences: Sequence[OTBSequence] = (), notes=()
+    scores: Sequence[TrackerScores],
+    protocol: str = "got10k",
+    sequences: Sequence[OTBSequence] = (),
+    notes=(),
+    not_found: Sequence[str] = (),
 ) -> dict:
     """report.json: the run's settings, then ``{"trackers": {NAME: {"overall": {...}, "curves": {...},
     "complete": bool, "missing": [SEQ, ...], "sequences": {SEQ: {...}}}}}``; an incomplete tracker's overall
@@ -311,6 +318,7 @@ def build_report(
         "iou_thresholds": M.IOU_THRESHOLDS.tolist(),
         "error_thresholds_px": M.CE_THRESHOLDS.tolist(),
         "invalid_ground_truth_rows": invalid,
+        "sequences_not_found": list(not_found),  # of the version's list (or the names asked for), under the root
         "notes": list(notes),
         "trackers": trackers,
     }
@@ -350,8 +358,8 @@ def markdown_report(scores: Sequence[TrackerScores], protocol: str, discovery: D
         f"Protocol: **{protocol}** ({rules}); {len(discovery.sequences)} sequences ({discovery.mode}).",
         "Success AUC = mean success over 21 IoU thresholds (IoU > t); P@20 = precision at 20 px;",
         "FPS = frames after the first / tracking time (no I/O, no init); end-to-end includes decoding. At",
-        "batch 1 (the default) it is single-stream speed, the first sequence left out (warm-up); a run with",
-        "`--batch-sequences N` (faster) reports throughput at that batch, marked `(batch N)`.",
+        "batch 1 (the default) it is single-stream speed, the first of several sequences left out (warm-up); with",
+        "`--batch-sequences N` (faster) a run reports throughput at that batch, marked `(batch N)`.",
         f"Norm. precision: {M.NORM_PRECISION_DEFINITIONS[protocol]}.",
     ]
     invalid = invalid_rows(discovery.sequences)
@@ -413,7 +421,7 @@ def write_outputs(
     from evaluate.plots import precision_plot, success_plot
 
     out.mkdir(parents=True, exist_ok=True)
-    report = build_report(scores, protocol, discovery.sequences, notes)
+    report = build_report(scores, protocol, discovery.sequences, notes, discovery.missing)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     md = markdown_report(scores, protocol, discovery, notes)
     (out / "report.md").write_text(md, errors="surrogateescape")  # folder names that are not UTF-8 keep their bytes

@@ -391,8 +391,11 @@ def find_sequences(
     if names:
         targets, not_found = _select(targets, names)
         missing.extend(not_found)
-    for m in missing:
-        log.warning("sequence %s not found under %s: skipped", m, root)
+    if missing:
+        shown = ", ".join(missing[:10]) + (
+            f", ... (+{len(missing) - 10} more, listed in the report)" if len(missing) > 10 else ""
+        )
+        log.warning("%d sequence(s) not found under %s (%s), skipped: %s", len(missing), root, mode, shown)
     if not targets:
         hint = ""
         if is_sequence_folder(root):  # --otb-root named one sequence instead of the folder holding them

@@ -22,7 +22,7 @@ from model.geometry import corners_to_xywh, xywh_to_corners
 OVERALL_KEYS = {"success_auc", "precision_20", "success_rate_50", "norm_precision", "frames", "fps", "fps_end_to_end"}
 OVERALL_KEYS |= {"fps_batch_sequences", "device"}
 REPORT_KEYS = {"protocol", "rules", "norm_precision_definition", "iou_thresholds", "error_thresholds_px"}
-REPORT_KEYS |= {"invalid_ground_truth_rows", "notes", "trackers"}
+REPORT_KEYS |= {"invalid_ground_truth_rows", "sequences_not_found", "notes", "trackers"}
 SEQ_KEYS = {"success_auc", "precision_20", "frames"}
 
 
@@ -202,6 +202,27 @@ def test_a_named_half_precision_run(random_checkpoint: Path, tmp_path: Path) -> 
     assert "network in bfloat16" in reports["Half"]["notes"]
     assert not any("network in" in n for n in reports["Full"]["notes"])
     assert 0 < np.abs(boxes["Half"] - boxes["Full"]).max() < 1  # bfloat16 really ran: near, not equal
+
+
+def test_a_partial_version_root_and_rescoring_a_smoke_run(
+    random_checkpoint: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``--version 2015`` on a root holding one of its sequences: one warning line (it was 99), the names in
+    report.json too; re-scoring the --max-frames run without --max-frames says what to add."""
+    root = tmp_path / "otb"
+    _otb_folder(root, "Man", _frames(5, 48, 64, 2), np.array([[11, 13, 14, 16]] * 5))
+    out = tmp_path / "run"
+    argv = ["--weights", str(random_checkpoint), "--otb-root", str(root), "--out", str(out), "--device", "cpu"]
+    assert O.main([*argv, "--version", "2015", "--max-frames", "3", "--quiet"]) == 0
+    not_found = [r.message for r in caplog.records if "not found under" in r.message]
+    assert len(not_found) == 1 and not_found[0].startswith("99 sequence(s) not found under")
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["sequences_not_found"]) == 99 and "Basketball" in report["sequences_not_found"]
+    again = ["--results", str(out), "--otb-root", str(root), "--out", str(tmp_path / "again"), "--quiet"]
+    with pytest.raises(SystemExit):
+        O.main(again)
+    assert "the run tracked the first 3 frames only: score it with --max-frames 3" in caplog.text
+    assert O.main([*again, "--max-frames", "3"]) == 0
 
 
 def test_results_mode_several_trackers(tmp_path: Path) -> None:

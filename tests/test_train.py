@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -367,12 +368,16 @@ def test_cuda_training_resumes_the_same_loss_curve(shards: Path, tmp_path: Path,
     torch.testing.assert_close(moved[1], moved[0], rtol=2e-2, atol=2e-2 * float(moved[0].abs().max()))
 
 
-def test_loss_decreases_and_validation_is_logged(shards: Path, tmp_path: Path):
+def test_loss_decreases_and_validation_is_logged(shards: Path, tmp_path: Path, capsys):
     """The authors' rate on batches of one pair (11 examples). The untrained net outputs ~0, so the first loss
-    is about the summed |targets| (~20 per example); learning the boxes' layout must take it well below."""
+    is about the summed |targets| (~20 per example); learning the boxes' layout must take it well below. Without
+    a progress bar each logged step is a line on stderr, and the closing line gives the last validation."""
     run = tmp_path / "run"
     extra = ("--log-every", "1", "--ckpt-every", "0", "--val-every", "12", "--val-batches", "1")
     assert train_main(_argv(shards, run, 12, 11, "1e-6", *extra)) == 0
+    err = capsys.readouterr().err
+    assert "[train] step 1/12 loss " in err and "[train] step 12/12 loss " in err and " ex/s val loss " in err
+    assert re.search(r"\[train\] steps: step 12 \(loss [\d.]+ -> [\d.]+; val loss [\d.]+, mean IoU [\d.]+\)", err)
     rows = _rows(run)
     losses = [r["loss"] for r in rows]
     first, last = losses[0], sum(losses[-4:]) / 4
@@ -437,6 +442,17 @@ def test_init_from_a_caffenet_caffemodel_trains_the_head_on_its_convs(shards: Pa
     assert train_main(["--out", str(run), "--resume", "--steps", "3", "--init", str(other)]) == 0
     assert f"--init {other} ignored: resuming from" in capsys.readouterr().err
     assert torch.equal(_load(run / LATEST)["model"]["search.conv1.weight"], convs["search.conv1.weight"])
+
+
+def test_a_run_refused_at_its_start_leaves_nothing_behind(run_1step: Path, shards: Path, tmp_path: Path, capsys):
+    """A wrong --init is refused before any step; its config.json used to stay, and the corrected command was
+    then refused too, as a leftover run needing --overwrite."""
+    run = tmp_path / "run"
+    argv = _argv(shards, run, 1, 11, "1e-6", "--no-val", "--init", str(run_1step / INITIAL))
+    assert train_main([*argv, "--variant", "opencv"]) == 1
+    assert "holds a network of the 'authors' variant; train it with --variant authors" in capsys.readouterr().err
+    assert list(run.iterdir()) == []
+    assert train_main(argv) == 0  # the corrected command, without --overwrite
 
 
 def test_the_opencv_variant_trains_on_its_227_pixel_units(shards: Path, tmp_path: Path):

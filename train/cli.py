@@ -293,6 +293,15 @@ def resolve(argv: list[str] | None = None) -> TrainConfig:
 RUN_FILES = ("checkpoint-*.pt", "log.jsonl", "events.out.tfevents.*", "config.json")  # what a run writes
 
 
+def forget_unstarted_run(out: Path) -> None:
+    """A run that failed before writing anything but its config.json (a wrong --init, unusable shards) leaves
+    nothing behind, so the corrected command starts without --overwrite."""
+    from train.loop import INITIAL
+
+    if [p.name for pat in RUN_FILES for p in out.glob(pat)] == ["config.json"] and not (out / INITIAL).exists():
+        (out / "config.json").unlink()
+
+
 def clear_run_dir(out: Path) -> None:
     """--overwrite: remove what a previous run wrote (only the trainer's own files)."""
     if not out.is_dir():
@@ -334,11 +343,15 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(cfg)
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
+        if is_main and not cfg.resume:
+            forget_unstarted_run(out)
         return 1
     if is_main:
         first = summary["first_loss"]
         last = summary["last_loss"]
         losses = f"loss {first:.3f} -> {last:.3f}" if first is not None and last is not None else "no step run"
+        if "val_loss" in summary:
+            losses += f"; val loss {summary['val_loss']:.3f}, mean IoU {summary['val_mean_iou']:.3f}"
         print(
             f"[train] {summary['stop_reason']}: step {summary['step']} ({losses}) "
             f"in {summary['elapsed_s']:.0f} s; "

@@ -81,7 +81,9 @@ def load_init(model: torch.nn.Module, path: str) -> str:
     except (CheckpointError, CaffeModelError) as e:
         raise TrainingError(f"--init {str(e).splitlines()[0]}") from None
     if w.variant != model.variant and not w.backbone_only:
-        raise TrainingError(f"--init {path} holds a {w.variant!r} network; train it with --variant {w.variant}")
+        raise TrainingError(
+            f"--init {path} holds a network of the {w.variant!r} variant; train it with --variant {w.variant}"
+        )
     state = w.state
     if w.backbone_only:
         state = {k: v for k, v in state.items() if k.startswith(("target.", "search."))}
@@ -541,6 +543,7 @@ class Trainer:
         prefetch = Prefetcher(lambda: iter(self.batcher), self.device, cfg.prefetch)
         pending: list[tuple[int, torch.Tensor]] = []
         first_loss = last_loss = None
+        last_val: dict[str, float] = {}
         stop_reason = "steps"
         t0 = self._t0 = time.perf_counter()
         window_t = t0
@@ -593,11 +596,15 @@ class Trainer:
                 if do_val or (cfg.val_shards and (last or timed_out)):  # always a closing validation
                     row.update(self.validate())
                 log.row(row)
+                if "val_loss" in row:
+                    last_val = {"val_loss": row["val_loss"], "val_mean_iou": row["val_mean_iou"]}
                 if bar is not None:
                     post = {"loss": f"{vals[-1]:.2f}", "ex/s": f"{ex_s:.0f}", "lr": f"{lr:.1e}"}
                     if "val_mean_iou" in row:
                         post["val_iou"] = f"{row['val_mean_iou']:.3f}"
                     bar.set_postfix(post, refresh=False)
+                elif ctx.is_main:  # --no-progress (a batch job's log): one line per logged step instead
+                    print(f"[train] {row_text(row, cfg.steps)}", file=sys.stderr)
                 if stop:
                     stop_reason = "interrupted" if interrupted else "time limit"
                     break
@@ -621,7 +628,16 @@ class Trainer:
             "signal": self.signal,
             "checkpoint": str(self.last_ckpt) if self.last_ckpt else None,
             "elapsed_s": time.perf_counter() - t0,
+            **last_val,
         }
+
+
+def row_text(row: dict, steps: int) -> str:
+    """One logged step in a line: ``step 20/450000 loss 812.4 lr 1e-06 63 ex/s[ val loss 790.1 iou 0.412]``."""
+    text = f"step {row['step']}/{steps} loss {row['loss']:.4g} lr {row['lr']:.3g} {row['examples_per_s']:.0f} ex/s"
+    if "val_loss" in row:
+        text += f" val loss {row['val_loss']:.4g} iou {row['val_mean_iou']:.3f}"
+    return text + (f" skipped {row['skipped_batches']} batches" if "skipped_batches" in row else "")
 
 
 def run(cfg: TrainConfig) -> dict:
