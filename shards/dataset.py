@@ -98,7 +98,7 @@ def shard_paths(dir_or_pattern: str | os.PathLike, source: str | None = None, sp
         if parsed and ((source and parsed[0] != source) or (split and parsed[1] != split)):
             continue
         if not f.is_file():
-            raise FileNotFoundError(f"shard not found: {f}")
+            raise FileNotFoundError(f"no such shard folder or shard: {f}")
         with open(f, "rb") as fh:
             magic = fh.read(6)
         if magic.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x28\xb5\x2f\xfd")):
