@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from evaluate import metrics as M
 from evaluate.lockstep import TrackJob, track_lockstep
 from evaluate.otb import positive_int
 from evaluate.otb_data import (
@@ -171,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             drawn.append(gif_frame(im))
     legend = "red: tracker" + (", green: ground truth" if gt is not None else "")
     print(displayable(f"{len(frames)} frames drawn in {fdir} ({legend})"))
+    if gt is not None and not args.init:  # tracked from the ground truth's first box: scored as evaluate.otb does
+        c = M.sequence_curves(xywh, gt, "got10k")
+        print(displayable(f"{name}: success AUC {c.success_auc:.3f}, precision@20 {c.precision_20:.3f} (got10k rules)"))
     if args.gif:
         print(displayable(f"GIF: {save_gif(drawn, args.out / f'{name}.gif')}"))
     return 0

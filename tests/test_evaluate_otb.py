@@ -351,7 +351,8 @@ def test_no_arguments_without_sample_run_explains(tmp_path: Path, monkeypatch: p
         O.main([])
 
 
-def test_track_cli_draws_frames_and_gif(shared_data: Path, random_checkpoint: Path, tmp_path: Path) -> None:
+def test_track_cli_draws_frames_and_gif(shared_data: Path, random_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    from evaluate import metrics as M
     from evaluate import track
 
     out = tmp_path / "vis"
@@ -368,6 +369,10 @@ def test_track_cli_draws_frames_and_gif(shared_data: Path, random_checkpoint: Pa
     with Image.open(out / "Man.gif") as gif:
         assert gif.n_frames == 3
     assert read_result(out / "Man.txt").shape == (3, 4)
+    gt = parse_gt_text((shared_data / "otb" / "Man" / "groundtruth_rect.txt").read_text())[:3]
+    score = M.sequence_curves(read_result(out / "Man.txt"), gt, "got10k")
+    printed = f"Man: success AUC {score.success_auc:.3f}, precision@20 {score.precision_20:.3f} (got10k rules)"
+    assert printed in capsys.readouterr().out  # a sequence with ground truth is scored
 
 
 class _ClockStepper(_ShiftStepper):
