@@ -338,11 +338,11 @@ def test_hostile_files_are_refused_before_they_are_read(tmp_path: Path) -> None:
     # lzma's old format has no magic number, and tarfile's "r|*" (webdataset's) inflates it: 1 GiB from 151 KB
     inner = io.BytesIO()
     with tarfile.open(fileobj=inner, mode="w") as tf:
-        member, data = tarfile.TarInfo("k.curr.jpg"), os.urandom(4096)
+        member, data = tarfile.TarInfo("k.curr.jpg"), np.random.default_rng(0).bytes(4096)
         member.size = len(data)
         tf.addfile(member, io.BytesIO(data))
     (shards / "alov-train-000000.tar").write_bytes(lzma.compress(inner.getvalue(), format=lzma.FORMAT_ALONE))
-    with pytest.raises(ValueError, match="no tar header checksum"):
+    with pytest.raises(ValueError, match="header at byte 0: (no tar header checksum|checksum mismatch)"):
         shard_paths(shards)
 
     (tmp_path / "0001.ppm").write_bytes(b"P6\n2 2\n70000\n" + b"\0" * 24)  # maxval > 65535: PIL's ValueError
