@@ -718,7 +718,7 @@ def test_cuda_device_of_a_rank(monkeypatch):
 
 
 def test_checkpoint_files_after_a_rollback_and_a_killed_save(tmp_path: Path):
-    """Step files beyond the one just written are an abandoned branch (an older checkpoint copied over the latest
+    """Step files beyond the one just written are an abandoned branch (an older checkpoint linked over the latest
     and resumed): keep-last used to delete the rollback's source and keep them. Temporary files of a save that
     a SIGKILL cut short are removed (each can be a checkpoint's size)."""
     from model.checkpoint import FORMAT
@@ -743,6 +743,54 @@ def test_checkpoint_files_after_a_rollback_and_a_killed_save(tmp_path: Path):
         "checkpoint-00000005.pt",
         "checkpoint-latest.pt",
     ]
+
+
+def test_latest_without_hard_links_and_on_a_full_disk(shards: Path, tmp_path: Path, monkeypatch):
+    """Where the file system has no hard links, latest is a copy that is fsynced before its rename, and a copy
+    that fails (a full disk) leaves no temporary file; a failed save is one TrainingError naming the cause and
+    the last good checkpoint (torch's writer reports a full disk as "unexpected pos", the cause chained)."""
+    import errno
+
+    from model.checkpoint import FORMAT
+    from train import checkpointing
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    ckpt = {"format": FORMAT, "variant": "authors", "normalization": "caffe", "model": {}, "step": 2}
+    checkpointing.save(tmp_path / "a", ckpt)
+    assert any(".checkpoint-latest.pt.tmp-" in p for p in synced)  # the copy itself, not only the folder
+    assert torch.load(tmp_path / "a" / LATEST, weights_only=True)["step"] == 2
+
+    def full(src, dst):
+        Path(dst).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpointing.shutil, "copyfile", full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpointing.save(tmp_path / "a", {**ckpt, "step": 4})
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "checkpoint-00000002.pt",
+        "checkpoint-00000004.pt",
+        LATEST,
+    ]
+    assert torch.load(tmp_path / "a" / LATEST, weights_only=True)["step"] == 2
+
+    trainer = _trainer(_argv(shards, tmp_path / "run", 2, 11, "1e-6", "--no-val"))
+
+    def torch_full_disk(*args, **kwargs):
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as e:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 455015744") from e
+
+    monkeypatch.setattr(checkpointing, "save", torch_full_disk)
+    with pytest.raises(TrainingError, match=r"cannot write a checkpoint in .*No space left on device.*no checkpoint"):
+        trainer.save_checkpoint()
 
 
 def test_non_finite_weights_are_never_saved(shards: Path, tmp_path: Path):

@@ -99,8 +99,8 @@ def save(run_dir: Path, ckpt: dict, keep_last: int = 3) -> Path:
 
     The previous latest stays untouched until the new file is complete (rename), so an interrupted save leaves
     the last good checkpoint in place. Step files beyond the one just written belong to an abandoned branch (a
-    rollback: an older checkpoint copied over the latest and resumed) and are dropped too, so they can neither
-    crowd out the new ones nor be taken for the newest.
+    rollback: an older checkpoint linked over the latest, ``ln -f``, and resumed) and are dropped too, so they can
+    neither crowd out the new ones nor be taken for the newest.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -110,10 +110,16 @@ def save(run_dir: Path, ckpt: dict, keep_last: int = 3) -> Path:
     if tmp.exists():
         tmp.unlink()
     try:
-        os.link(path, tmp)
-    except OSError:  # file systems without hard links: a copy, still renamed atomically
-        shutil.copyfile(path, tmp)
-    os.replace(tmp, latest)
+        try:
+            os.link(path, tmp)
+        except OSError:  # file systems without hard links: a copy, on disk before it is renamed into place
+            shutil.copyfile(path, tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, latest)
+    except BaseException:  # a failed copy (a full disk) would keep up to a checkpoint's size
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(run_dir)
     step = int(ckpt["step"])
     for s, stale in step_checkpoints(run_dir):

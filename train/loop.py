@@ -369,7 +369,13 @@ class Trainer:
     def save_checkpoint(self) -> None:
         ckpt = self.checkpoint_dict()
         if self.ctx.is_main:
-            checkpointing.save(self.run_dir, ckpt, self.cfg.keep_last)
+            try:
+                checkpointing.save(self.run_dir, ckpt, self.cfg.keep_last)
+            except (OSError, RuntimeError) as e:  # a full disk: torch's zip writer says "unexpected pos ..."
+                cause = e
+                while not isinstance(cause, OSError) and (cause.__cause__ or cause.__context__) is not None:
+                    cause = cause.__cause__ or cause.__context__
+                raise TrainingError(f"cannot write a checkpoint in {self.run_dir} ({cause}); {self._kept()}") from e
             self.last_ckpt = self.run_dir / checkpointing.LATEST
 
     # ---- steps --------------------------------------------------------------------------------------------
@@ -503,12 +509,14 @@ class Trainer:
                 raise self._non_finite(f"non-finite loss ({v}) at step {step}")
         return vals, interrupted, timed_out, skipped
 
+    def _kept(self) -> str:
+        return f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written"
+
     def _non_finite(self, what: str) -> TrainingError:
         """The stop for a state that must not be saved, saying which checkpoint is the last good one."""
-        kept = f"the last good checkpoint is {self.last_ckpt}" if self.last_ckpt else "no checkpoint was written"
         return TrainingError(
-            f"{what}: stopping without saving this state; {kept}. Lower --lr, check --init, or inspect the data "
-            "(python -m shards.verify names broken samples)."
+            f"{what}: stopping without saving this state; {self._kept()}. Lower --lr, check --init, or inspect the "
+            "data (python -m shards.verify names broken samples)."
         )
 
     def _on_signal(self, signum: int, frame: object) -> None:
