@@ -131,21 +131,45 @@ def _memberless(ss: ShardSet) -> list[tuple[str, str]]:
     return found or [("?", "?")]
 
 
-def box_problems(box_outputs: Sequence[Any]) -> list[tuple[str, str, list[str]]]:
+BoxRows = int | dict[tuple[str, str], int]  # rows every sample's boxes.npy holds, or per (tar, key)
+
+
+def box_rows(ss: ShardSet) -> BoxRows:
+    """The rows each sample's ``boxes.npy`` must hold (one per frame): 2 in a set of pairs, 1 in a set of stills;
+    in a set holding both (hand-made shards: the builder never mixes them) per sample, from the index."""
+    if not (ss.has_pairs and ss.has_stills):
+        return 2 if ss.has_pairs else 1
+    idx = ss.index_paths or (None,) * len(ss.tars)
+    return {
+        (tar, key): 2 if PREV in exts else 1
+        for tar, i in zip(ss.tars, idx, strict=True)
+        for key, exts in index_entries(tar, i)
+    }
+
+
+def box_problems(box_outputs: Sequence[Any], rows: Sequence[BoxRows]) -> list[tuple[str, str, list[str]]]:
     """Samples of a batch whose input boxes (the graph's per-source ``boxes`` outputs) are no v1 boxes: NaN or
-    inverted boxes decode and crop without an error, so DALI would train on them. Cheap: one vectorised check
-    per source, per-sample work only when it fails."""
+    inverted boxes decode and crop without an error, and the graph takes a pair's previous box from the first
+    row and its current box from the last, so a pair with one row would train as if it never moved and a still
+    with two rows on a made-up motion. ``rows``: per source, `box_rows`. Cheap: one vectorised check per source,
+    per-sample work only when it fails."""
     bad = []
-    for tl in box_outputs:
+    for tl, want in zip(box_outputs, rows, strict=True):
         try:
-            if box_values_problem(np.asarray(tl.as_tensor())) is None:
+            dense = np.asarray(tl.as_tensor())
+            if isinstance(want, int) and dense.shape[1] == want and box_values_problem(dense) is None:
                 continue
-        except RuntimeError:  # not one dense tensor: stills and pairs in one source ((1, 4) and (2, 4) boxes)
+        except RuntimeError:  # not one dense tensor: (1, 4) and (2, 4) boxes in one batch
             pass
         for i in range(len(tl)):
-            problem = box_values_problem(np.asarray(tl[i]))
+            boxes = np.asarray(tl[i])
+            tar, key = split_source_info(tl[i].source_info() or "?:0:?")
+            n = want if isinstance(want, int) else want.get((tar, key), len(boxes))
+            problem = box_values_problem(boxes)
+            if len(boxes) != n:
+                what = "a pair (prev.jpg and curr.jpg)" if n == 2 else "a still (curr.jpg only)"
+                problem = f"boxes.npy holds {len(boxes)} rows, expected {n} for {what}"
             if problem:
-                tar, key = split_source_info(tl[i].source_info() or "?:0:?")
                 bad.append((tar, key, [problem]))
     return bad
 

@@ -295,6 +295,27 @@ def test_grayscale_origin_jpeg(tmp_path):
     assert np.abs(s.astype(int) - ref).max() <= 1
 
 
+@pytest.mark.parametrize("mixed", [False, True])
+def test_the_epoch_reader_refuses_boxes_with_the_wrong_number_of_rows(tmp_path, mixed):
+    """The graph takes a pair's previous box from the first row and its current box from the last: a pair with
+    one row trained as if it never moved, a still with two on a made-up motion (the authors' sampler's feed
+    refused them; the epoch reader's batches did not). In a source of stills and pairs the index says which."""
+    pr = synthetic_samples(4, "alov", seed=4, w=96, h=72, prefix="pair")
+    st = synthetic_samples(4, "imagenet", seed=3, w=96, h=72, prefix="still")
+    pr[1].boxes = pr[1].boxes[1:]
+    st[2].boxes = np.stack([st[2].boxes[0] * 0.5, st[2].boxes[0]])
+    if mixed:
+        write_shards(tmp_path, "alov", [x for ab in zip(st, pr, strict=True) for x in ab], per_tar=8)
+    else:
+        write_shards(tmp_path, "alov", pr, per_tar=4)
+        write_shards(tmp_path, "imagenet", st, per_tar=4)
+    with pytest.raises(SampleDecodeError) as e:
+        list(loader(tmp_path, pairs_per_batch=8, sampling="epoch", shuffle_buffer=0, k=1))
+    msg = str(e.value)
+    assert "key='pair_000001'" in msg and "boxes.npy holds 1 rows, expected 2 for a pair" in msg
+    assert "key='still_000002'" in msg and "boxes.npy holds 2 rows, expected 1 for a still" in msg
+
+
 def test_stills_and_pairs_in_one_source_and_interleaving(tmp_path):
     """Mixed still/pair tars (per-sample conditional decode) plus the source interleaving and example order."""
     st = synthetic_samples(6, "imagenet", seed=3, w=96, h=72, prefix="still")

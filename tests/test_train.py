@@ -230,6 +230,35 @@ def test_batches_know_from_the_layout_which_examples_share_a_target_crop(per_ite
         next(iter(ExampleBatcher(Compact(), 30)))
 
 
+def test_the_prefetcher_keeps_answering_after_its_end():
+    """Its thread puts one last item (the end, or the loader's error) and exits: asking again used to wait on the
+    empty queue forever. Asked from a helper thread here, so that a regression fails instead of hanging."""
+    import threading
+
+    from train.data import Prefetcher
+
+    def failing():
+        raise ValueError("bad shard")
+        yield
+
+    answers = []
+
+    def ask() -> None:
+        p, q = Prefetcher(iter([]), "cpu"), Prefetcher(failing, "cpu")
+        answers.append((list(p), list(p)))
+        for _ in range(2):
+            with pytest.raises(ValueError, match="bad shard"):
+                next(q)
+            answers.append("raised")
+        p.close()
+        q.close()
+
+    t = threading.Thread(target=ask, daemon=True)
+    t.start()
+    t.join(timeout=60)
+    assert answers == [([], []), "raised", "raised"]
+
+
 def test_a_loader_failing_a_whole_epoch_says_so_with_the_last_cause():
     """Every batch undecodable (e.g. a truncated shard under the epoch reader): the error says that, with the last
     cause, instead of suggesting an empty split."""

@@ -277,6 +277,7 @@ class Prefetcher:
         self._stop = threading.Event()
         self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(device=self.device) if self._cuda else None
+        self._end: BaseException | None = None  # the thread's last word (end or error): the answer from then on
         self._thread = threading.Thread(target=self._run, name="train-prefetch", daemon=True)
         self._thread.start()
 
@@ -322,11 +323,10 @@ class Prefetcher:
         return self
 
     def __next__(self) -> Batch:
-        obj = self._queue.get()
-        if isinstance(obj, StopIteration):
-            raise StopIteration
+        obj = self._end or self._queue.get()  # after the end, the thread is gone: waiting would never return
         if isinstance(obj, BaseException):
-            raise obj
+            self._end = obj
+            raise StopIteration if isinstance(obj, StopIteration) else obj
         b, event = obj
         if event is not None:
             cur = torch.cuda.current_stream(self.device)
