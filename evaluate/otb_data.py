@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,7 +24,7 @@ from PIL import Image
 from evaluate.metrics import PROTOCOLS
 from model.image_modes import to_rgb8
 from shards.format import MAX_PIXELS
-from shards.input_files import FileTooLarge, NotRegularFile, read_regular
+from shards.input_files import FileTooLarge, NotRegularFile, named_folder, read_regular
 
 log = logging.getLogger(__name__)
 
@@ -248,12 +247,6 @@ def annotation_files(folder: Path) -> list[Path]:
         else:
             log.info("%s is empty (ignored)", p)
     return kept
-
-
-def named_folder(folder: str | Path) -> Path:
-    """``folder`` made absolute without following links, so that ``.`` or ``..`` have the sequence's name (the
-    name picks David's frame window and names the result files); a link keeps its own name."""
-    return Path(os.path.abspath(folder))
 
 
 def target_names(folder: Path) -> list[tuple[str, Path]]:

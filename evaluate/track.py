@@ -27,7 +27,6 @@ from evaluate.otb_data import (
     frame_size,
     list_images,
     load_sequence,
-    named_folder,
     parse_gt_text,
     read_frame,
     target_names,
@@ -35,6 +34,7 @@ from evaluate.otb_data import (
 from evaluate.results import displayable, write_result
 from model.geometry import corners_to_xywh, xywh_to_corners
 from model.tracker import check_init_box, initial_corners
+from shards.input_files import named_folder
 
 PRED_COLOR = (255, 40, 40)
 GT_COLOR = (40, 220, 40)

@@ -68,7 +68,7 @@ def imagenet_accounting(plan: SourcePlan, res: WriteResults, written: set[str]) 
             if drop is not None:
                 obj_skipped[drop] += 1
                 if drop != "too_large":  # too_large is the rule's normal filter (~half of DET): counted, not listed
-                    skips.append(Skip(f"{rec.rel}#object{index}", drop))
+                    skips.append(Skip(f"{rec.rel}#object{index}", f"{drop}: {rec.drop_details[index]}"))
             elif key is None:
                 obj_skipped["image_skipped"] += 1
             elif key in written:

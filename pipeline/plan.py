@@ -22,7 +22,7 @@ import simplejpeg
 
 from pipeline import alov, imagenet_det
 from shards.format import SCHEMA_VERSION, make_key, shard_name
-from shards.input_files import NotRegularFile, not_regular, read_regular
+from shards.input_files import NotRegularFile, named_folder, not_regular, read_regular
 
 BUILDER_VERSION = "2"  # bump when the bytes a plan produces change (invalidates shards kept for resuming)
 META_ESTIMATE = 3 * 512 + 1024  # tar headers and small members of a sample, for the shard size plan
@@ -71,6 +71,7 @@ class XmlRecord:
     rel: str
     error: str | None  # plan-time reason the whole XML/image is skipped
     objects: list[tuple[int, str | None, str | None]] = field(default_factory=list)  # (index, drop, key)
+    drop_details: dict[int, str] = field(default_factory=dict)  # index -> what a listed drop saw
 
 
 @dataclass
@@ -215,6 +216,7 @@ def parse_xml_task(
 
 def plan_imagenet(images_root: Path, ann_root: Path, map_fn: MapFn) -> SourcePlan:
     """One still sample per kept object of every XML (split ``train``: the authors train on all of DET)."""
+    images_root, ann_root = named_folder(images_root), named_folder(ann_root)  # "." has a name to record
     files, extras = imagenet_det.list_annotation_files(ann_root)
     misplaced = misplaced_files(ann_root, ".xml", lambda name: "extra" in name)
     if not files:
@@ -238,6 +240,13 @@ def plan_imagenet(images_root: Path, ann_root: Path, map_fn: MapFn) -> SourcePla
             plan.skipped.append(Skip(rel, error or "xml_error"))
             continue
         rec = XmlRecord(rel, None, [(o.index, o.drop, None) for o in ann.objects])
+        rec.drop_details = {
+            o.index: f"xmin, ymin, xmax, ymax {list(o.box)} in a {ann.width}x{ann.height} image"
+            if o.box is not None
+            else "a <bndbox> coordinate missing or not a number"
+            for o in ann.objects
+            if o.drop not in (None, "too_large")
+        }
         plan.xmls.append(rec)
         kept = [o for o in ann.objects if o.drop is None]
         image_rel = f"{images_root.name}/{ann.image_relpath}"
@@ -302,6 +311,7 @@ def plan_imagenet(images_root: Path, ann_root: Path, map_fn: MapFn) -> SourcePla
 
 def plan_alov(frames_root: Path, ann_root: Path, val_fraction: float, keep_vot_overlap: bool) -> SourcePlan:
     """One pair sample per two consecutive usable annotation lines of every kept video."""
+    frames_root, ann_root = named_folder(frames_root), named_folder(ann_root)  # "." has a name to record
     videos = alov.list_videos(ann_root, frames_root, val_fraction, keep_vot_overlap)
     misplaced = misplaced_files(ann_root, ".ann", lambda name: False)
     if not videos:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 _FILE_KINDS = {
     stat.S_IFIFO: "a FIFO (named pipe)",
@@ -65,3 +66,10 @@ def is_file_entry(entry: os.DirEntry) -> bool:
         return entry.is_file()
     except OSError:
         return False
+
+
+def named_folder(folder: str | os.PathLike) -> Path:
+    """``folder`` made absolute without following links, so that ``.`` or ``..`` have their folder's name (it
+    names an OTB sequence and picks its frame window; it starts every path a shard build records); a link keeps
+    its own name."""
+    return Path(os.path.abspath(folder))

@@ -350,7 +350,7 @@ def test_edge_imagenet(edge_build):
     assert skipped["ann/n01/escape.xml"].startswith("xml_error")
     assert skipped["ann/n01/huge.xml"].startswith("xml_error: file larger")
     assert skipped["ann/n01/outside.xml#object0"].startswith("box_outside_image")
-    assert skipped["ann/n01/badcoord.xml#object0"] == "bad_coordinates"
+    assert skipped["ann/n01/badcoord.xml#object0"] == "bad_coordinates: a <bndbox> coordinate missing or not a number"
     assert skipped["img/n01/gif.JPEG"].startswith("unsupported_format")
     assert skipped["img/n01/garbage.JPEG"].startswith("corrupt_image") and " at 0x" not in json.dumps(skipped)
 
@@ -609,6 +609,21 @@ def tiny_config(root: Path, **kw: object) -> BuildConfig:
     )
     cfg = {"imagenet_images": img, "imagenet_annotations": ann, "alov_frames": frames, "alov_annotations": anns}
     return BuildConfig(out=root / "out", alov_val_fraction=0.0, workers=1, progress=False, **(cfg | kw))
+
+
+def test_roots_given_as_dot_record_their_names(tmp_path, monkeypatch):
+    """``--imagenet-images .`` recorded "/n01/a.JPEG" (an empty root name): other paths in the manifest and
+    meta.json, other plan hashes, so a resume from another folder rebuilt every shard. The same tree spelled
+    either way now gives the very same build; a listed invalid box says what it was."""
+    cfg = tiny_config(tmp_path)
+    (cfg.imagenet_annotations / "n01" / "c.xml").write_text(xml("n01", "a", 64, 48, [(30, 5, 10, 30)]))
+    first = build(replace(cfg, out=tmp_path / "abs")).manifest
+    monkeypatch.chdir(cfg.imagenet_images)
+    dotted = build(replace(cfg, out=tmp_path / "dot", imagenet_images=Path("."))).manifest
+    assert dotted["shards"] == first["shards"] and dotted["skipped"] == first["skipped"]
+    skipped = skipped_map(first)
+    want = "invalid_box: xmin, ymin, xmax, ymax [30, 5, 10, 30] in a 64x48 image"
+    assert skipped["det_ann/n01/c.xml#object0"] == want
 
 
 def cli_args(cfg: BuildConfig) -> list[str]:
