@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,10 +212,7 @@ def _frame_file(path: str | Path) -> Iterator[Image.Image]:
     ValueError, NotImplementedError, ...). A header claiming more than `MAX_PIXELS` (the shard builder's bound)
     is refused before decoding: PIL only warns below 179 million pixels, and a few hundred bytes can claim them."""
     try:
-        with warnings.catch_warnings():  # PIL's bomb warning (over 89M pixels): the bound is ours, just below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            opened = Image.open(path)
-        with opened as im:
+        with Image.open(path) as im:
             if im.width * im.height > MAX_PIXELS:
                 raise ValueError(f"{im.width}x{im.height} pixels, more than {MAX_PIXELS} (a decompression bomb?)")
             yield im
@@ -340,7 +336,7 @@ def find_sequences(
     ``root`` holds the whole OTB-100 set, OTB-100, otherwise every sequence folder found (the sample data).
     Missing targets are reported and skipped; finding none is an error.
     """
-    root = Path(root)
+    root = named_folder(root)
     if not root.is_dir():
         raise FileNotFoundError(f"OTB root {root} does not exist")
     present = {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and is_sequence_folder(p)}

@@ -24,6 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from model.geometry import SCALE_FACTOR
+from model.opencv_geometry import OPENCV_INPUT_SIZE
+
 VARIANTS = ("authors", "opencv")
 DEFAULT_NORMALIZATION = {"authors": "caffe", "opencv": "opencv"}
 
@@ -55,7 +58,7 @@ HEAD_SPECS = {
 OUTPUT_SCALE = {"authors": 1.0, "opencv": 10.0}  # OpenCV's `scale` Power layer
 # One search-crop width (or height) in the units of the net's output: the authors regress x10 crop fractions
 # (spec 2.3); OpenCV's decode reads its outputs as 227-pixel patch units (spec 5.2), so its labels were those.
-CROP_UNITS = {"authors": 10.0, "opencv": 227.0}
+CROP_UNITS = {"authors": SCALE_FACTOR, "opencv": float(OPENCV_INPUT_SIZE)}
 # Caffe's per-parameter learning-rate / weight-decay multipliers (prototxt `param {}` blocks).
 CAFFE_MULTIPLIERS = {
     # group: (lr_mult, decay_mult)

@@ -36,10 +36,10 @@ from pipeline.bad_samples import (
     DATA_OPS_RE,
     SampleDecodeError,
     box_problems,
-    box_rows,
     explain,
     find_bad_samples,
     refuse,
+    set_pairs,
     split_source_info,
 )
 from pipeline.group_sampler import GroupSampler, drawn_problems, stream_seed
@@ -174,7 +174,7 @@ class GoturnLoader:
         self.sampling = sampling
         authors = sampling == "authors"
         self._samplers = [GroupSampler(s, self.pairs_per_source) for s in self.shard_sets] if authors else []
-        self._box_rows = [] if authors else [box_rows(s) for s in self.shard_sets]  # the reader's batches' check
+        self._set_pairs = [] if authors else [set_pairs(s) for s in self.shard_sets]  # the reader's batches' check
         self.epoch_source = max(self.shard_sets, key=lambda s: s.num_samples).source
         n_max = max(s.num_samples for s in self.shard_sets)
         self.steps_per_epoch = (n_max // num_shards) // self.pairs_per_source
@@ -247,7 +247,7 @@ class GoturnLoader:
             # DALI's own reader hands boxes.npy straight to the graph (the authors' sampler's feed checks each
             # sample it draws before DALI sees it): a batch with bad boxes is dropped, the pipeline stays where
             # it is, and iterating again continues
-            bad = [] if self._samplers else box_problems(outs[3 : 3 + len(self.shard_sets)], self._box_rows)
+            bad = [] if self._samplers else box_problems(outs[3 : 3 + len(self.shard_sets)], self._set_pairs)
             if bad:
                 raise refuse(bad)
             yield self._assemble(outs, pipe.audit_names, self.batch - 1)

@@ -15,7 +15,16 @@ import numpy as np
 
 from pipeline.augment_graph import READER_EXTS
 from pipeline.shard_sets import ShardSet, index_entries
-from shards.format import BOXES, CURR, PREV, box_values_problem, layout_problems, split_member_name
+from shards.format import (
+    BOXES,
+    CURR,
+    PREV,
+    box_rows,
+    box_values_problem,
+    layout_problems,
+    sample_kind,
+    split_member_name,
+)
 
 DATA_OPS_RE = re.compile(r"fn\.(decoders|readers|peek_image_shape)")  # DALI errors raised by the data ops
 _SOURCE_INFO_RE = re.compile(r"(?P<tar>[^\s'\"]+?\.tar):(?P<offset>\d+):(?P<member>[^\s'\"]+)")
@@ -131,44 +140,41 @@ def _memberless(ss: ShardSet) -> list[tuple[str, str]]:
     return found or [("?", "?")]
 
 
-BoxRows = int | dict[tuple[str, str], int]  # rows every sample's boxes.npy holds, or per (tar, key)
+SetPairs = bool | dict[tuple[str, str], bool]  # whether a set's samples are pairs: all of them, or per (tar, key)
 
 
-def box_rows(ss: ShardSet) -> BoxRows:
-    """The rows each sample's ``boxes.npy`` must hold (one per frame): 2 in a set of pairs, 1 in a set of stills;
-    in a set holding both (hand-made shards: the builder never mixes them) per sample, from the index."""
+def set_pairs(ss: ShardSet) -> SetPairs:
+    """Which samples of a set are pairs (a pair's ``boxes.npy`` holds two rows, a still's one): all or none, or in
+    a set holding both (hand-made shards: the builder never mixes them) per sample, from the index."""
     if not (ss.has_pairs and ss.has_stills):
-        return 2 if ss.has_pairs else 1
+        return ss.has_pairs
     idx = ss.index_paths or (None,) * len(ss.tars)
     return {
-        (tar, key): 2 if PREV in exts else 1
-        for tar, i in zip(ss.tars, idx, strict=True)
-        for key, exts in index_entries(tar, i)
+        (tar, key): PREV in exts for tar, i in zip(ss.tars, idx, strict=True) for key, exts in index_entries(tar, i)
     }
 
 
-def box_problems(box_outputs: Sequence[Any], rows: Sequence[BoxRows]) -> list[tuple[str, str, list[str]]]:
+def box_problems(box_outputs: Sequence[Any], pairs: Sequence[SetPairs]) -> list[tuple[str, str, list[str]]]:
     """Samples of a batch whose input boxes (the graph's per-source ``boxes`` outputs) are no v1 boxes: NaN or
     inverted boxes decode and crop without an error, and the graph takes a pair's previous box from the first
     row and its current box from the last, so a pair with one row would train as if it never moved and a still
-    with two rows on a made-up motion. ``rows``: per source, `box_rows`. Cheap: one vectorised check per source,
-    per-sample work only when it fails."""
+    with two rows on a made-up motion. ``pairs``: per source, `set_pairs`. Cheap: one vectorised check per
+    source, per-sample work only when it fails."""
     bad = []
-    for tl, want in zip(box_outputs, rows, strict=True):
+    for tl, pair in zip(box_outputs, pairs, strict=True):
         try:
             dense = np.asarray(tl.as_tensor())
-            if isinstance(want, int) and dense.shape[1] == want and box_values_problem(dense) is None:
+            if isinstance(pair, bool) and dense.shape[1] == box_rows(pair) and box_values_problem(dense) is None:
                 continue
         except RuntimeError:  # not one dense tensor: (1, 4) and (2, 4) boxes in one batch
             pass
         for i in range(len(tl)):
             boxes = np.asarray(tl[i])
             tar, key = split_source_info(tl[i].source_info() or "?:0:?")
-            n = want if isinstance(want, int) else want.get((tar, key), len(boxes))
+            is_pair = pair if isinstance(pair, bool) else pair.get((tar, key), len(boxes) == 2)
             problem = box_values_problem(boxes)
-            if len(boxes) != n:
-                what = "a pair (prev.jpg and curr.jpg)" if n == 2 else "a still (curr.jpg only)"
-                problem = f"boxes.npy holds {len(boxes)} rows, expected {n} for {what}"
+            if len(boxes) != box_rows(is_pair):
+                problem = f"boxes.npy holds {len(boxes)} rows, expected {box_rows(is_pair)} for {sample_kind(is_pair)}"
             if problem:
                 bad.append((tar, key, [problem]))
     return bad

@@ -106,10 +106,6 @@ def shard_paths(dir_or_pattern: str | os.PathLike, source: str | None = None, sp
                 f"{f}: a compressed tar (gzip / bzip2 / xz / zstd); shard format v1 is plain tar, which DALI indexes "
                 "and readers can bound (webdataset would inflate every member whole)"
             )
-        # every header walked (seeks only): other compressions tarfile's "r|*" would inflate (lzma's old format
-        # has no magic number), members too large to read whole, sizes that make tarfile loop
-        if unsafe := tar_header_problem(f):
-            raise ValueError(f"{f}: {unsafe}")
         out.append(os.path.abspath(f))
     return out
 
@@ -140,6 +136,9 @@ def open_dataset(
     urls = shard_paths(dir_or_pattern, source, split)
     if not urls:
         raise FileNotFoundError(f"no shards for source={source!r} split={split!r} in {dir_or_pattern}")
+    for url in urls:  # webdataset hands them to tarfile's "r|*", which inflates any compression it recognises
+        if unsafe := tar_header_problem(url):  # (lzma's old format has no magic number), reads members whole
+            raise ValueError(f"{url}: {unsafe}")
     handler = handler or wds.reraise_exception
     if resampled and seed is not None:
         # wds.WebDataset(resampled=True) ignores ``seed`` (its shard sampler seeds from the pid and the clock):

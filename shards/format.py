@@ -160,13 +160,24 @@ def layout_problems(
         boxes = read_boxes(members[BOXES])
     except Exception as e:  # noqa: BLE001 - any parse failure is the finding
         return None, [*problems, f"boxes.npy unreadable: {type(e).__name__}: {str(e)[:120]}"]
-    want = (2, 4) if has_prev else (1, 4)
+    want = (box_rows(has_prev), 4)
     if boxes.dtype != np.float32 or boxes.shape != want:
-        what = "a pair (prev.jpg and curr.jpg)" if has_prev else "a still (curr.jpg only)"
-        problems.append(f"boxes.npy is {boxes.dtype} {boxes.shape}, expected float32 {want} for {what}")
+        problems.append(
+            f"boxes.npy is {boxes.dtype} {boxes.shape}, expected float32 {want} for {sample_kind(has_prev)}"
+        )
     elif values := box_values_problem(boxes):
         problems.append(values)
     return boxes, problems
+
+
+def box_rows(has_prev: bool) -> int:
+    """Rows of a sample's ``boxes.npy``: one per frame, [prev; curr] for a pair, [curr] for a still."""
+    return 2 if has_prev else 1
+
+
+def sample_kind(has_prev: bool) -> str:
+    """How messages name a sample of each kind."""
+    return "a pair (prev.jpg and curr.jpg)" if has_prev else "a still (curr.jpg only)"
 
 
 def box_values_problem(boxes: np.ndarray) -> str | None:

@@ -30,6 +30,7 @@ from shards.format import (
     read_boxes,
     read_manifest,
     split_member_name,
+    tar_header_problem,
 )
 from shards.output_files import output_file_problem
 
@@ -42,13 +43,15 @@ HISTOGRAMS = {
 
 
 def shard_statistics(paths: list[str]) -> dict[str, dict[str, list[float]]]:
-    """Per source: the statistics of every sample, from ``boxes.npy`` + ``meta.json`` only; ``paths`` from
-    `shards.dataset.shard_paths`, which has walked their tar headers."""
+    """Per source: the statistics of every sample, from ``boxes.npy`` + ``meta.json`` only."""
     values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     unusable: list[str] = []  # "<tar>: <key>: <why>" of samples left out
     for path in paths:
         parsed = parse_shard_name(Path(path).name)
         source = parsed[0] if parsed else "unknown"
+        unsafe = tar_header_problem(path)
+        if unsafe:
+            raise ValueError(f"{path}: {unsafe}")
         members: dict[str, dict[str, bytes]] = defaultdict(dict)
         with tarfile.open(path, "r|") as tf:  # streaming: JPEG members are skipped, never read into memory
             for info in tf:
@@ -173,11 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m shards.stats", description=__doc__.splitlines()[0])
     p.add_argument("directory", type=Path, help="build output directory")
     p.add_argument("--split", default=None, help="only this split (default: all)")
-    p.add_argument("--plot", type=Path, help="also write the histograms to this PNG")
+    p.add_argument("--plot", type=Path, help="also write the histograms to this .png (or .svg, .pdf)")
     a = p.parse_args(argv)
     if not a.directory.is_dir():
         p.error(f"{a.directory}: no such directory")
-    if a.plot and (problem := output_file_problem(str(a.plot), (".png",))):
+    if a.plot and (problem := output_file_problem(str(a.plot), (".png", ".svg", ".pdf"))):
         p.error(f"--plot {a.plot}: {problem}")
     try:
         paths = shard_paths(a.directory, None, a.split)

@@ -634,8 +634,8 @@ def test_dump_and_show_batch_clis(synth, tmp_path):
     assert Image.open(png).size[0] >= 227 * 12
 
 
-def test_npz_stream_equals_savez_and_holds_one_batch(tmp_path, monkeypatch):
-    """The dump is written batch by batch: the file equals np.savez_compressed of the whole arrays, memory holds
+def test_npz_stream_writes_the_appended_rows_holding_one_batch(tmp_path, monkeypatch):
+    """The dump is written batch by batch: np.load reads back the concatenated arrays, memory holds
     about one batch (numpy reports its buffers to tracemalloc), and a failure leaves neither file nor spool."""
     import tracemalloc
 

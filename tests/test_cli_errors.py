@@ -310,7 +310,7 @@ def test_hostile_files_are_refused_before_they_are_read(tmp_path: Path) -> None:
 
     from evaluate.otb_data import FrameReadError, read_annotation_text, read_frame
     from model.checkpoint import CheckpointError, load_checkpoint
-    from shards.dataset import shard_paths
+    from shards.dataset import open_dataset, shard_paths
 
     ckpt = tmp_path / "ok.pt"
     torch.save({"format": "goturn-checkpoint-v1", "model": {"fc8.bias": torch.zeros(4)}}, ckpt)
@@ -343,11 +343,11 @@ def test_hostile_files_are_refused_before_they_are_read(tmp_path: Path) -> None:
         tf.addfile(member, io.BytesIO(data))
     (shards / "alov-train-000000.tar").write_bytes(lzma.compress(inner.getvalue(), format=lzma.FORMAT_ALONE))
     with pytest.raises(ValueError, match="header at byte 0: (no tar header checksum|checksum mismatch)"):
-        shard_paths(shards)
+        open_dataset(shards, split=None)
 
     (tmp_path / "0001.ppm").write_bytes(b"P6\n2 2\n70000\n" + b"\0" * 24)  # maxval > 65535: PIL's ValueError
     with pytest.raises(FrameReadError, match="0001.ppm: cannot read the frame"):
         read_frame(tmp_path / "0001.ppm")
     (tmp_path / "0002.ppm").write_bytes(b"P6\n13000 13000\n255\n" + b"\0" * 24)  # PIL would decode 507 MB
-    with pytest.raises(FrameReadError, match="13000x13000 pixels, more than"):
-        read_frame(tmp_path / "0002.ppm")
+    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(FrameReadError, match="13000x13000 pixels"):
+        read_frame(tmp_path / "0002.ppm")  # PIL only warns (its own bound is 179M pixels)

@@ -319,6 +319,8 @@ def test_a_sequence_named_by_dot_keeps_its_name(otb_tree: Path, monkeypatch: pyt
     monkeypatch.chdir(otb_tree / "David")
     seq = D.load_sequence(Path("."))
     assert seq.name == "David" and len(seq.frames) == 471 and seq.frames[0].name == "0300.jpg"
+    with pytest.raises(FileNotFoundError, match=f"pass its parent, {otb_tree}, and --sequences David"):
+        D.find_sequences(Path("."))  # --otb-root . inside a sequence: the hint had an empty name
     monkeypatch.chdir(otb_tree / "Jogging" / "img")
     assert [t for t, _ in D.target_names(Path(".."))] == ["Jogging-1", "Jogging-2"]
 

@@ -491,8 +491,7 @@ def test_hostile_tars_are_refused_before_tarfile_reads_them(sample_build, tmp_pa
     tar.write_bytes(body + _ustar_header("x.boxes.npy", b"\xff" * 12) + b"\0" * 1024)
     assert "size field" in tar_header_problem(tar) and "not octal digits" in tar_header_problem(tar)
     assert any("tar unreadable: header at byte" in p for p in verify(copy)[0])
-    with pytest.raises(SystemExit):  # shard_paths walks every header, for open_dataset as for stats
-        stats.main([str(copy)])
+    assert stats.main([str(copy)]) == 1
     assert "alov-train-000000.tar: header at byte" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not octal digits"):
         index_entries(tar, None)  # the loader's path when an .idx is missing

@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--loader-threads", type=int, help="DALI CPU threads (default: the loader's)")
     a("--prefetch", type=int, help="batches prepared ahead of the step (default 2)")
     a("--compile", action="store_true", default=None, help="torch.compile the network")
-    a("--no-progress", action="store_true", help="no tqdm bar")
+    a("--no-progress", action="store_true", help="no tqdm bar: a line per logged step instead (batch jobs' logs)")
     return p
 
 

@@ -17,7 +17,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -369,14 +369,21 @@ class Trainer:
     def save_checkpoint(self) -> None:
         ckpt = self.checkpoint_dict()
         if self.ctx.is_main:
-            try:
+            with self._writing("a checkpoint"):
                 checkpointing.save(self.run_dir, ckpt, self.cfg.keep_last)
-            except (OSError, RuntimeError) as e:  # a full disk: torch's zip writer says "unexpected pos ..."
-                cause = e
-                while not isinstance(cause, OSError) and (cause.__cause__ or cause.__context__) is not None:
-                    cause = cause.__cause__ or cause.__context__
-                raise TrainingError(f"cannot write a checkpoint in {self.run_dir} ({cause}); {self._kept()}") from e
             self.last_ckpt = self.run_dir / checkpointing.LATEST
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """A failed write (a full disk: torch's zip writer says "unexpected pos ...", the OSError chained) as one
+        TrainingError naming the OS error and the last good checkpoint."""
+        try:
+            yield
+        except (OSError, RuntimeError) as e:
+            cause = e
+            while not isinstance(cause, OSError) and (cause.__cause__ or cause.__context__) is not None:
+                cause = cause.__cause__ or cause.__context__
+            raise TrainingError(f"cannot write {what} in {self.run_dir} ({cause}); {self._kept()}") from e
 
     # ---- steps --------------------------------------------------------------------------------------------
 
@@ -547,7 +554,8 @@ class Trainer:
             print(f"[train] removed temporary files of interrupted saves: {', '.join(stale)}", file=sys.stderr)
         if start_step == 0 and ctx.is_main:  # the untrained network, for before/after comparisons; CPU tensors, so
             cpu_state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}  # a plain torch.load works
-            save_checkpoint(self.run_dir / INITIAL, make_checkpoint(self.model, model=cpu_state))
+            with self._writing(INITIAL):
+                save_checkpoint(self.run_dir / INITIAL, make_checkpoint(self.model, model=cpu_state))
         prefetch = Prefetcher(lambda: iter(self.batcher), self.device, cfg.prefetch)
         pending: list[tuple[int, torch.Tensor]] = []
         first_loss = last_loss = None
