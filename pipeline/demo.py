@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return rc
     _done(t)
 
-    length = f"{args.steps} steps" if args.steps is not None else "the sample preset: about 8 min on 2 CPU cores"
+    length = f"{args.steps} steps" if args.steps is not None else "the sample preset: 8-10 min on 2 CPU cores"
     t = _stage(f"3/5 training on {device} ({length}) into {args.run}")
     from train import cli as train_cli
 
