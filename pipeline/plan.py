@@ -22,7 +22,7 @@ import simplejpeg
 
 from pipeline import alov, imagenet_det
 from shards.format import SCHEMA_VERSION, make_key, shard_name
-from shards.input_files import NotRegularFile, named_folder, not_regular, read_regular
+from shards.input_files import NotRegularFile, is_dir_entry, named_folder, not_regular, read_regular
 
 BUILDER_VERSION = "2"  # bump when the bytes a plan produces change (invalidates shards kept for resuming)
 META_ESTIMATE = 3 * 512 + 1024  # tar headers and small members of a sample, for the shard size plan
@@ -126,15 +126,23 @@ def misplaced_files(ann_root: Path, suffix: str, skip: Callable[[str], bool]) ->
     """Folders holding ``suffix`` files where the one-level listing does not look (the root itself, or below
     a sub-folder), with counts, so that a tree one level off is reported instead of silently read as empty.
 
-    Sub-folders named so that ``skip(name)`` is true are not searched.
+    Sub-folders named so that ``skip(name)`` is true are not searched. Linked folders are followed, as the
+    listing follows them, each real folder once (a link back up the tree is no loop).
     """
     out: list[tuple[Path, int]] = []
-    top = sum(1 for e in os.scandir(ann_root) if e.name.endswith(suffix) and not e.is_dir())
+    top = sum(1 for e in os.scandir(ann_root) if e.name.endswith(suffix) and not is_dir_entry(e))
     if top:
         out.append((ann_root, top))
-    for sub in sorted(p for p in ann_root.iterdir() if p.is_dir() and not skip(p.name)):
-        for nested in sorted(e.path for e in os.scandir(sub) if e.is_dir(follow_symlinks=False)):
-            for folder, dirs, names in os.walk(nested):
+    subs = sorted(p for p in ann_root.iterdir() if p.is_dir())
+    seen = {(s.st_dev, s.st_ino) for s in (os.stat(p) for p in [ann_root, *subs])}  # read (or skipped) already
+    for sub in (p for p in subs if not skip(p.name)):
+        for nested in sorted(e.path for e in os.scandir(sub) if is_dir_entry(e)):
+            for folder, dirs, names in os.walk(nested, followlinks=True):
+                st = os.stat(folder)
+                if (st.st_dev, st.st_ino) in seen:
+                    dirs.clear()
+                    continue
+                seen.add((st.st_dev, st.st_ino))
                 dirs.sort()
                 n = sum(1 for name in names if name.endswith(suffix))
                 if n:

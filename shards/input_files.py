@@ -68,6 +68,14 @@ def is_file_entry(entry: os.DirEntry) -> bool:
         return False
 
 
+def is_dir_entry(entry: os.DirEntry) -> bool:
+    """``entry.is_dir()`` (links followed) that answers False for a symlink loop instead of raising."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def named_folder(folder: str | os.PathLike) -> Path:
     """``folder`` made absolute without following links, so that ``.`` or ``..`` have their folder's name (it
     names an OTB sequence and picks its frame window; it starts every path a shard build records); a link keeps

@@ -764,17 +764,25 @@ def test_a_folder_without_its_build_records_resumes_after_a_kill(tmp_path, monke
 
 
 def test_annotations_at_other_depths_are_reported(tmp_path):
+    """Also inside a linked folder (the listing follows links: so does the search), and a link back up the tree
+    is no endless walk."""
     cfg = tiny_config(tmp_path)
     nested = cfg.imagenet_annotations / "ILSVRC2013_train" / "n02"  # ILSVRC2015 layout: two levels down
     nested.mkdir(parents=True)
     (nested / "c.xml").write_text(xml("n02", "c", 64, 48, [(5, 5, 30, 30)]))
+    elsewhere = tmp_path / "elsewhere" / "n03"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "q.xml").write_text(xml("n03", "q", 64, 48, [(5, 5, 30, 30)]))
+    (cfg.imagenet_annotations / "ILSVRC2013_train" / "linked").symlink_to(elsewhere.parent)  # walked before n01
+    (elsewhere / "loop").symlink_to(cfg.imagenet_annotations)  # n01's files are not misplaced seen through it
     (cfg.alov_annotations / "stray.ann").write_text("1 5 5 30 5 30 30 5 30\n")
     m = build(cfg).manifest
     assert m["accounting"]["imagenet"]["xml_files"] == {
-        "total": 3,
+        "total": 4,
         "written": 2,
-        "skipped": {"misplaced_annotation": 1},
+        "skipped": {"misplaced_annotation": 2},
     }
+    assert skipped_map(m)["det_ann/ILSVRC2013_train/linked/n03/"].startswith("misplaced_annotation: 1 .xml file 3")
     assert m["accounting"]["alov"]["videos"]["skipped"] == {"misplaced_annotation": 1}
     skipped = skipped_map(m)
     assert skipped["det_ann/ILSVRC2013_train/n02/"].startswith("misplaced_annotation: 1 .xml file 2 folder levels")
