@@ -132,10 +132,10 @@ def _memberless(ss: ShardSet) -> list[tuple[str, str]]:
     from the index or tar headers; DALI's reader gives such a sample no source info. [("?", "?")] if unreadable."""
     found = []
     try:
-        for n, tar in enumerate(ss.tars):
-            idx = ss.index_paths[n] if ss.index_paths else None
-            found += [(tar, key) for key, exts in index_entries(tar, idx) if not set(exts) & set(READER_EXTS)]
-    except (OSError, ValueError):
+        for t, key, exts in ss.entries():
+            if not set(exts) & set(READER_EXTS):
+                found.append((ss.tars[t], key))
+    except (OSError, ValueError):  # an unreadable tar: what the ones before it named still stands
         pass
     return found or [("?", "?")]
 
@@ -148,10 +148,7 @@ def set_pairs(ss: ShardSet) -> SetPairs:
     a set holding both (hand-made shards: the builder never mixes them) per sample, from the index."""
     if not (ss.has_pairs and ss.has_stills):
         return ss.has_pairs
-    idx = ss.index_paths or (None,) * len(ss.tars)
-    return {
-        (tar, key): PREV in exts for tar, i in zip(ss.tars, idx, strict=True) for key, exts in index_entries(tar, i)
-    }
+    return {(ss.tars[t], key): PREV in exts for t, key, exts in ss.entries()}
 
 
 def box_problems(box_outputs: Sequence[Any], pairs: Sequence[SetPairs]) -> list[tuple[str, str, list[str]]]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.bad_samples import READ_REQUIRED, member_problems
-from pipeline.shard_sets import ShardSet, index_entries
+from pipeline.shard_sets import ShardSet
 from shards.format import BOXES, CURR, PREV, layout_problems
 
 MEMBERS = (PREV, CURR, BOXES)  # the external source's outputs, as the reader's READER_EXTS (stills: no PREV)
@@ -48,14 +48,12 @@ class GroupSampler:
         self.batch_size = int(batch_size)
         self.tars = list(shard_set.tars)
         self.members = MEMBERS if shard_set.has_pairs else MEMBERS[1:]  # stills only: no prev.jpg output
-        idxs = shard_set.index_paths or [None] * len(self.tars)
         self.keys: list[str] = []
         tar_of, spans = [], []
-        for t, (tar, idx) in enumerate(zip(self.tars, idxs, strict=True)):
-            for key, members in index_entries(tar, idx):
-                self.keys.append(key)
-                tar_of.append(t)
-                spans.append([members.get(ext, (0, 0)) for ext in self.members])
+        for t, key, members in shard_set.entries():
+            self.keys.append(key)
+            tar_of.append(t)
+            spans.append([members.get(ext, (0, 0)) for ext in self.members])
         if not self.keys:
             raise ValueError(f"no samples in {self.tars}")
         self.tar_of = np.asarray(tar_of, dtype=np.int64)

@@ -9,7 +9,7 @@ the tars of a build directory are `shards.dataset.shard_paths`' (the manifest's 
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,13 @@ class ShardSet:
     @property
     def num_samples(self) -> int:
         return sum(self.counts)
+
+    def entries(self) -> Iterator[tuple[int, str, dict[str, tuple[int, int]]]]:
+        """(tar number, key, {ext: (data offset, size)}) of every sample, in tar order (`index_entries`)."""
+        idxs = self.index_paths or (None,) * len(self.tars)
+        for t, (tar, idx) in enumerate(zip(self.tars, idxs, strict=True)):
+            for key, members in index_entries(tar, idx):
+                yield t, key, members
 
 
 def index_entries(tar: str | Path, idx: str | Path | None) -> list[tuple[str, dict[str, tuple[int, int]]]]:
