@@ -21,8 +21,8 @@ from shards.format import (
     SOURCES,
     index_name,
     parse_shard_name,
+    refuse_unsafe_tar,
     split_member_name,
-    tar_header_problem,
 )
 
 
@@ -56,9 +56,7 @@ def index_entries(tar: str | Path, idx: str | Path | None) -> list[tuple[str, di
     sample, ``ext offset size name`` per member) or, without one, the tar headers."""
     if idx is not None:
         return _read_index(Path(idx))
-    unsafe = tar_header_problem(tar)
-    if unsafe:
-        raise ValueError(f"{tar}: {unsafe}")
+    refuse_unsafe_tar(tar)
     by_key: dict[str, dict[str, tuple[int, int]]] = {}
     try:
         with tarfile.open(tar, "r:") as tf:  # plain tar, as v1 shards are

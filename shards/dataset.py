@@ -29,7 +29,7 @@ from shards.format import (
     layout_problems,
     parse_shard_name,
     read_manifest,
-    tar_header_problem,
+    refuse_unsafe_tar,
 )
 
 
@@ -137,8 +137,7 @@ def open_dataset(
     if not urls:
         raise FileNotFoundError(f"no shards for source={source!r} split={split!r} in {dir_or_pattern}")
     for url in urls:  # webdataset hands them to tarfile's "r|*", which inflates any compression it recognises
-        if unsafe := tar_header_problem(url):  # (lzma's old format has no magic number), reads members whole
-            raise ValueError(f"{url}: {unsafe}")
+        refuse_unsafe_tar(url)  # (lzma's old format has no magic number) and reads members whole
     handler = handler or wds.reraise_exception
     if resampled and seed is not None:
         # wds.WebDataset(resampled=True) ignores ``seed`` (its shard sampler seeds from the pid and the clock):

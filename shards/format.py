@@ -261,6 +261,12 @@ def _pax_records(buf: bytes) -> dict[bytes, bytes] | str:
     return records
 
 
+def refuse_unsafe_tar(path: str | os.PathLike) -> None:
+    """ValueError naming the tar when `tar_header_problem` finds one: for readers about to hand it to ``tarfile``."""
+    if unsafe := tar_header_problem(path):
+        raise ValueError(f"{path}: {unsafe}")
+
+
 def tar_header_problem(path: str | os.PathLike, strict: bool = False) -> str | None:
     """What makes a tar unsafe to hand to ``tarfile``, found by walking its 512-byte headers as ``tarfile`` does
     (seeks only), or None.

@@ -29,8 +29,8 @@ from shards.format import (
     parse_shard_name,
     read_boxes,
     read_manifest,
+    refuse_unsafe_tar,
     split_member_name,
-    tar_header_problem,
 )
 from shards.output_files import output_file_problem
 
@@ -49,9 +49,7 @@ def shard_statistics(paths: list[str]) -> dict[str, dict[str, list[float]]]:
     for path in paths:
         parsed = parse_shard_name(Path(path).name)
         source = parsed[0] if parsed else "unknown"
-        unsafe = tar_header_problem(path)
-        if unsafe:
-            raise ValueError(f"{path}: {unsafe}")
+        refuse_unsafe_tar(path)
         members: dict[str, dict[str, bytes]] = defaultdict(dict)
         with tarfile.open(path, "r|") as tf:  # streaming: JPEG members are skipped, never read into memory
             for info in tf:
