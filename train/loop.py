@@ -387,6 +387,10 @@ class Trainer:
 
     # ---- steps --------------------------------------------------------------------------------------------
 
+    def net_targets(self, bbox: torch.Tensor) -> torch.Tensor:
+        """The pipeline's x10 crop-fraction targets in the units the net answers in (`target_scale`)."""
+        return bbox * self.target_scale if self.target_scale != 1.0 else bbox
+
     def train_step(
         self,
         target: torch.Tensor,
@@ -397,7 +401,7 @@ class Trainer:
         """One solver iteration on a uint8 batch already on the device; returns the (device) loss. ``runs``:
         the batch's `model.net.pair_runs` (on the device), else the distinct targets are found from the pixels."""
         pred = self.predict(self.forward, target, search, runs)
-        loss = sum_l1(pred, bbox * self.target_scale if self.target_scale != 1.0 else bbox)
+        loss = sum_l1(pred, self.net_targets(bbox))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -476,7 +480,7 @@ class Trainer:
                 continue
             t = item["target"].to(self.device, non_blocking=True)
             s = item["search"].to(self.device, non_blocking=True)
-            bb = item["bbox"].to(self.device, non_blocking=True).float() * self.target_scale
+            bb = self.net_targets(item["bbox"].to(self.device, non_blocking=True).float())
             pred = self.predict(self.model, t, s, runs).float()
             acc[0] += (pred - bb).abs().sum().double()
             acc[1] += bb.shape[0]
